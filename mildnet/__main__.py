@@ -1,0 +1,3 @@
+from mildnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""``python -m mildnet``: one sub-module per command group, each exposing ``register(subparsers)``.
+
+Every command handler returns an exit code. Errors the user can cause (``MildnetError``) are printed
+as one line on stderr with exit code 1; bad arguments exit with 2 (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mildnet.errors import MildnetError
+
+# Command groups, imported lazily so `data check` does not pay for importing TensorFlow.
+COMMANDS = {
+    "data": "mildnet.cli.data",
+    "train": "mildnet.cli.train",
+    "evaluate": "mildnet.cli.evaluate",
+    "embed": "mildnet.cli.embed",
+    "search": "mildnet.cli.search",
+}
+
+
+class UsageError(MildnetError):
+    """Bad combination of arguments that argparse itself cannot detect (exit code 2)."""
+
+
+def _peek_command(argv: list[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mildnet",
+        description="MILDNet visual search: data, training, evaluation, embeddings and search.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            # Listed in --help without importing the module.
+            sub.add_parser(name, help=f"{name} commands")
+            continue
+        module = importlib.import_module(module_name)
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _peek_command(argv)
+    parser = build_parser(only=command if command in COMMANDS else None)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MildnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

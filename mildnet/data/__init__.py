@@ -1,0 +1,1 @@
+"""Data layer: images, triplet files, catalogs, the sample catalog, the dataset registry, downloads."""
