@@ -1,0 +1,193 @@
+"""Image decoding shared by training, evaluation, embedding and search.
+
+Every pixel a model sees goes through :func:`load_image`: the ``tf.data`` pipeline calls it through
+``tf.numpy_function``, and an upload in the app calls it on raw bytes. One decoder means training
+and search see identical pixels, and Pillow handles formats TensorFlow's decoders do not (CMYK JPEG,
+palette PNG with transparency, WebP, EXIF orientation, the first frame of a GIF).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mildnet.errors import ImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+# An upload larger than this is refused before decoding: a 20 MB file or a 50 Mpx "decompression
+# bomb" would stall the app for every user.
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 50_000_000
+
+# Transparent areas become white, the usual background of catalog photos.
+_BACKGROUND = (255, 255, 255)
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"uploaded data ({len(source)} bytes)"
+    return str(source)
+
+
+def _open(source: ImageSource) -> Image.Image:
+    name = _describe(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise ImageError("the uploaded file is empty")
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageError(
+                f"{name} is too large ({len(data) / 1e6:.1f} MB; at most {MAX_FILE_BYTES // 2**20} MB)"
+            )
+        fp: object = io.BytesIO(data)
+    else:
+        path = Path(os.fspath(source))
+        if not path.is_file():
+            raise ImageError(f"image file not found: {path}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(f"{path} is too large (at most {MAX_FILE_BYTES // 2**20} MB)")
+        fp = path
+    try:
+        image = Image.open(fp)
+    except UnidentifiedImageError:
+        raise ImageError(f"{name} is not an image Pillow can read (JPEG, PNG, WebP, BMP, GIF)") from None
+    except OSError as exc:
+        raise ImageError(f"cannot open {name}: {exc}") from None
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageError(
+            f"{name} is {image.width}x{image.height} pixels, more than the {MAX_PIXELS // 1_000_000} Mpx limit"
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        # Palette images may carry transparency in info; RGBA keeps it for compositing.
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits rather than clip.
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() or 1.0
+        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def load_image(source: ImageSource, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file path or raw bytes into a uint8 RGB array of shape (H, W, 3).
+
+    EXIF orientation is applied, the first frame of an animation is used, and any colour mode
+    (greyscale, palette, RGBA, CMYK, 16-bit) becomes RGB. ``size`` (int for a square, or
+    ``(width, height)``) resizes with an antialiasing filter. Raises :class:`ImageError` with a
+    one-line reason for anything that is not a readable image.
+    """
+    image = _open(source)
+    name = _describe(source)
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
+        if size is not None:
+            target = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+            if min(target) < 1:
+                raise ImageError(f"image size must be positive, got {size}")
+            if image.size != target:
+                image = image.resize(target, Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{name} is damaged or truncated ({exc})") from None
+
+
+def image_size_of(source: ImageSource) -> tuple[int, int]:
+    """(width, height) without decoding the pixels, after EXIF rotation would be applied."""
+    image = _open(source)
+    orientation = image.getexif().get(0x0112, 1)
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def verify_image(path: str | os.PathLike) -> str | None:
+    """A cheap check (header and structure, not a full decode): ``None`` if readable, else the reason."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def list_images(root: str | os.PathLike) -> list[str]:
+    """Image files under ``root``, as sorted '/'-separated paths relative to it."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in filenames:
+            if filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith("."):
+                found.append(Path(dirpath, filename).relative_to(root).as_posix())
+    return sorted(found)
+
+
+# --- tf.data -------------------------------------------------------------------------------------
+
+
+def tf_load_image(path, size: int):
+    """TensorFlow op: a scalar string path tensor -> float32 (size, size, 3) RGB in [0, 255].
+
+    Uses :func:`load_image` under ``tf.numpy_function`` so the pipeline decodes exactly like an upload.
+    """
+    import tensorflow as tf
+
+    def _decode(raw_path: bytes) -> np.ndarray:
+        return load_image(raw_path.decode("utf-8"), size)
+
+    image = tf.numpy_function(_decode, [path], tf.uint8, stateful=False)
+    image.set_shape((size, size, 3))
+    return tf.cast(image, tf.float32)
+
+
+def image_dataset(
+    paths: Iterable[str | os.PathLike],
+    size: int,
+    batch_size: int = 32,
+    preprocess: Callable | None = None,
+    augment: Callable | None = None,
+    shuffle_seed: int | None = None,
+):
+    """A batched, prefetched ``tf.data.Dataset`` of float32 RGB images in [0, 255].
+
+    Decoding runs in parallel; the last partial batch is kept (an embedding job must not lose
+    images). ``augment`` and ``preprocess`` are optional per-image tensor functions, applied in
+    that order (the models in ``mildnet.models`` carry their own preprocessing, so usually neither).
+    """
+    import tensorflow as tf
+
+    paths = [os.fspath(p) for p in paths]
+    if size < 8:
+        raise ValueError(f"image size must be at least 8 pixels, got {size}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(max(len(paths), 1), seed=shuffle_seed)
+    dataset = dataset.map(lambda p: tf_load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if preprocess is not None:
+        dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
