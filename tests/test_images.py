@@ -1,0 +1,133 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mildnet.data import images
+from mildnet.data.images import image_dataset, list_images, load_image
+from mildnet.errors import ImageError
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _half_red_half_blue(width=40, height=20) -> Image.Image:
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2] = (255, 0, 0)
+    pixels[:, width // 2 :] = (0, 0, 255)
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
+def test_formats_decode_to_rgb(fmt):
+    data = _encode(_half_red_half_blue(), fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    array = load_image(data)
+    assert array.shape == (20, 40, 3) and array.dtype == np.uint8
+    left, right = array[10, 5].astype(int), array[10, 35].astype(int)
+    assert left[0] > 200 and left[2] < 60, left
+    assert right[2] > 200 and right[0] < 60, right
+
+
+def test_gif_uses_first_frame():
+    frames = [Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 255, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    array = load_image(buffer.getvalue())
+    assert array[8, 8, 0] > 200 and array[8, 8, 1] < 60
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("L", (10, 10), 128),
+        Image.new("CMYK", (10, 10), (0, 255, 255, 0)),  # red in CMYK
+        Image.new("RGBA", (10, 10), (0, 0, 0, 0)),  # fully transparent -> white background
+        Image.new("P", (10, 10), 3),
+        Image.new("I;16", (10, 10), 1000),
+    ],
+    ids=["L", "CMYK", "RGBA", "P", "I16"],
+)
+def test_colour_modes_become_rgb(image):
+    fmt = "JPEG" if image.mode == "CMYK" else "PNG"
+    array = load_image(_encode(image, fmt))
+    assert array.shape == (10, 10, 3)
+    if image.mode == "RGBA":
+        assert (array == 255).all()
+    if image.mode == "CMYK":
+        assert array[5, 5, 0] > 200 and array[5, 5, 1] < 60
+    if image.mode == "L":
+        assert abs(int(array[5, 5, 0]) - 128) <= 1 and (array[..., 0] == array[..., 2]).all()
+
+
+def test_exif_orientation_is_applied():
+    image = _half_red_half_blue(40, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    array = load_image(_encode(image, "JPEG", exif=exif, quality=95))
+    assert array.shape == (40, 20, 3)
+    # The left (red) half ends up on top after a clockwise rotation.
+    assert array[5, 10, 0] > 200 and array[35, 10, 2] > 200
+
+
+def test_resize_and_path_input(tmp_path):
+    path = tmp_path / "x.png"
+    _half_red_half_blue().save(path)
+    assert load_image(path, 16).shape == (16, 16, 3)
+    assert load_image(str(path), (30, 12)).shape == (12, 30, 3)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "not an image"),
+        (_encode(_half_red_half_blue(200, 200), "PNG")[:200], "damaged or truncated"),
+    ],
+    ids=["empty", "text", "truncated"],
+)
+def test_bad_uploads_raise_clear_errors(data, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(data, 32)
+
+
+def test_huge_images_are_refused(monkeypatch):
+    data = _encode(Image.new("RGB", (300, 300)), "PNG")
+    monkeypatch.setattr(images, "MAX_PIXELS", 300 * 300 - 1)
+    with pytest.raises(ImageError, match="Mpx limit"):
+        load_image(data)
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", len(data) - 1)
+    with pytest.raises(ImageError, match="too large"):
+        load_image(data)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_pipeline_matches_single_loader_and_keeps_last_batch(labelled_folder):
+    paths = [labelled_folder / name for name in list_images(labelled_folder)]
+    assert len(paths) == 12
+    batches = list(image_dataset(paths, 24, batch_size=5))
+    assert [b.shape[0] for b in batches] == [5, 5, 2]
+    stacked = np.concatenate([b.numpy() for b in batches])
+    expected = np.stack([load_image(p, 24) for p in paths]).astype(np.float32)
+    np.testing.assert_array_equal(stacked, expected)
+
+
+def test_pipeline_applies_preprocess(labelled_folder):
+    paths = [labelled_folder / name for name in list_images(labelled_folder)][:3]
+    batch = next(iter(image_dataset(paths, 16, batch_size=3, preprocess=lambda x: x / 255.0)))
+    assert float(batch.numpy().max()) <= 1.0
+
+
+def test_list_images_ignores_other_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "a" / "x.JPG", format="JPEG")
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    assert list_images(tmp_path) == ["a/x.JPG"]
