@@ -6,12 +6,14 @@ is self-contained and never depends on the caller preparing pixels the right way
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import keras
 from keras import layers
 
 from mildnet.errors import ModelError
+from mildnet.models import squeezenet
 from mildnet.models.layers import L2Normalize, Preprocess
 
 
@@ -60,9 +62,226 @@ def _build_tiny_cnn(input_size, embedding_dim, weights):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _image_input(input_size):
+    return keras.Input((input_size, input_size, 3), name="image")
+
+
+def _gap_concat(taps, normalise_each=False):
+    """Global-average-pools each tapped feature map and concatenates them (MILDNet's multi-scale skip).
+
+    ``normalise_each`` L2-normalises every pooled tap first: raw GAP magnitudes shrink with depth
+    (SqueezeNet: ~370 at fire3, ~80 at fire9), so without it the shallowest, least semantic tap
+    dominates the concatenation at initialisation.
+    """
+    pooled = []
+    for name, tensor in taps.items():
+        x = layers.GlobalAveragePooling2D(name=f"gap_{name}")(tensor)
+        if normalise_each:
+            x = L2Normalize(name=f"l2_{name}")(x)
+        pooled.append(x)
+    return layers.Concatenate(name="multiscale_concat")(pooled) if len(pooled) > 1 else pooled[0]
+
+
+def _mildnet_head(x, hidden, embedding_dim, dropout, final_activation="relu"):
+    """MILDNet head: Dense -> Dropout -> Dense -> L2 (the paper keeps a ReLU on the embedding layer)."""
+    x = layers.Dense(hidden, activation="relu", name="fc1")(x)
+    x = layers.Dropout(dropout, name="fc1_dropout")(x)
+    x = layers.Dense(embedding_dim, activation=final_activation, name="embedding")(x)
+    return L2Normalize(name="l2_norm")(x)
+
+
+def _keras_application(app, x, weights, input_size):
+    """Builds a Keras application (no top) on tensor ``x``; errors become ModelErrors naming the fix."""
+    backbone = app.__name__.lower()
+    if weights not in (None, "imagenet"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ModelError(f"{backbone} weights file not found: {path}")
+        weights = str(path)
+    try:
+        return app(include_top=False, weights=weights, input_tensor=x,
+                   input_shape=(input_size, input_size, 3))
+    except Exception as exc:  # Keras raises ValueError/OSError/urllib errors here
+        if weights == "imagenet":
+            raise ModelError(
+                f"could not download ImageNet weights for {backbone} (offline?): {_first_line(exc)}; "
+                "pass weights=PATH to a local copy of the Keras no-top weights file"
+            ) from exc
+        raise ModelError(f"could not load {backbone} weights from {weights}: {_first_line(exc)}") from exc
+
+
+def _freeze_through(backbone, last_frozen):
+    """Freezes the backbone's layers up to and including ``last_frozen``.
+
+    Generic low-level filters keep their ImageNet values, which regularises and speeds up training.
+    The reference froze ``vgg_model.layers[:10]``; we name the boundary instead of counting layers,
+    because the count silently shifts with the input/preprocessing layers in front of the backbone.
+    """
+    names = [layer.name for layer in backbone.layers]
+    for layer in backbone.layers[: names.index(last_frozen) + 1]:
+        layer.trainable = False
+
+
+def _first_line(exc):
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+# ---------------------------------------------------------------------------------------------------
+# MILDNet (arXiv 1903.00905): GAP taps of every VGG block, concatenated, two dense layers, L2.
+
+VGG_LAST_FROZEN = "block3_conv2"
+VGG_TAPS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")  # 64+128+256+512+512
+
+
+def _mildnet_vgg(app, name, input_size, embedding_dim, weights, hidden):
+    inputs = _image_input(input_size)
+    x = Preprocess("caffe", name="preprocess")(inputs)
+    backbone = _keras_application(app, x, weights, input_size)
+    _freeze_through(backbone, VGG_LAST_FROZEN)
+    features = _gap_concat({tap: backbone.get_layer(tap).output for tap in VGG_TAPS})
+    outputs = _mildnet_head(features, hidden, embedding_dim, dropout=0.6)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@_register(
+    "mildnet_vgg16",
+    default_embedding_dim=2048,
+    description="MILDNet (paper): VGG16 with multi-scale GAP skips, 2048-d, ~21.9M params. GPU recommended.",
+)
+def _build_mildnet_vgg16(input_size, embedding_dim, weights):
+    return _mildnet_vgg(keras.applications.VGG16, "mildnet_vgg16", input_size, embedding_dim, weights, 2048)
+
+
+@_register(
+    "mildnet_vgg19",
+    default_embedding_dim=2048,
+    description="MILDNet on VGG19: multi-scale GAP skips, 2048-d, ~27.2M params. GPU recommended.",
+)
+def _build_mildnet_vgg19(input_size, embedding_dim, weights):
+    return _mildnet_vgg(keras.applications.VGG19, "mildnet_vgg19", input_size, embedding_dim, weights, 2048)
+
+
+@_register(
+    "mildnet_512",
+    default_embedding_dim=512,
+    description="Compact MILDNet: VGG16 multi-scale skips with a 512-512 head, 512-d, ~15.7M params.",
+)
+def _build_mildnet_512(input_size, embedding_dim, weights):
+    return _mildnet_vgg(keras.applications.VGG16, "mildnet_512", input_size, embedding_dim, weights, 512)
+
+
+# The reference computed these taps and then overwrote them with the last layer only; here they are used.
+MOBILENET_TAPS = ("conv_dw_1_relu", "conv_dw_2_relu", "conv_dw_4_relu", "conv_dw_6_relu",
+                  "conv_dw_12_relu", "conv_pw_13_relu")  # 32+64+128+256+512+1024 channels
+
+
+@_register(
+    "mildnet_mobilenet",
+    default_embedding_dim=1024,
+    description="MILDNet on MobileNet v1: multi-scale GAP skips, 1024-d, ~6.3M params. Lighter than VGG.",
+)
+def _build_mildnet_mobilenet(input_size, embedding_dim, weights):
+    inputs = _image_input(input_size)
+    x = Preprocess("tf", name="preprocess")(inputs)
+    backbone = _keras_application(keras.applications.MobileNet, x, weights, input_size)
+    features = _gap_concat({tap: backbone.get_layer(tap).output for tap in MOBILENET_TAPS})
+    outputs = _mildnet_head(features, 1024, embedding_dim, dropout=0.5)
+    return keras.Model(inputs, outputs, name="mildnet_mobilenet")
+
+
+# ---------------------------------------------------------------------------------------------------
+# RankNet / multi-scale VGG19 (arXiv 1901.03546): deep VGG19 branch + two shallow conv branches.
+
+
+def _shallow_branch(x, name, pool, pad1, pool2, stride2, pad2):
+    x = layers.MaxPooling2D(pool, strides=pool, name=f"{name}_pool1")(x)
+    x = layers.ZeroPadding2D(pad1, name=f"{name}_pad1")(x)
+    x = layers.Conv2D(96, 8, strides=4, padding="valid", name=f"{name}_conv")(x)
+    x = layers.ZeroPadding2D(pad2, name=f"{name}_pad2")(x)
+    x = layers.MaxPooling2D(pool2, strides=stride2, name=f"{name}_pool2")(x)
+    return layers.Flatten(name=f"{name}_flatten")(x)
+
+
+@_register(
+    "multiscale_vgg19",
+    default_embedding_dim=4096,
+    description="RankNet: VGG19 deep branch + two shallow multi-scale branches, 4096-d, ~68.3M params. GPU only.",
+)
+def _build_multiscale_vgg19(input_size, embedding_dim, weights):
+    inputs = _image_input(input_size)
+    x = Preprocess("caffe", name="preprocess")(inputs)
+    backbone = _keras_application(keras.applications.VGG19, x, weights, input_size)
+
+    deep = layers.GlobalAveragePooling2D(name="deep_gap")(backbone.output)
+    for i in (1, 2):
+        deep = layers.Dense(4096, activation="relu", name=f"deep_fc{i}")(deep)
+        deep = layers.Dropout(0.5, name=f"deep_fc{i}_dropout")(deep)
+    deep = L2Normalize(name="deep_l2")(deep)
+
+    # The shallow branches see the same (preprocessed) image as VGG19 at 1/4 and 1/8 resolution.
+    shallow1 = _shallow_branch(x, "shallow1", pool=4, pad1=4, pool2=7, stride2=4, pad2=2)
+    shallow2 = _shallow_branch(x, "shallow2", pool=8, pad1=4, pool2=3, stride2=2, pad2=1)
+    shallow = layers.Concatenate(name="shallow_concat")([shallow1, shallow2])
+    shallow = L2Normalize(name="shallow_l2")(shallow)
+
+    merged = layers.Concatenate(name="merge")([shallow, deep])
+    embedding = layers.Dense(embedding_dim, name="embedding")(merged)
+    outputs = L2Normalize(name="l2_norm")(embedding)
+    return keras.Model(inputs, outputs, name="multiscale_vgg19")
+
+
+# ---------------------------------------------------------------------------------------------------
+# mildnet_squeezenet: the MILDNet head on SqueezeNet v1.1, the CPU-friendly default.
+
+SQUEEZENET_TAPS = ("fire3", "fire5", "fire7", "fire9")  # the last fire block of each stage: 128+256+384+512
+
+
+@_register(
+    "mildnet_squeezenet",
+    default_embedding_dim=256,
+    description="MILDNet head on SqueezeNet v1.1: multi-scale GAP skips, 256-d, ~1.5M params. Fast on CPU.",
+)
+def _build_mildnet_squeezenet(input_size, embedding_dim, weights):
+    inputs = _image_input(input_size)
+    x = Preprocess("caffe", name="preprocess")(inputs)
+    fires = squeezenet.squeezenet_features(x)
+    features = _gap_concat({tap: fires[tap] for tap in SQUEEZENET_TAPS}, normalise_each=True)
+    # A linear embedding layer (unlike the VGG heads' ReLU) keeps all orthants usable in 256 dimensions.
+    outputs = _mildnet_head(features, 512, embedding_dim, dropout=0.5, final_activation=None)
+    model = keras.Model(inputs, outputs, name="mildnet_squeezenet")
+    if weights is not None:
+        squeezenet.load_keras2_weights(model, squeezenet.resolve_weights(weights))
+    return model
+
+
+@_register(
+    "squeezenet_gap",
+    default_embedding_dim=512,
+    description="SqueezeNet v1.1 ImageNet features (GAP of fire9), 512-d, ~0.7M params: search without training.",
+)
+def _build_squeezenet_gap(input_size, embedding_dim, weights):
+    # No dense head, so pretrained features are usable as-is (a random head would scramble them).
+    if embedding_dim != 512:
+        raise ModelError(f"squeezenet_gap always gives 512-d embeddings (fire9 channels), got embedding_dim={embedding_dim}")
+    inputs = _image_input(input_size)
+    x = Preprocess("caffe", name="preprocess")(inputs)
+    fires = squeezenet.squeezenet_features(x)
+    x = layers.GlobalAveragePooling2D(name="gap_fire9")(fires["fire9"])
+    outputs = L2Normalize(name="l2_norm")(x)
+    model = keras.Model(inputs, outputs, name="squeezenet_gap")
+    if weights is not None:
+        squeezenet.load_keras2_weights(model, squeezenet.resolve_weights(weights))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
 # Public API
 
-DEFAULT_MODEL = "tiny_cnn"
+DEFAULT_MODEL = "mildnet_squeezenet"
 
 
 def _model_names():
