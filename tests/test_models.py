@@ -1,5 +1,10 @@
 """Tests of the model zoo: shapes, unit norms, exact parameter counts, weights and save/load."""
 
+import socket
+import zipfile
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
 
@@ -58,6 +63,11 @@ def test_load_model_errors(tmp_path):
     corrupt.write_bytes(good.read_bytes()[:-200])
     with pytest.raises(ModelError):
         load_model(corrupt)
+    garbage = tmp_path / "garbage.keras"
+    with zipfile.ZipFile(garbage, "w") as archive:
+        archive.writestr("config.json", '{"class_name": "NoSuchLayer", "config": {}}')
+    with pytest.raises(ModelError, match="could not load model"):
+        load_model(garbage)
     with pytest.raises(ModelError, match="expected 'mildnet_squeezenet'"):
         load_model(good, expected_name="mildnet_squeezenet")
 
@@ -93,3 +103,120 @@ def test_bad_sizes_raise():
         build_model("tiny_cnn", input_size=2)
     with pytest.raises(ModelError, match="embedding_dim"):
         build_model("tiny_cnn", input_size=16, embedding_dim=0)
+
+
+# --- every model --------------------------------------------------------------------------------------
+
+SMALL_MODELS = [name for name in MODEL_NAMES if name not in ("multiscale_vgg19", "mildnet_vgg16")]
+
+
+@pytest.mark.parametrize("name", SMALL_MODELS)
+def test_model_outputs_unit_rows_at_small_size(name):
+    model = build_model(name, input_size=32)
+    assert model.name == name
+    assert not _has_lambda(model)
+    _assert_unit_rows(model.predict(_images(), verbose=0), model.output.shape[-1])
+
+
+def test_multiscale_vgg19_exact_parameter_count():
+    model = build_model("multiscale_vgg19", input_size=224, embedding_dim=4096, weights=None)
+    assert model.count_params() == 68_308_224
+    assert model.get_layer("shallow_concat").output.shape[-1] == 2 * 4 * 4 * 96
+    assert not _has_lambda(model)
+    _assert_unit_rows(model.predict(_images(1, 224), verbose=0), 4096)
+
+
+def test_mildnet_vgg16_exact_parameter_count_and_frozen_layers():
+    model = build_model("mildnet_vgg16", input_size=224, weights=None)
+    assert model.count_params() == 21_927_744
+    assert model.get_layer("multiscale_concat").output.shape[-1] == 64 + 128 + 256 + 512 + 512
+    assert not model.get_layer("block3_conv2").trainable
+    assert model.get_layer("block3_conv3").trainable
+    assert not _has_lambda(model)
+    _assert_unit_rows(model.predict(_images(1, 224), verbose=0), 2048)
+
+
+def test_embedding_dim_is_honoured():
+    model = build_model("mildnet_squeezenet", input_size=48, embedding_dim=64)
+    _assert_unit_rows(model.predict(_images(size=48), verbose=0), 64)
+    with pytest.raises(ModelError, match="512"):
+        build_model("squeezenet_gap", input_size=48, embedding_dim=64)
+
+
+def test_caffe_preprocessing_flips_to_bgr_and_subtracts_mean():
+    from mildnet.models.layers import CAFFE_BGR_MEAN, Preprocess
+
+    rgb = np.array([[[[10.0, 20.0, 30.0]]]], dtype="float32")
+    out = np.asarray(Preprocess("caffe")(rgb))
+    np.testing.assert_allclose(out[0, 0, 0], np.array([30.0, 20.0, 10.0]) - CAFFE_BGR_MEAN, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(Preprocess("tf")(rgb * 0 + 255.0)), 1.0)
+
+
+def test_squeezenet_save_load_roundtrip_is_identical(tmp_path):
+    model = build_model("mildnet_squeezenet", input_size=48)
+    loaded = load_model(save_model(model, tmp_path / "sq.keras"), expected_name="mildnet_squeezenet")
+    x = _images(size=48)
+    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6)
+
+
+# --- weights --------------------------------------------------------------------------------------------
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+@pytest.mark.skipif(not SQUEEZENET_H5.is_file(), reason=f"shared SqueezeNet weights not found at {SQUEEZENET_H5}")
+@pytest.mark.parametrize("name", ["mildnet_squeezenet", "squeezenet_gap"])
+def test_squeezenet_loads_shared_keras2_weights(name):
+    keras.utils.set_random_seed(0)
+    random_model = build_model(name, input_size=48)
+    keras.utils.set_random_seed(0)
+    model = build_model(name, input_size=48, weights=str(SQUEEZENET_H5))
+    with h5py.File(SQUEEZENET_H5, "r") as h5:
+        for layer, h5_name in [("conv1", "conv1"), ("fire9_expand3x3", "fire9/expand3x3")]:
+            group = h5[h5_name]
+            kernel = next(group[w][()] for w in group.attrs["weight_names"] if b"kernel" in w)
+            np.testing.assert_array_equal(model.get_layer(layer).kernel.numpy(), kernel)
+            assert not np.allclose(random_model.get_layer(layer).kernel.numpy(), kernel)
+    x = _images(size=48)
+    assert not np.allclose(model.predict(x, verbose=0), random_model.predict(x, verbose=0))
+
+
+def _closed_port_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/squeezenet.h5"  # nothing listens there once the socket is closed
+
+
+def test_imagenet_offline_raises_and_names_local_path_option(tmp_path, monkeypatch):
+    monkeypatch.setenv("MILDNET_WEIGHTS_URL_SQUEEZENET", _closed_port_url())
+    monkeypatch.setenv("MILDNET_WEIGHTS_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match=r"could not download ImageNet weights.*weights=PATH"):
+        build_model("mildnet_squeezenet", input_size=32, weights="imagenet")
+
+
+def test_bad_weights_raise_model_error(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        build_model("mildnet_squeezenet", input_size=32, weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(ModelError, match="not found"):
+        build_model("mildnet_vgg16", input_size=32, weights=str(tmp_path / "missing.h5"))
+    text = tmp_path / "text.h5"
+    text.write_text("hello")
+    with pytest.raises(ModelError, match="not an HDF5"):
+        build_model("mildnet_squeezenet", input_size=32, weights=str(text))
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as h5:
+        h5.create_group("conv1")
+    with pytest.raises(ModelError, match="not SqueezeNet v1.1"):
+        build_model("mildnet_squeezenet", input_size=32, weights=str(other))
+    with pytest.raises(ModelError, match="no pretrained"):
+        build_model("tiny_cnn", input_size=32, weights="imagenet")
+
+
+def test_keras_application_loads_local_weights_file(tmp_path):
+    backbone = keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "mobilenet.weights.h5"
+    backbone.save_weights(path)
+    model = build_model("mildnet_mobilenet", input_size=32, weights=str(path))
+    np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(), backbone.get_layer("conv1").kernel.numpy())
