@@ -103,6 +103,9 @@ def test_bad_sizes_raise():
         build_model("tiny_cnn", input_size=2)
     with pytest.raises(ModelError, match="embedding_dim"):
         build_model("tiny_cnn", input_size=16, embedding_dim=0)
+    with pytest.raises(ModelError, match="embedding_dim"):
+        build_model("tiny_cnn", input_size=16, embedding_dim="big")
+    assert build_model("tiny_cnn", input_size=np.int64(16)).input.shape[1] == 16
 
 
 # --- every model --------------------------------------------------------------------------------------

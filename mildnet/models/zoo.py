@@ -5,6 +5,7 @@ Backbone preprocessing lives inside the model (a :class:`Preprocess` layer), so 
 is self-contained and never depends on the caller preparing pixels the right way.
 """
 
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -266,7 +267,9 @@ def _build_mildnet_squeezenet(input_size, embedding_dim, weights):
 def _build_squeezenet_gap(input_size, embedding_dim, weights):
     # No dense head, so pretrained features are usable as-is (a random head would scramble them).
     if embedding_dim != 512:
-        raise ModelError(f"squeezenet_gap always gives 512-d embeddings (fire9 channels), got embedding_dim={embedding_dim}")
+        raise ModelError(
+            f"squeezenet_gap always gives 512-d embeddings (fire9 channels), got embedding_dim={embedding_dim}"
+        )
     inputs = _image_input(input_size)
     x = Preprocess("caffe", name="preprocess")(inputs)
     fires = squeezenet.squeezenet_features(x)
@@ -284,11 +287,8 @@ def _build_squeezenet_gap(input_size, embedding_dim, weights):
 DEFAULT_MODEL = "mildnet_squeezenet"
 
 
-def _model_names():
-    return tuple(_REGISTRY)
-
-
-MODEL_NAMES = _model_names()
+# The default first: UIs list the names in this order.
+MODEL_NAMES = (DEFAULT_MODEL,) + tuple(name for name in _REGISTRY if name != DEFAULT_MODEL)
 
 
 def describe_model(name: str) -> str:
@@ -316,16 +316,26 @@ def build_model(
             back to random weights silently.
     """
     spec = _spec(name)
-    if not isinstance(input_size, int) or input_size < spec.min_input_size:
-        raise ModelError(f"{name} needs input_size >= {spec.min_input_size}, got {input_size!r}")
-    if embedding_dim is None:
-        embedding_dim = spec.default_embedding_dim
-    if not isinstance(embedding_dim, int) or embedding_dim < 1:
+    size = _as_int(input_size)
+    if size is None or size < spec.min_input_size:
+        raise ModelError(f"{name} needs an integer input_size >= {spec.min_input_size}, got {input_size!r}")
+    dim = spec.default_embedding_dim if embedding_dim is None else _as_int(embedding_dim)
+    if dim is None or dim < 1:
         raise ModelError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
     weights = _normalise_weights(weights)
     if weights is not None and not spec.pretrained:
         raise ModelError(f"{name} has no pretrained backbone; use weights=None")
-    return spec.build(input_size, embedding_dim, weights)
+    return spec.build(size, dim, weights)
+
+
+def _as_int(value):
+    """Returns ``value`` as an int if it is one (numpy integers included), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _spec(name) -> ModelSpec:
