@@ -1,0 +1,123 @@
+"""``python -m mildnet evaluate``: triplet accuracy, distance distributions and retrieval metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mildnet.cli.progress import ProgressBar
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a trained run (or an untrained/pretrained model) on triplets",
+        description="Triplet accuracy (overall, in-/out-of-class, wild/catalog queries), distance "
+        "distributions, and recall@1/5/10 + mAP when a catalog with product ids is known. "
+        "With --run and no data options, the run's own validation triplets are used.",
+    )
+    source = parser.add_argument_group("model (one of)")
+    source.add_argument("--run", metavar="RUN_DIR", help="a training run folder")
+    source.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which model of the run")
+    source.add_argument("--model", metavar="NAME", help="a zoo model, untrained or pretrained (baseline)")
+    source.add_argument("--weights", metavar="imagenet|none|PATH", default=None, help="with --model (default none)")
+    source.add_argument("--embedding-dim", type=int, metavar="N", help="with --model")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", metavar="DIR", help="image root the triplet paths are relative to")
+    data.add_argument("--triplets", metavar="CSV", help="triplets to score")
+    data.add_argument("--dataset", metavar="NAME", help="a data_manifest.csv entry instead of --images/--triplets")
+    data.add_argument("--split", default="test", help="split of --dataset (default test)")
+    data.add_argument("--catalog", metavar="CSV",
+                      help="catalog.csv with product_id/category/view (default: one in or beside the image folder)")
+    parser.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the model's, or 224)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
+    parser.add_argument("--json", action="store_true", help="also print the metrics as one JSON object (last line)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=cmd_evaluate)
+
+
+def _load_model(args: argparse.Namespace):
+    from mildnet.cli import UsageError
+
+    if bool(args.run) == bool(args.model):
+        raise UsageError("give either --run RUN_DIR or --model NAME")
+    if args.run:
+        if args.weights or args.embedding_dim:
+            raise UsageError("--weights/--embedding-dim go with --model, not --run")
+        from mildnet.training import load_run_model, read_run
+
+        info = read_run(args.run)
+        model = load_run_model(args.run, args.checkpoint)
+        source = {"run": str(Path(args.run).resolve()), "checkpoint": args.checkpoint, "model": info.config.model,
+                  "fingerprint": info.fingerprint}
+        return model, info, source
+    from mildnet.models import build_model
+
+    size = args.image_size or 224
+    model = build_model(args.model, size, args.embedding_dim, args.weights)
+    return model, None, {"model": args.model, "weights": args.weights or "none"}
+
+
+def _load_data(args: argparse.Namespace, run_info):
+    """(image_root, triplets DataFrame, catalog path or None, description)."""
+    from mildnet.cli import UsageError
+    from mildnet.training import HELDOUT_FILE, _read_triplet_frame
+
+    if args.dataset:
+        if args.images or args.triplets:
+            raise UsageError("give either --dataset or --images/--triplets, not both")
+        try:
+            from mildnet.data import manifest
+        except ImportError:
+            raise UsageError("--dataset needs mildnet.data.manifest, which is not installed") from None
+        split = manifest.get_split(args.dataset, args.split)
+        triplets = split.triplets
+        frame = _read_triplet_frame(triplets) if isinstance(triplets, (str, Path)) else triplets
+        catalog = args.catalog or getattr(split, "catalog", None)
+        return Path(split.image_root), frame, catalog, f"{args.dataset}:{args.split}"
+    if args.images and args.triplets:
+        return Path(args.images), _read_triplet_frame(args.triplets), args.catalog, str(args.triplets)
+    if args.images or args.triplets:
+        raise UsageError("give both --images DIR and --triplets CSV")
+    if run_info is None:
+        raise UsageError("give --images DIR and --triplets CSV (or --dataset NAME)")
+    config = run_info.config
+    val = config.val_triplets or (run_info.run_dir / HELDOUT_FILE)
+    if not Path(val).is_file():
+        raise UsageError(f"{run_info.run_dir} has no validation triplets: give --images and --triplets")
+    return Path(config.images), _read_triplet_frame(val), args.catalog, f"{val} (the run's validation set)"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mildnet.cli import UsageError
+    from mildnet.evaluation import evaluate_embeddings, embed_paths, model_image_size, read_catalog_for
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    model, run_info, source = _load_model(args)
+    image_root, triplets, catalog_path, described = _load_data(args, run_info)
+    if triplets.empty:
+        from mildnet.errors import DataError
+
+        raise DataError(f"{described}: no triplets to evaluate")
+    size = model_image_size(model) or args.image_size or 224
+    if args.image_size and args.image_size != size:
+        raise UsageError(f"the model takes {size} px images; --image-size {args.image_size} does not fit")
+    catalog = read_catalog_for(image_root, catalog_path)
+    import pandas as pd
+
+    images = pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])
+    if args.quiet:
+        table = embed_paths(model, image_root, images, size, args.batch_size)
+    else:
+        with ProgressBar("embedding", unit="") as bar:
+            table = embed_paths(model, image_root, images, size, args.batch_size, progress=bar.update)
+    report = evaluate_embeddings(table, triplets, catalog)
+    report.source = {**source, "data": described, "image_root": str(image_root), "image_size": size}
+    print(f"model: {source.get('run') or source['model']}   data: {described}")
+    print(report.format())
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    return 0

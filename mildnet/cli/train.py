@@ -1,0 +1,172 @@
+"""``python -m mildnet train``: triplet training into a run directory (see ``mildnet.training``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from mildnet.cli.progress import ProgressBar
+
+# Options that define a new run; with --resume the run's saved settings are used instead.
+_RUN_OPTIONS = (
+    "images", "triplets", "val_triplets", "dataset", "model", "weights", "image_size", "embedding_dim",
+    "batch_size", "steps_per_epoch", "lr", "optimizer", "loss", "margin", "no_augment", "seed",
+    "val_fraction", "init_from", "no_verify", "skip_missing",
+)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an embedding model on triplets",
+        description="Triplet training (MILDNet deep ranking). Writes config.json, history.csv, best.keras, "
+        "last.keras and metrics.json into the run folder (--out).",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", metavar="DIR", help="image root the triplet paths are relative to")
+    data.add_argument("--triplets", metavar="CSV", help="training triplets (query,positive,negative; no header)")
+    data.add_argument("--val-triplets", metavar="CSV",
+                      help="validation triplets (default: hold out --val-fraction of the training queries)")
+    data.add_argument("--dataset", metavar="NAME", help="a data_manifest.csv entry instead of --images/--triplets")
+    data.add_argument("--val-fraction", type=float, default=None, help="held-out share of queries (default 0.1)")
+    data.add_argument("--skip-missing", action="store_true",
+                      help="drop triplets whose images are missing or unreadable (default: fail)")
+    data.add_argument("--no-verify", action="store_true", help="do not check every image's header first")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="NAME", help="zoo model (default: the zoo default)")
+    model.add_argument("--weights", metavar="imagenet|none|PATH",
+                       help="backbone weights (default: imagenet where the model has a pretrained backbone)")
+    model.add_argument("--image-size", type=int, metavar="PX", help="input size in pixels (default 224)")
+    model.add_argument("--embedding-dim", type=int, metavar="N", help="embedding size (default: the model's)")
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, metavar="N", help="epochs (default 6; with --resume: new total)")
+    opt.add_argument("--batch-size", type=int, metavar="N", help="triplets per step (default 16)")
+    opt.add_argument("--steps-per-epoch", type=int, metavar="N", help="cap on steps per epoch")
+    opt.add_argument("--lr", type=float, metavar="LR", help="learning rate (default 0.001)")
+    opt.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (momentum 0.9, Nesterov; default) or adam")
+    opt.add_argument("--loss", choices=("hinge", "contrastive"), help="triplet loss (default hinge)")
+    opt.add_argument("--margin", type=float, metavar="M", help="loss margin (default 1.0)")
+    opt.add_argument("--no-augment", action="store_true", help="no flips/zoom/shear/rotation")
+    opt.add_argument("--seed", type=int, help="random seed (default 0)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<time>)")
+    run.add_argument("--init-from", metavar="RUN_DIR",
+                     help="start from that run's best model (incremental training on new triplets)")
+    run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=cmd_train)
+
+
+class ProgressPrinter:
+    """CLI progress: a bar per epoch on stderr and one summary line per finished epoch."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.total_epochs = 0
+        self.steps = 0
+        self.bar: ProgressBar | None = None
+        self._epoch = None
+
+    def on_train_begin(self, total_epochs: int, steps_per_epoch: int) -> None:
+        self.total_epochs, self.steps = total_epochs, steps_per_epoch
+
+    def on_batch_end(self, epoch: int, step: int, logs: dict) -> None:
+        if self._epoch != epoch:
+            self._epoch = epoch
+            self.bar = ProgressBar(f"epoch {epoch}/{self.total_epochs}", stream=self.stream)
+            self._started = time.monotonic()
+        self.bar.update(step, logs.get("steps", self.steps), f"loss {logs['loss']:.4f} acc {logs['accuracy']:.3f}")
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+        val = ""
+        if logs.get("val_accuracy") == logs.get("val_accuracy") and logs.get("val_accuracy") is not None:
+            val = f"  val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.3f}"
+        mark = "  *best" if logs.get("best") else ""
+        self.stream.write(
+            f"epoch {epoch}/{self.total_epochs}: loss {logs['loss']:.4f}  acc {logs['accuracy']:.3f}{val}"
+            f"  ({logs['seconds']:.1f}s){mark}\n"
+        )
+        self.stream.flush()
+
+    def on_train_end(self, result) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _config_from_args(args: argparse.Namespace):
+    from mildnet.training import TrainConfig
+
+    values = {
+        "images": args.images or "",
+        "triplets": args.triplets or "",
+        "val_triplets": args.val_triplets,
+        "dataset": args.dataset,
+        "out": args.out,
+        "model": args.model,
+        "weights": args.weights if args.weights is not None else "auto",
+        "image_size": args.image_size,
+        "embedding_dim": args.embedding_dim,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "steps_per_epoch": args.steps_per_epoch,
+        "learning_rate": args.lr,
+        "optimizer": args.optimizer,
+        "loss": args.loss,
+        "margin": args.margin,
+        "augment": not args.no_augment,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "init_from": args.init_from,
+        "verify_images": not args.no_verify,
+        "skip_missing": args.skip_missing,
+    }
+    # Unset options keep TrainConfig's defaults (the reference's settings).
+    return TrainConfig(**{k: v for k, v in values.items() if v is not None})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mildnet.cli import UsageError
+    from mildnet.training import TrainConfigError, resume, train
+
+    callbacks = [] if args.quiet else [ProgressPrinter()]
+    if args.resume:
+        if not args.out:
+            raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+        given = [name for name in _RUN_OPTIONS if getattr(args, name) not in (None, False)]
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"--resume continues with the run's saved settings; only --epochs may change ({options} given)")
+        try:
+            result = resume(args.out, callbacks, epochs=args.epochs)
+        except TrainConfigError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        if args.dataset and (args.images or args.triplets):
+            raise UsageError("give either --dataset or --images/--triplets, not both")
+        if not args.dataset and not (args.images and args.triplets):
+            raise UsageError("give --images DIR and --triplets CSV (or --dataset NAME)")
+        try:
+            config = _config_from_args(args)
+            if not args.dataset:  # a dataset's paths are only known once the manifest is read
+                config.validate()
+        except TrainConfigError as exc:
+            raise UsageError(str(exc)) from None
+        result = train(config, callbacks)
+    best = result.best or {}
+    if result.best_epoch is None:
+        summary = "no epoch finished"
+    elif result.monitor == "val_accuracy":
+        summary = f"best epoch {result.best_epoch}: val accuracy {100 * best['val_accuracy']:.1f}%"
+    else:
+        summary = f"best epoch {result.best_epoch}: loss {best['loss']:.4f} (no validation triplets)"
+    print(f"{result.status}: {result.epochs_completed}/{result.epochs} epochs; {summary}")
+    print(f"run folder: {result.run_dir}")
+    return 0

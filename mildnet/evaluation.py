@@ -1,0 +1,373 @@
+"""Evaluating an embedding model: triplet accuracy, distance distributions and retrieval metrics.
+
+The heavy part (running the network) is :func:`embed_paths`; everything after it is plain numpy on
+an :class:`EmbeddingTable`, so the metrics are tested on hand-made embeddings and the training loop
+reuses the same code for its per-epoch validation.
+
+Distances are squared euclidean on L2-normalised rows (``2 - 2 cos``, in [0, 4]), the distance the
+hinge loss is trained on; a triplet counts as correct when ``d(q,p) < d(q,n)`` (a tie is wrong, so a
+collapsed model that maps everything to one point scores 0, not 50%).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mildnet.errors import DataError
+
+RETRIEVAL_KS = (1, 5, 10)
+HISTOGRAM_BINS = 20
+# Squared distance between unit vectors lies in [0, 4]: fixed edges make runs comparable.
+HISTOGRAM_RANGE = (0.0, 4.0)
+# Queries per block of the similarity matrix: bounds memory at block x gallery floats.
+_RETRIEVAL_BLOCK = 1024
+
+
+# --- embedding -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddingTable:
+    """Unique image paths (relative to the image root) and their L2-normalised embeddings."""
+
+    paths: list[str]
+    vectors: np.ndarray  # (len(paths), dim) float32
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.vectors = np.asarray(self.vectors, dtype=np.float32)
+        if self.vectors.ndim != 2 or len(self.paths) != len(self.vectors):
+            raise ValueError(f"{len(self.paths)} paths but embeddings of shape {self.vectors.shape}")
+        self._index = {p: i for i, p in enumerate(self.paths)}
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._index
+
+    def rows(self, paths: Iterable[str]) -> np.ndarray:
+        """Embeddings of ``paths`` in that order (a path may repeat)."""
+        try:
+            return self.vectors[[self._index[p] for p in paths]]
+        except KeyError as exc:
+            raise KeyError(f"no embedding for image {exc.args[0]!r}") from None
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def model_image_size(model) -> int | None:
+    """The square input side a model was built for, or None when it accepts any size."""
+    shape = tuple(model.inputs[0].shape)
+    return int(shape[1]) if len(shape) == 4 and shape[1] is not None else None
+
+
+def embed_paths(
+    model,
+    image_root: str | os.PathLike,
+    rel_paths: Iterable[str],
+    image_size: int | None = None,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbeddingTable:
+    """Embeds each distinct image of ``rel_paths`` once (first-seen order), last partial batch included.
+
+    ``image_size`` defaults to the model's input size. ``progress(done, total)`` is called after
+    each batch. A missing or undecodable image raises :class:`DataError` naming it.
+    """
+    import tensorflow as tf
+
+    from mildnet.data.images import image_dataset
+
+    unique = list(dict.fromkeys(rel_paths))
+    if image_size is None:
+        image_size = model_image_size(model)
+        if image_size is None:
+            raise ValueError("the model accepts any input size: pass image_size")
+    if not unique:
+        dim = int(model.outputs[0].shape[-1])
+        return EmbeddingTable([], np.zeros((0, dim), dtype=np.float32))
+    root = Path(image_root)
+    missing = [p for p in unique if not (root / p).is_file()]
+    if missing:
+        raise DataError(_missing_message(missing, len(unique), root))
+    dataset = image_dataset([root / p for p in unique], image_size, batch_size)
+    chunks = []
+    done = 0
+    try:
+        for batch in dataset:
+            chunks.append(np.asarray(model(batch, training=False), dtype=np.float32))
+            done += int(batch.shape[0])
+            if progress is not None:
+                progress(done, len(unique))
+    except tf.errors.OpError as exc:
+        raise DataError(f"could not read an image under {root}: {_op_error_reason(exc)}") from None
+    return EmbeddingTable(unique, normalize_rows(np.concatenate(chunks)))
+
+
+def _missing_message(missing: Sequence[str], total: int, root: Path, examples: int = 5) -> str:
+    shown = ", ".join(missing[:examples]) + (", ..." if len(missing) > examples else "")
+    return f"{len(missing)} of {total} images are missing under {root}: {shown}"
+
+
+def _op_error_reason(exc: Exception) -> str:
+    """The ImageError message buried in a tf.data error, or the error's first line."""
+    text = getattr(exc, "message", None) or str(exc)
+    for line in text.splitlines():
+        if "ImageError" in line:
+            return line.split("ImageError:", 1)[-1].strip()
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+# --- triplet metrics -----------------------------------------------------------------------------
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise squared euclidean distance of L2-normalised rows."""
+    a, b = normalize_rows(a), normalize_rows(b)
+    return np.sum(np.square(a - b), axis=-1)
+
+
+def triplet_distances(table: EmbeddingTable, triplets: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(d(q,p), d(q,n))`` for every triplet row."""
+    q = table.rows(triplets["query"])
+    return squared_distances(q, table.rows(triplets["positive"])), squared_distances(q, table.rows(triplets["negative"]))
+
+
+def triplet_accuracy(d_pos: np.ndarray, d_neg: np.ndarray) -> float:
+    """Share of triplets with ``d(q,p) < d(q,n)``; NaN for no triplets."""
+    d_pos, d_neg = np.asarray(d_pos), np.asarray(d_neg)
+    return float(np.mean(d_pos < d_neg)) if d_pos.size else float("nan")
+
+
+def distance_summary(d: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict:
+    d = np.asarray(d, dtype=np.float64)
+    counts, _ = np.histogram(d, bins=bins, range=HISTOGRAM_RANGE)
+    if not d.size:
+        return {"n": 0, "mean": None, "median": None, "std": None, "histogram": counts.tolist()}
+    return {
+        "n": int(d.size),
+        "mean": float(d.mean()),
+        "median": float(np.median(d)),
+        "std": float(d.std()),
+        "histogram": counts.tolist(),
+    }
+
+
+def triplet_types(triplets: pd.DataFrame, catalog: pd.DataFrame | None) -> dict[str, np.ndarray]:
+    """Boolean masks over the triplet rows: ``in_class``/``out_of_class`` (the negative's category
+    equals / differs from the query's) and ``wild_query``/``catalog_query`` (the query's ``view``).
+    Rows whose images are not in the catalog, or lack the column's value, are in neither mask."""
+    if catalog is None or "image" not in catalog.columns:
+        return {}
+    indexed = catalog.drop_duplicates("image").set_index("image")
+    masks: dict[str, np.ndarray] = {}
+    if "category" in indexed.columns:
+        category = indexed["category"].fillna("").astype(str).str.strip()
+        q = triplets["query"].map(category).fillna("").to_numpy()
+        n = triplets["negative"].map(category).fillna("").to_numpy()
+        known = (q != "") & (n != "")
+        if known.any():
+            masks["in_class"] = known & (q == n)
+            masks["out_of_class"] = known & (q != n)
+    if "view" in indexed.columns:
+        view = triplets["query"].map(indexed["view"].fillna("").astype(str).str.strip().str.lower())
+        view = view.fillna("").to_numpy()
+        if ((view == "wild") | (view == "catalog")).any():
+            masks["wild_query"] = view == "wild"
+            masks["catalog_query"] = view == "catalog"
+    return masks
+
+
+# --- retrieval -----------------------------------------------------------------------------------
+
+
+def retrieval_metrics(vectors: np.ndarray, labels: Sequence, ks: Sequence[int] = RETRIEVAL_KS) -> dict | None:
+    """Each image queries all the others: recall@k (a same-label image in the top k) and mAP.
+
+    Queries whose label has no other image are skipped (nothing to find). Returns None when no
+    query is left. Ties in similarity keep gallery order (stable sort), which is deterministic.
+    """
+    vectors = normalize_rows(vectors)
+    labels = np.asarray(pd.Series(list(labels)).astype(str))
+    n = len(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    query_ids = np.flatnonzero(counts[inverse] > 1)
+    if query_ids.size == 0:
+        return None
+    hits = {k: 0 for k in ks}
+    ap_sum = 0.0
+    for start in range(0, query_ids.size, _RETRIEVAL_BLOCK):
+        block = query_ids[start : start + _RETRIEVAL_BLOCK]
+        sims = vectors[block] @ vectors.T
+        sims[np.arange(block.size), block] = -np.inf  # an image never retrieves itself
+        order = np.argsort(-sims, axis=1, kind="stable")[:, : n - 1]
+        relevant = labels[order] == labels[block][:, None]
+        for k in ks:
+            hits[k] += int(relevant[:, :k].any(axis=1).sum())
+        ranks = np.arange(1, n, dtype=np.float64)
+        precision = np.cumsum(relevant, axis=1) / ranks
+        ap_sum += float(((precision * relevant).sum(axis=1) / relevant.sum(axis=1)).sum())
+    n_queries = int(query_ids.size)
+    result = {"n_queries": n_queries, "n_gallery": int(n)}
+    result.update({f"recall@{k}": hits[k] / n_queries for k in ks})
+    result["mAP"] = ap_sum / n_queries
+    return result
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationReport:
+    n_triplets: int
+    n_images: int
+    triplet_accuracy: float
+    by_type: dict[str, dict]  # type -> {"n", "accuracy"}
+    distances: dict  # {"positive": summary, "negative": summary, "bin_edges": [...]}
+    retrieval: dict | None  # {"n_queries", "n_gallery", "recall@1", ..., "mAP"} or None
+    d_pos: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    d_neg: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    source: dict = field(default_factory=dict)  # where model and data came from, for the JSON
+
+    def to_dict(self) -> dict:
+        """JSON-able summary (the raw distance arrays are left out; the histograms are in)."""
+        return {
+            "triplet_accuracy": _json_float(self.triplet_accuracy),
+            "n_triplets": self.n_triplets,
+            "n_images": self.n_images,
+            "by_type": {k: {"n": v["n"], "accuracy": _json_float(v["accuracy"])} for k, v in self.by_type.items()},
+            "distances": self.distances,
+            "retrieval": self.retrieval,
+            **({"source": self.source} if self.source else {}),
+        }
+
+    def format(self) -> str:
+        """A human-readable table."""
+        lines = [f"{'triplets':<22}{self.n_triplets:>10}", f"{'distinct images':<22}{self.n_images:>10}"]
+        lines.append(f"{'triplet accuracy':<22}{_pct(self.triplet_accuracy):>10}")
+        for name, value in self.by_type.items():
+            label = f"  {name.replace('_', '-')}"
+            lines.append(f"{label:<22}{_pct(value['accuracy']):>10}   (n={value['n']})")
+        for side in ("positive", "negative"):
+            s = self.distances.get(side, {})
+            if s.get("n"):
+                lines.append(f"{'d(q,' + side[0] + ') mean/median':<22}{s['mean']:>10.3f}   {s['median']:.3f}")
+        if self.retrieval:
+            r = self.retrieval
+            lines.append(f"retrieval over {r['n_gallery']} images, {r['n_queries']} queries with a match:")
+            for key, value in r.items():
+                if key.startswith("recall@") or key == "mAP":
+                    lines.append(f"  {key:<20}{_pct(value):>10}")
+        else:
+            lines.append("retrieval: no product ids known (pass a catalog.csv with product_id)")
+        return "\n".join(lines)
+
+
+def _json_float(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def evaluate_embeddings(
+    table: EmbeddingTable,
+    triplets: pd.DataFrame,
+    catalog: pd.DataFrame | None = None,
+    ks: Sequence[int] = RETRIEVAL_KS,
+    bins: int = HISTOGRAM_BINS,
+) -> EvaluationReport:
+    """All metrics from embeddings already computed (pure numpy).
+
+    Retrieval runs over the distinct images of ``triplets`` that have a ``product_id`` in ``catalog``.
+    """
+    d_pos, d_neg = triplet_distances(table, triplets)
+    correct = d_pos < d_neg
+    by_type = {
+        name: {"n": int(mask.sum()), "accuracy": float(correct[mask].mean()) if mask.any() else float("nan")}
+        for name, mask in triplet_types(triplets, catalog).items()
+    }
+    edges = np.linspace(*HISTOGRAM_RANGE, bins + 1).round(6).tolist()
+    distances = {"positive": distance_summary(d_pos, bins), "negative": distance_summary(d_neg, bins), "bin_edges": edges}
+    images = list(dict.fromkeys(pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])))
+    retrieval = None
+    if catalog is not None and {"image", "product_id"} <= set(catalog.columns):
+        product = catalog.drop_duplicates("image").set_index("image")["product_id"]
+        product = product[product.notna() & (product.astype(str).str.strip() != "")]
+        gallery = [p for p in images if p in product.index]
+        if gallery:
+            retrieval = retrieval_metrics(table.rows(gallery), product.loc[gallery].astype(str).tolist(), ks)
+    return EvaluationReport(
+        n_triplets=int(len(triplets)),
+        n_images=len(images),
+        triplet_accuracy=triplet_accuracy(d_pos, d_neg),
+        by_type=by_type,
+        distances=distances,
+        retrieval=retrieval,
+        d_pos=d_pos,
+        d_neg=d_neg,
+    )
+
+
+# --- catalog lookup ------------------------------------------------------------------------------
+
+
+def find_catalog(image_root: str | os.PathLike) -> Path | None:
+    """``catalog.csv`` in the image root or beside it (the sample layout: DIR/images + DIR/catalog.csv)."""
+    root = Path(image_root)
+    for candidate in (root / "catalog.csv", root.parent / "catalog.csv"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_catalog_for(image_root: str | os.PathLike, path: str | os.PathLike | None = None) -> pd.DataFrame | None:
+    """The catalog table with ``image`` made relative to ``image_root``; None when there is none.
+
+    A catalog found beside the image folder may name images relative to its own folder
+    (``images/a.jpg``); that prefix is removed so the names match the triplet files.
+    """
+    catalog_path = Path(path) if path is not None else find_catalog(image_root)
+    if catalog_path is None:
+        return None
+    from mildnet.data.catalog import read_catalog
+
+    catalog = read_catalog(catalog_path)  # validated: image, product_id, category, split (+ extras)
+    root = Path(image_root).resolve()
+    try:
+        prefix = root.relative_to(catalog_path.resolve().parent).as_posix()
+    except ValueError:
+        prefix = "."
+    if prefix != ".":
+        under = catalog["image"].str.startswith(prefix + "/")
+        if under.any() and not (root / catalog["image"].iloc[0]).is_file():
+            catalog = catalog[under].copy()
+            catalog["image"] = catalog["image"].str.slice(len(prefix) + 1)
+    return catalog.reset_index(drop=True)
+
+
+def evaluate_triplets(
+    model,
+    image_root: str | os.PathLike,
+    triplets: pd.DataFrame,
+    image_size: int | None = None,
+    catalog: pd.DataFrame | None = None,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvaluationReport:
+    """Embeds the triplets' images with ``model`` and computes every metric."""
+    if len(triplets) == 0:
+        raise DataError("no triplets to evaluate")
+    images = pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])
+    table = embed_paths(model, image_root, images, image_size, batch_size, progress)
+    return evaluate_embeddings(table, triplets, catalog)
