@@ -194,6 +194,24 @@ def _build_mildnet_mobilenet(input_size, embedding_dim, weights):
     return keras.Model(inputs, outputs, name="mildnet_mobilenet")
 
 
+# The last residual block of each MobileNetV2 stage, plus the final 1x1 expansion.
+MOBILENETV2_TAPS = ("block_2_add", "block_5_add", "block_9_add", "block_12_add", "block_15_add", "out_relu")
+
+
+@_register(
+    "mildnet_mobilenetv2",
+    default_embedding_dim=512,
+    description="MILDNet head on MobileNetV2: multi-scale GAP skips, 512-d, ~3.4M params. Light on CPU.",
+)
+def _build_mildnet_mobilenetv2(input_size, embedding_dim, weights):
+    inputs = _image_input(input_size)
+    x = Preprocess("tf", name="preprocess")(inputs)
+    backbone = _keras_application(keras.applications.MobileNetV2, x, weights, input_size)
+    features = _gap_concat({tap: backbone.get_layer(tap).output for tap in MOBILENETV2_TAPS}, normalise_each=True)
+    outputs = _mildnet_head(features, 512, embedding_dim, dropout=0.5, final_activation=None)
+    return keras.Model(inputs, outputs, name="mildnet_mobilenetv2")
+
+
 # ---------------------------------------------------------------------------------------------------
 # RankNet / multi-scale VGG19 (arXiv 1901.03546): deep VGG19 branch + two shallow conv branches.
 
