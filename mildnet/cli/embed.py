@@ -1,0 +1,170 @@
+"""``python -m mildnet embed``: embed a catalog folder into a local or Redis store (cached, incremental)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from mildnet.cli.progress import ProgressBar
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed a catalog of images into a store (reused when unchanged, updated incrementally)",
+        description="Embed every image of a catalog folder with a trained run (or a zoo model) and store the "
+        "matrix. A cached set is reused when neither the model nor the image files changed; when only "
+        "images were added/removed/changed, just those are (re-)embedded.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--images", required=True, type=Path, help="catalog image folder (ids are paths relative to it)")
+    parser.add_argument("--include", action="append", metavar="PREFIX",
+                        help="only images whose relative path starts with PREFIX (repeatable), e.g. validation/")
+    parser.add_argument("--dataset", help="dataset name in the store key (default: the image folder's name)")
+    add_store_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+    parser.add_argument("--shard", metavar="I/N", help="embed only slice I of N (0-based) under a shard key")
+    parser.add_argument("--merge-shards", type=int, metavar="N", help="merge the N stored shards into the full set")
+    parser.add_argument("--rebuild", action="store_true", help="ignore any cached set and embed everything")
+    parser.set_defaults(func=cmd_embed)
+
+
+# --- shared with `search` --------------------------------------------------------------------------------------
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (one of --run or --model)")
+    group.add_argument("--run", type=Path, help="training run folder (best.keras + config.json)")
+    group.add_argument("--model", help="zoo model name, for an untrained or ImageNet-initialised network")
+    group.add_argument("--weights", help="with --model: 'imagenet', a backbone weights file, or none (random)")
+    group.add_argument("--image-size", type=int, help="with --model: input side in pixels (default 224)")
+    group.add_argument("--embedding-dim", type=int, help="with --model: embedding size (default: the model's)")
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        help="folder or redis://host:port/db (default: $MILDNET_REDIS_URL, else RUN/embeddings with --run, "
+        "else .mildnet/embeddings)",
+    )
+    parser.add_argument("--fallback-local", type=Path, metavar="PATH",
+                        help="use a local store at PATH when Redis cannot be reached (with a warning)")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """``(model, config)`` from --run or --model/--weights/--image-size/--embedding-dim."""
+    from mildnet.cli import UsageError
+
+    if (args.run is None) == (args.model is None):
+        raise UsageError("give exactly one of --run RUN_DIR or --model NAME")
+    if args.run is not None:
+        if args.weights or args.image_size or args.embedding_dim:
+            raise UsageError("--weights/--image-size/--embedding-dim go with --model, not --run (the run has its own)")
+        from mildnet.embeddings import load_run_model
+
+        return load_run_model(args.run)
+    import keras
+
+    from mildnet.models import build_model
+
+    size = args.image_size or 224
+    # A fixed seed makes a randomly initialised network (and so its fingerprint and cache key) the same in
+    # every invocation, so `search --model NAME` finds what `embed --model NAME` stored.
+    keras.utils.set_random_seed(0)
+    model = build_model(args.model, input_size=size, embedding_dim=args.embedding_dim, weights=args.weights)
+    return model, {"model": args.model, "image_size": size, "weights": args.weights or "none"}
+
+
+def open_store_from_args(args: argparse.Namespace):
+    from mildnet.store import DEFAULT_LOCAL_PATH, open_store
+
+    default_local = Path(args.run) / "embeddings" if getattr(args, "run", None) else Path(DEFAULT_LOCAL_PATH)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = open_store(args.store, fallback_local=args.fallback_local, default_local=default_local)
+    for warning in caught:
+        # One line on stderr instead of Python's two-line warning format with a source excerpt.
+        print(f"warning: {warning.message}", file=sys.stderr)
+    return store
+
+
+def print_skipped(skipped: list[dict], limit: int = 5) -> None:
+    if not skipped:
+        return
+    print(f"warning: {len(skipped)} unreadable image(s) skipped:", file=sys.stderr)
+    for entry in skipped[:limit]:
+        print(f"  {entry['id']}: {entry['reason']}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"  ... and {len(skipped) - limit} more (listed in the set's metadata)", file=sys.stderr)
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from mildnet.cli import UsageError
+    from mildnet import embeddings as emb
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    shard = None
+    if args.shard is not None:
+        try:
+            shard = emb.parse_shard(args.shard)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.merge_shards is not None:
+        if shard is not None or args.rebuild:
+            raise UsageError("--merge-shards cannot be combined with --shard or --rebuild")
+        if args.merge_shards < 1:
+            raise UsageError("--merge-shards needs the number of shards (at least 1)")
+
+    model, config = load_model_from_args(args)
+    store = open_store_from_args(args)
+    try:
+        model_fp = emb.model_fingerprint(model)
+        dataset = args.dataset or emb.dataset_name(args.images)
+        if args.include:
+            dataset += "+" + "+".join(p.strip("/") for p in args.include)
+        key = emb.cache_key(dataset, model_fp)
+        print(f"store: {store.describe()}")
+        if args.merge_shards is not None:
+            merged = emb.merge_shards(store, key, args.merge_shards)
+            print(f"key: {key}")
+            print(f"images: {len(merged)}  dim: {merged.dim}")
+            print(f"cache: merged {args.merge_shards} shard(s)")
+            print_skipped(merged.meta.get("skipped", []))
+            return 0
+        ids = emb.catalog_ids(args.images, include=args.include)
+        with ProgressBar("embedding") as bar:
+            result = emb.update_catalog(
+                model, args.images, store, ids, dataset=dataset, image_size=config.get("image_size"),
+                batch_size=args.batch_size, progress=bar.update, shard=shard, rebuild=args.rebuild,
+                model_fp=model_fp, model_name=config.get("model"),
+                extra_meta={"include": list(args.include or []), "source": _source(args, config)},
+            )
+        s = result.embeddings
+        print(f"key: {result.key}")
+        print(f"images: {len(s)}  dim: {s.dim}  image size: {s.meta['image_size']}")
+        detail = {
+            "reused": "reused (nothing changed)",
+            "updated": f"updated ({result.embedded} embedded, {result.removed} removed)",
+            "built": f"built ({result.embedded} embedded)",
+            "rebuilt": f"rebuilt ({result.embedded} embedded)",
+        }[result.status]
+        print(f"cache: {detail} in {result.seconds:.1f} s")
+        print_skipped(result.skipped)
+        if shard is not None:
+            print(f"shard {shard[0]}/{shard[1]} stored; merge with --merge-shards {shard[1]} once all are done")
+        return 0
+    finally:
+        store.close()
+
+
+def _source(args: argparse.Namespace, config: dict) -> str:
+    if args.run is not None:
+        return os.fspath(Path(args.run).resolve())
+    return f"{config['model']} (weights: {config.get('weights')})"

@@ -1,0 +1,132 @@
+"""``python -m mildnet search``: nearest catalog images for an image file or a catalog id."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mildnet.cli.embed import add_model_arguments, add_store_arguments, load_model_from_args, open_store_from_args
+from mildnet.errors import ImageError, MildnetError
+
+
+class EmbeddingsMissing(MildnetError):
+    """The store holds no embeddings for this model (the user has to run ``embed`` first)."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "search",
+        help="find the catalog images most similar to an image file or a catalog id",
+        description="Query embeddings stored by `embed` (same model, same store).",
+    )
+    add_model_arguments(parser)
+    add_store_arguments(parser)
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", type=Path, help="query image file")
+    query.add_argument("--id", dest="item_id", help="query catalog id (its path relative to the image folder)")
+    parser.add_argument("-k", "--top-k", dest="k", type=int, default=5, help="number of results (default 5)")
+    parser.add_argument("--images", type=Path,
+                        help="catalog image folder (picks the set when several catalogs are embedded with this "
+                        "model; default for finding result images: the folder recorded at embed time)")
+    parser.add_argument("--include", action="append", metavar="PREFIX", help="as given to embed")
+    parser.add_argument("--dataset", help="dataset name as given to embed")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object (last line)")
+    parser.add_argument("--plot", type=Path, metavar="OUT.png", help="save the query and results as a PNG grid")
+    parser.set_defaults(func=cmd_search)
+
+
+def _find_key(store, model_fp: str, args: argparse.Namespace, run_hint: str) -> str:
+    from mildnet.cli import UsageError
+    from mildnet import embeddings as emb
+
+    missing = EmbeddingsMissing(
+        f"no embeddings for this model (fingerprint {model_fp[:16]}) in {store.describe()}; "
+        f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first"
+    )
+    if args.images is not None or args.dataset is not None:
+        dataset = args.dataset or emb.dataset_name(args.images)
+        if args.include:
+            dataset += "+" + "+".join(p.strip("/") for p in args.include)
+        return emb.cache_key(dataset, model_fp)
+    suffix = "/" + model_fp[:16]
+    candidates = [k for k in store.keys() if k.endswith(suffix)]
+    if not candidates:
+        raise missing
+    if len(candidates) > 1:
+        shown = ", ".join(k.rsplit("/", 1)[0] for k in candidates)
+        raise UsageError(f"several catalogs are embedded with this model ({shown}); pass --images DIR or --dataset NAME")
+    return candidates[0]
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mildnet.cli import UsageError
+    from mildnet import embeddings as emb
+    from mildnet.search import Searcher
+
+    if args.k < 1:
+        raise UsageError("-k must be at least 1")
+    if args.image is not None and not args.image.is_file():
+        raise ImageError(f"query image not found: {args.image}")
+
+    model, config = load_model_from_args(args)
+    run_hint = f"--run {args.run}" if args.run is not None else f"--model {args.model}"
+    store = open_store_from_args(args)
+    try:
+        model_fp = emb.model_fingerprint(model)
+        key = _find_key(store, model_fp, args, run_hint)
+        embeddings = store.get(key)
+        if embeddings is None:
+            raise EmbeddingsMissing(
+                f"no embeddings under {key!r} in {store.describe()}; "
+                f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first"
+            )
+    finally:
+        store.close()
+    if embeddings.model_fingerprint != model_fp:
+        raise EmbeddingsMissing(f"the set under {key!r} was made by another model; re-run `embed` with this one")
+
+    image_root = Path(args.images or embeddings.meta.get("image_root") or ".")
+    if args.images is not None and args.images.is_dir():
+        ids = emb.catalog_ids(args.images, include=embeddings.meta.get("include") or None)
+        if emb.catalog_fingerprint(args.images, ids) != embeddings.catalog_fingerprint:
+            print("warning: the catalog's images changed since they were embedded; run `embed` again to update",
+                  file=sys.stderr)
+
+    searcher = Searcher(embeddings)
+    size = embeddings.meta.get("image_size") or config.get("image_size")
+    if args.image is not None:
+        vector = emb.embed_image(model, args.image, size)
+        hits = searcher.query(vector, k=args.k)[0]
+        query_info = {"image": str(args.image)}
+        query_picture = args.image
+    else:
+        if args.item_id not in embeddings:
+            raise MildnetError(
+                f"id {args.item_id!r} is not in the embedded catalog ({len(embeddings)} images under {key!r}); "
+                "ids are image paths relative to the image folder, e.g. " + repr(embeddings.ids[0])
+            )
+        hits = searcher.query_id(args.item_id, k=args.k, exclude_self=True)
+        query_info = {"id": args.item_id}
+        query_picture = image_root / args.item_id
+
+    results = [{"id": h.id, "path": str(image_root / h.path), "score": round(h.score, 6)} for h in hits]
+    if args.plot is not None:
+        from mildnet.search import plot_results
+
+        title = f"top {len(hits)} of {len(embeddings)} ({config.get('model', model.name)})"
+        plot_results(query_picture, hits, image_root, args.plot, title=title)
+    if args.json:
+        payload = {"query": query_info, "key": key, "model": config.get("model", model.name), "k": args.k,
+                   "n_catalog": len(embeddings), "results": results}
+        if args.plot is not None:
+            payload["plot"] = str(args.plot)
+        print(json.dumps(payload))
+    else:
+        print(f"query: {next(iter(query_info.values()))}  ({len(embeddings)} catalog images, key {key})")
+        for rank, r in enumerate(results, start=1):
+            print(f"{rank:3d}  {r['score']:.4f}  {r['id']}")
+        if args.plot is not None:
+            print(f"plot saved to {args.plot}")
+    return 0

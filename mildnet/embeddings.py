@@ -1,0 +1,681 @@
+"""Catalog embeddings: run a model over a folder of images and cache the matrix in a store.
+
+A cached :class:`~mildnet.store.EmbeddingSet` is tied to two fingerprints kept in its metadata:
+
+- the *model fingerprint* (:func:`model_fingerprint`): weights bytes + architecture, so a retrained or
+  different model never reuses another model's vectors;
+- the *catalog fingerprint* (:func:`catalog_fingerprint`): relative paths, sizes and modification times of
+  the images, computed with ``stat`` only (no decoding), so checking the cache costs milliseconds.
+
+A cache is served only when both match. When only the catalog changed, :func:`update_catalog` embeds just
+the new (or modified) images and drops removed ones; anything else is rebuilt. Sets live under
+``cache_key(dataset, model_fingerprint)`` so several models of one catalog coexist in a store.
+
+Rows are always in sorted id order (ids are '/'-separated paths relative to the image root), which makes
+the result independent of listing order and lets shards (contiguous slices of that order) merge back into
+exactly the unsharded row order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mildnet.data.images import ImageSource, image_dataset, list_images, load_image
+from mildnet.errors import DataError, ImageError, ModelError, StoreError
+from mildnet.store import EmbeddingSet, Store
+
+__all__ = [
+    "EmbedResult",
+    "cache_key",
+    "catalog_fingerprint",
+    "catalog_ids",
+    "dataset_name",
+    "embed_catalog",
+    "embed_image",
+    "embed_images",
+    "get_or_build",
+    "load_cached",
+    "load_run_model",
+    "merge_shards",
+    "model_fingerprint",
+    "model_image_size",
+    "open_searcher",
+    "parse_shard",
+    "shard_ids",
+    "shard_key",
+    "update_catalog",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+# Bumped when the meaning of the stored vectors changes (e.g. the decoding path), invalidating old caches.
+EMBEDDING_VERSION = 1
+_MISSING = "missing"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fingerprints and keys
+# --------------------------------------------------------------------------------------------------------------
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 (hex) of a Keras model's architecture and weights.
+
+    Weights are hashed by variable path, dtype, shape and raw bytes; the architecture by the layer classes,
+    names and configs (JSON with sorted keys). Things that change on save/load (build config, compile state,
+    object ids) are left out, so a model and its ``.keras`` reload give the same fingerprint.
+    """
+    h = hashlib.sha256()
+    h.update(f"mildnet-embedding-v{EMBEDDING_VERSION}\n".encode())
+    h.update(f"model:{model.name}\n".encode())
+    for layer in model.layers:
+        try:
+            config = layer.get_config()
+        except (NotImplementedError, TypeError):
+            config = {}
+        # Layer names are part of the config; dtype policies serialise differently across Keras versions.
+        config = {k: v for k, v in config.items() if k not in ("dtype", "build_config", "trainable")}
+        h.update(f"layer:{type(layer).__name__}:".encode())
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    for weight in model.weights:
+        value = np.ascontiguousarray(np.asarray(weight.numpy()))
+        path = getattr(weight, "path", weight.name)
+        h.update(f"weight:{path}:{value.dtype.str}:{value.shape}\n".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def _file_signature(root: Path, image_id: str) -> str:
+    try:
+        st = (root / image_id).stat()
+    except OSError:
+        return _MISSING
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _signatures(root: Path, ids: Sequence[str]) -> list[str]:
+    return [_file_signature(root, i) for i in ids]
+
+
+def _fingerprint_of(ids: Sequence[str], signatures: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for image_id, sig in zip(ids, signatures):
+        h.update(f"{image_id}\t{sig}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def catalog_fingerprint(image_root: str | os.PathLike, ids: Iterable[str]) -> str:
+    """SHA-256 (hex) of the sorted relative paths with each file's size and mtime (``stat`` only).
+
+    A new, removed, replaced or touched image changes it; a missing file counts as its own state, so it
+    changes again when the file appears.
+    """
+    ids = _normalise_ids(ids)
+    return _fingerprint_of(ids, _signatures(Path(image_root), ids))
+
+
+def dataset_name(image_root: str | os.PathLike) -> str:
+    """The default dataset part of a cache key: the image folder's name."""
+    name = Path(os.path.abspath(image_root)).name
+    return name or "images"
+
+
+def cache_key(dataset: str, model_fp: str) -> str:
+    """The store key of a catalog embedded by a model: ``"<dataset>/<first 16 hex of the fingerprint>"``."""
+    if not dataset or not model_fp:
+        raise ValueError("cache_key needs a dataset name and a model fingerprint")
+    return f"{dataset}/{model_fp[:16]}"
+
+
+def shard_key(key: str, index: int, count: int) -> str:
+    return f"{key}/shard-{index}-of-{count}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ValueError otherwise."""
+    try:
+        left, right = str(text).split("/")
+        index, count = int(left), int(right)
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    _check_shard(index, count)
+    return index, count
+
+
+def _check_shard(index: int, count: int) -> None:
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard index must be in 0..{count - 1} for {count} shards, got {index}")
+
+
+def shard_ids(ids: Sequence[str], index: int, count: int) -> list[str]:
+    """The ``index``-th of ``count`` contiguous, near-equal slices of the sorted ids (deterministic)."""
+    _check_shard(index, count)
+    ids = _normalise_ids(ids)
+    bounds = np.linspace(0, len(ids), count + 1).round().astype(int)
+    return ids[bounds[index] : bounds[index + 1]]
+
+
+def _normalise_ids(ids: Iterable[str]) -> list[str]:
+    if isinstance(ids, str):
+        raise DataError("ids must be a list of relative image paths, not a single string")
+    out = sorted({str(i).replace("\\", "/") for i in ids})
+    for i in out:
+        if not i or i.startswith("/") or ".." in i.split("/"):
+            raise DataError(f"image ids must be paths relative to the image root, got {i!r}")
+    return out
+
+
+def catalog_ids(image_root: str | os.PathLike, include: Sequence[str] | None = None) -> list[str]:
+    """The images of a catalog: those a ``catalog.csv`` in the root lists, else every image under the root.
+
+    ``include`` keeps only ids starting with one of the given prefixes (e.g. ``["validation/", "test/"]``).
+    """
+    root = Path(image_root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    catalog_file = root / "catalog.csv"
+    if catalog_file.is_file():
+        from mildnet.data.catalog import read_catalog
+
+        ids = list(read_catalog(catalog_file)["image"])
+    else:
+        ids = list_images(root)
+    if include:
+        prefixes = tuple(p.replace("\\", "/") for p in include)
+        ids = [i for i in ids if i.startswith(prefixes)]
+    if not ids:
+        what = f" matching {', '.join(include)}" if include else ""
+        raise DataError(f"no images{what} found under {root}")
+    return _normalise_ids(ids)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running the model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def model_image_size(model) -> int | None:
+    """The square input side a model was built for, or None when it accepts any size."""
+    shape = tuple(model.inputs[0].shape)
+    return int(shape[1]) if len(shape) == 4 and shape[1] is not None else None
+
+
+def _resolve_size(model, image_size: int | None) -> int:
+    fixed = model_image_size(model)
+    if image_size is None:
+        if fixed is None:
+            raise ModelError("the model accepts any input size: pass image_size")
+        return fixed
+    image_size = int(image_size)
+    if fixed is not None and fixed != image_size:
+        raise ModelError(f"the model takes {fixed}x{fixed} images, not {image_size}x{image_size}")
+    return image_size
+
+
+def _embedding_dim(model) -> int:
+    return int(model.outputs[0].shape[-1])
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    # The zoo models end in an L2 layer already; this keeps "dot product = cosine" true for any Keras model.
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _op_error_reason(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    for line in text.splitlines():
+        if "ImageError" in line:
+            return line.split("ImageError:", 1)[-1].strip()
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+def embed_images(
+    model,
+    paths: Sequence[str | os.PathLike],
+    image_size: int | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Embeds image files through :func:`~mildnet.data.images.image_dataset`: float32 (N, D), L2-normalised.
+
+    Every image is embedded, including the last partial batch. ``progress(done, total)`` is called after
+    each batch. An unreadable image raises :class:`ImageError` naming it (see :func:`update_catalog` for a
+    job that skips such images instead).
+    """
+    vectors, skipped = _embed_skipping(model, [os.fspath(p) for p in paths], image_size, batch_size, progress)
+    if skipped:
+        path, reason = next(iter(skipped.items()))
+        raise ImageError(reason if path in reason else f"{path}: {reason}")
+    return vectors
+
+
+def _embed_skipping(
+    model, paths: list[str], image_size: int | None, batch_size: int, progress: Progress | None
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Embeds ``paths``; images that fail to decode are left out. Returns (vectors of the good paths in
+    order, {bad path: reason}).
+
+    One decoding pass in the normal case: the pipeline stops at the first batch holding a bad image, that
+    batch's images are checked one by one with ``load_image``, and the pipeline restarts after them.
+    """
+    import tensorflow as tf
+
+    size = _resolve_size(model, image_size)
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    total = len(paths)
+    dim = _embedding_dim(model)
+    chunks: list[np.ndarray] = []
+    skipped: dict[str, str] = {}
+    remaining = list(paths)
+    done = 0
+    while remaining:
+        consumed = 0
+        try:
+            for batch in image_dataset(remaining, size, batch_size):
+                chunks.append(np.asarray(model(batch, training=False), dtype=np.float32))
+                n = int(batch.shape[0])
+                consumed += n
+                done += n
+                if progress is not None:
+                    progress(done + len(skipped), total)
+            remaining = []
+        except tf.errors.OpError as exc:
+            failing = remaining[consumed : consumed + batch_size]
+            bad = {}
+            for path in failing:
+                try:
+                    load_image(path, size)
+                except ImageError as image_exc:
+                    bad[path] = str(image_exc)
+            if not bad:
+                # Not an image problem (out of memory, a model error): do not hide it as a skip.
+                raise DataError(f"embedding failed: {_op_error_reason(exc)}") from None
+            skipped.update(bad)
+            remaining = [p for p in remaining[consumed:] if p not in bad]
+            if progress is not None:
+                progress(done + len(skipped), total)
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+    return _normalise_rows(vectors), skipped
+
+
+def embed_image(model, source: ImageSource, image_size: int | None = None) -> np.ndarray:
+    """One image (a path or uploaded bytes) -> its float32 (D,) L2-normalised embedding.
+
+    Decoded with :func:`load_image`, exactly like catalog images; a bad image raises :class:`ImageError`.
+    """
+    size = _resolve_size(model, image_size)
+    pixels = load_image(source, size).astype(np.float32)[None]
+    return _normalise_rows(np.asarray(model(pixels, training=False), dtype=np.float32))[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Catalog embedding with a cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedResult:
+    """What :func:`update_catalog` did.
+
+    ``status``: ``"reused"`` (cache fresh, nothing embedded), ``"updated"`` (same model, catalog changed:
+    only new/changed images embedded), ``"built"`` (no cache) or ``"rebuilt"`` (stale cache replaced, or
+    ``rebuild=True``). ``embedded``: images run through the model in this call; ``removed``: rows dropped
+    because their image left the catalog; ``skipped``: ``[{id, reason}]`` unreadable images (also in
+    ``embeddings.meta["skipped"]``).
+    """
+
+    embeddings: EmbeddingSet
+    key: str
+    status: str
+    embedded: int
+    removed: int
+    skipped: list[dict]
+    seconds: float
+
+    def summary(self) -> str:
+        s = self.embeddings
+        text = f"{self.status}: {len(s)} images, dim {s.dim}, key {self.key!r}"
+        if self.status == "updated":
+            text += f" ({self.embedded} embedded, {self.removed} removed)"
+        if self.skipped:
+            text += f"; {len(self.skipped)} unreadable image(s) skipped"
+        return text
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _is_fresh(cached: EmbeddingSet | None, model_fp: str, catalog_fp: str, image_size: int) -> bool:
+    return (
+        cached is not None
+        and cached.model_fingerprint == model_fp
+        and cached.catalog_fingerprint == catalog_fp
+        and cached.meta.get("image_size") == image_size
+        and cached.meta.get("embedding_version") == EMBEDDING_VERSION
+    )
+
+
+def _incremental_base(cached: EmbeddingSet | None, model_fp: str, image_size: int) -> bool:
+    """A cache whose rows can be kept: same model and pixels, with per-row file signatures."""
+    if cached is None or cached.model_fingerprint != model_fp:
+        return False
+    if cached.meta.get("image_size") != image_size or cached.meta.get("embedding_version") != EMBEDDING_VERSION:
+        return False
+    sigs = cached.meta.get("signatures")
+    return isinstance(sigs, list) and len(sigs) == len(cached)
+
+
+def update_catalog(
+    model,
+    image_root: str | os.PathLike,
+    store: Store,
+    ids: Iterable[str] | None = None,
+    *,
+    key: str | None = None,
+    dataset: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    shard: tuple[int, int] | None = None,
+    rebuild: bool = False,
+    model_fp: str | None = None,
+    model_name: str | None = None,
+    extra_meta: dict | None = None,
+) -> EmbedResult:
+    """Embeds a catalog into ``store`` (or reuses/updates the cached set) and reports what was done.
+
+    ``ids``: relative image paths; default :func:`catalog_ids` (``catalog.csv`` in the root, else all
+    images). ``key`` defaults to ``cache_key(dataset or dataset_name(image_root), model fingerprint)``.
+    ``shard=(i, n)`` embeds the i-th of n slices under :func:`shard_key` (merge with :func:`merge_shards`).
+    ``model_fp`` may be passed when already known (hashing a big model's weights takes a moment).
+    Unreadable images are skipped and listed in ``meta["skipped"]``; the job never dies on one bad file.
+    """
+    start = time.perf_counter()
+    root = Path(image_root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    size = _resolve_size(model, image_size)
+    model_fp = model_fp or model_fingerprint(model)
+    all_ids = catalog_ids(root) if ids is None else _normalise_ids(ids)
+    if not all_ids:
+        raise DataError(f"no images to embed under {root}")
+    base_key = key or cache_key(dataset or dataset_name(root), model_fp)
+    all_sigs = _signatures(root, all_ids)
+    full_catalog_fp = _fingerprint_of(all_ids, all_sigs)
+    if shard is not None:
+        index, count = shard
+        wanted = set(shard_ids(all_ids, index, count))
+        pairs = [(i, s) for i, s in zip(all_ids, all_sigs) if i in wanted]
+        ids_now, sigs_now = [p[0] for p in pairs], [p[1] for p in pairs]
+        store_key = shard_key(base_key, index, count)
+    else:
+        ids_now, sigs_now = all_ids, all_sigs
+        store_key = base_key
+    catalog_fp = _fingerprint_of(ids_now, sigs_now)
+
+    cached = None if rebuild else store.get(store_key)
+    if _is_fresh(cached, model_fp, catalog_fp, size):
+        return EmbedResult(cached, store_key, "reused", 0, 0, list(cached.meta.get("skipped", [])),
+                           time.perf_counter() - start)
+
+    # Rows (and remembered skips) of unchanged files are kept; everything else is (re-)embedded.
+    keep_rows: dict[str, int] = {}
+    keep_skips: dict[str, dict] = {}
+    removed = 0
+    if not rebuild and _incremental_base(cached, model_fp, size):
+        now = dict(zip(ids_now, sigs_now))
+        for row, (i, sig) in enumerate(zip(cached.ids, cached.meta["signatures"])):
+            if now.get(i) == sig:
+                keep_rows[i] = row
+            elif i not in now:
+                removed += 1
+        for entry in cached.meta.get("skipped", []):
+            if isinstance(entry, dict) and now.get(entry.get("id")) == entry.get("signature"):
+                keep_skips[entry["id"]] = entry
+        status = "updated"
+    else:
+        status = "rebuilt" if cached is not None or rebuild else "built"
+
+    to_embed = [i for i, sig in zip(ids_now, sigs_now) if i not in keep_rows and i not in keep_skips
+                and sig != _MISSING]
+    skipped = dict(keep_skips)
+    for i, sig in zip(ids_now, sigs_now):
+        if sig == _MISSING:
+            skipped[i] = {"id": i, "reason": f"image file not found: {root / i}", "signature": sig}
+    vectors, bad = _embed_skipping(model, [str(root / i) for i in to_embed], size, batch_size, progress)
+    bad_ids = {i for i in to_embed if str(root / i) in bad}
+    sig_of = dict(zip(ids_now, sigs_now))
+    for i in to_embed:
+        if i in bad_ids:
+            skipped[i] = {"id": i, "reason": bad[str(root / i)], "signature": sig_of[i]}
+    for entry in skipped.values():
+        if entry["id"] not in keep_skips:
+            # Callers show EmbedResult.skipped; a log warning would print a second copy on the CLI.
+            log.info("skipping unreadable image %s: %s", entry["id"], entry["reason"])
+
+    fresh_row = {i: r for r, i in enumerate(i for i in to_embed if i not in bad_ids)}
+    dim = _embedding_dim(model)
+    out_ids = [i for i in ids_now if i in keep_rows or i in fresh_row]
+    matrix = np.empty((len(out_ids), dim), dtype=np.float32)
+    for r, i in enumerate(out_ids):
+        matrix[r] = cached.vectors[keep_rows[i]] if i in keep_rows else vectors[fresh_row[i]]
+    meta = {
+        "model_fingerprint": model_fp,
+        "catalog_fingerprint": catalog_fp,
+        "dim": dim,
+        "image_size": size,
+        "model_name": model_name or model.name,
+        "dataset": (dataset or dataset_name(root)) if key is None else base_key,
+        "image_root": str(root.resolve()),
+        "created": _now_iso(),
+        "embedding_version": EMBEDDING_VERSION,
+        "signatures": [sig_of[i] for i in out_ids],
+        "skipped": sorted(skipped.values(), key=lambda e: e["id"]),
+        **(extra_meta or {}),
+    }
+    if shard is not None:
+        meta["shard"] = [shard[0], shard[1]]
+        meta["full_catalog_fingerprint"] = full_catalog_fp
+    result = EmbeddingSet(out_ids, out_ids, matrix, meta)
+    store.put(store_key, result)
+    return EmbedResult(result, store_key, status, len(fresh_row), removed, meta["skipped"],
+                       time.perf_counter() - start)
+
+
+def embed_catalog(
+    model,
+    image_root: str | os.PathLike,
+    ids: Iterable[str] | None = None,
+    store: Store | None = None,
+    key: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    shard: tuple[int, int] | None = None,
+    **options: Any,
+) -> EmbeddingSet:
+    """:func:`update_catalog` returning just the embedding set (row-aligned ids/paths, float32 vectors, meta)."""
+    if store is None:
+        raise StoreError("embed_catalog needs a store (mildnet.store.open_store(...))")
+    return update_catalog(model, image_root, store, ids, key=key, image_size=image_size, batch_size=batch_size,
+                          progress=progress, shard=shard, **options).embeddings
+
+
+def merge_shards(store: Store, key: str, count: int, *, delete_shards: bool = False) -> EmbeddingSet:
+    """Merges the ``count`` shards stored under ``shard_key(key, i, count)`` into ``key`` and returns the set.
+
+    All shards must exist (the error names the missing ones) and come from the same model and catalog
+    state; the merged set's catalog fingerprint is that of the whole catalog, so a later
+    :func:`update_catalog` without shards reuses it.
+    """
+    if count < 1:
+        raise ValueError(f"shard count must be at least 1, got {count}")
+    shards, missing = [], []
+    for index in range(count):
+        s = store.get(shard_key(key, index, count))
+        if s is None:
+            missing.append(index)
+        shards.append(s)
+    if missing:
+        names = ", ".join(f"{i}/{count}" for i in missing)
+        raise StoreError(
+            f"cannot merge {key!r}: shard(s) {names} not found in {store.describe()}; embed them with --shard i/{count}"
+        )
+    fulls = {s.meta.get("full_catalog_fingerprint") for s in shards}
+    if len(fulls) != 1 or None in fulls:
+        raise DataError(
+            f"the shards of {key!r} were embedded from different catalog states (images changed in between); "
+            "re-embed the shards"
+        )
+    skipped = sorted((e for s in shards for e in s.meta.get("skipped", [])), key=lambda e: e["id"])
+    meta = {k: v for k, v in shards[0].meta.items() if k not in ("shard", "full_catalog_fingerprint")}
+    meta.update(
+        catalog_fingerprint=fulls.pop(),
+        signatures=[sig for s in shards for sig in s.meta.get("signatures", [])],
+        skipped=skipped,
+        shards=count,
+        created=_now_iso(),
+    )
+    merged = EmbeddingSet.merge(shards, meta=meta)
+    store.put(key, merged)
+    if delete_shards:
+        for index in range(count):
+            store.delete(shard_key(key, index, count))
+    return merged
+
+
+# --------------------------------------------------------------------------------------------------------------
+# For the app and the CLI
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_cached(
+    model,
+    image_root: str | os.PathLike,
+    store: Store,
+    ids: Iterable[str] | None = None,
+    *,
+    dataset: str | None = None,
+    image_size: int | None = None,
+    model_fp: str | None = None,
+) -> EmbeddingSet | None:
+    """The cached set if it is fresh (same model, same catalog files), else None. Never embeds anything."""
+    size = _resolve_size(model, image_size)
+    model_fp = model_fp or model_fingerprint(model)
+    root = Path(image_root)
+    all_ids = catalog_ids(root) if ids is None else _normalise_ids(ids)
+    cached = store.get(cache_key(dataset or dataset_name(root), model_fp))
+    if _is_fresh(cached, model_fp, catalog_fingerprint(root, all_ids), size):
+        return cached
+    return None
+
+
+def get_or_build(
+    model,
+    image_root: str | os.PathLike,
+    store: Store,
+    ids: Iterable[str] | None = None,
+    *,
+    progress: Progress | None = None,
+    batch_size: int = 64,
+    **options: Any,
+) -> EmbedResult:
+    """The fresh cached set, or one built/updated now (``progress(done, total)`` counts embedded images)."""
+    return update_catalog(model, image_root, store, ids, progress=progress, batch_size=batch_size, **options)
+
+
+def open_searcher(
+    run_dir: str | os.PathLike,
+    image_root: str | os.PathLike,
+    store: Store,
+    *,
+    progress: Progress | None = None,
+    batch_size: int = 64,
+    **options: Any,
+):
+    """Everything the app needs for a trained run and a catalog: ``(searcher, model, config, result)``.
+
+    Loads the run's model, gets the embeddings (cached, incrementally updated or built, reporting
+    ``progress(done, total)``) and wraps them in a :class:`~mildnet.search.Searcher`. Queries are embedded
+    with ``embed_image(model, upload_bytes, config["image_size"])``.
+    """
+    from mildnet.search import Searcher
+
+    model, config = load_run_model(run_dir)
+    result = get_or_build(model, image_root, store, progress=progress, batch_size=batch_size,
+                          image_size=_config_size(config, model), model_name=config.get("model"), **options)
+    return Searcher(result.embeddings), model, config, result
+
+
+def _config_size(config: dict, model) -> int | None:
+    size = config.get("image_size") or config.get("input_size")
+    return int(size) if size else model_image_size(model)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Run directories
+# --------------------------------------------------------------------------------------------------------------
+
+_RUN_MODEL_FILES = ("best.keras", "final.keras", "model.keras", "last.keras")
+
+
+def load_run_model(run_dir: str | os.PathLike) -> tuple[Any, dict]:
+    """``(model, config)`` of a training run directory (``best.keras`` + ``config.json``).
+
+    ``config`` always holds ``model`` (name) and ``image_size``; missing entries are taken from the model.
+    """
+    try:  # the training module owns the run layout when it provides a loader
+        from mildnet import training
+
+        loader = getattr(training, "load_run_model", None) or getattr(training, "load_run", None)
+    except ImportError:
+        loader = None
+    if loader is not None:
+        loaded = loader(run_dir)
+        if isinstance(loaded, tuple) and len(loaded) == 2:
+            model, config = loaded
+            config = dict(config if isinstance(config, dict) else dataclasses.asdict(config))
+            config.setdefault("model", model.name)
+            config.setdefault("image_size", model_image_size(model))
+            return model, config
+
+    from mildnet.models import load_model
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ModelError(f"run directory not found: {run}")
+    config: dict = {}
+    config_path = run / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {config_path}: {exc}") from None
+        if not isinstance(config, dict):
+            raise ModelError(f"{config_path} must hold a JSON object")
+    model_file = next((run / name for name in _RUN_MODEL_FILES if (run / name).is_file()), None)
+    if model_file is None:
+        raise ModelError(f"no trained model in {run} (expected {' or '.join(_RUN_MODEL_FILES[:2])})")
+    model = load_model(model_file)
+    config.setdefault("model", model.name)
+    if not config.get("image_size"):
+        config["image_size"] = config.get("input_size") or model_image_size(model)
+    config["model_file"] = str(model_file)
+    return model, config
