@@ -21,6 +21,8 @@ class ProgressBar:
         self.stream = stream or sys.stderr
         self._last_draw = 0.0
         self._drawn = False
+        self._message = ""
+
 
     def __enter__(self) -> "ProgressBar":
         return self
@@ -41,8 +43,13 @@ class ProgressBar:
     def update(self, done: float, total: float | None = None, message: str = "") -> None:
         now = time.monotonic()
         finished = total is not None and done >= total
-        if not finished and now - self._last_draw < 0.1:
+        new_stage = message != self._message
+        if not (finished or new_stage) and now - self._last_draw < 0.1:
             return
+        if new_stage and self._drawn:
+            # A new stage (another file, extracting after downloading) starts on its own line.
+            self.stream.write("\n")
+        self._message = message
         self._last_draw = now
         if total:
             filled = int(self.width * min(done / total, 1.0))
