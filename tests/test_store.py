@@ -350,3 +350,51 @@ def test_open_store_fallback_only_when_asked(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(open_store(str(tmp_path / "plain")), LocalStore)
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+def _readers_never_see_a_mix(make_store):
+    """A writer alternates two sets under one key while a reader (another store object, like another app
+    replica) keeps reading: every read must be exactly one of the two sets."""
+    import threading
+
+    sets = [make_set(40, 6, seed=1, catalog="A"), make_set(25, 6, seed=2, catalog="B")]
+    writer_store, reader_store = make_store(), make_store()
+    writer_store.put("k", sets[0])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write():
+        try:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                writer_store.put("k", sets[i % 2])
+        except BaseException as exc:  # noqa: BLE001 - surfaced in the main thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    seen = set()
+    try:
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:
+            got = reader_store.get("k")
+            assert got is not None
+            assert got.equals(sets[0]) or got.equals(sets[1])
+            seen.add(got.catalog_fingerprint)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert seen == {"A", "B"}  # the reader really raced the writer
+
+
+def test_local_readers_never_see_a_mix(tmp_path):
+    _readers_never_see_a_mix(lambda: LocalStore(tmp_path, fsync=False))
+
+
+def test_redis_readers_never_see_a_mix(redis_url):
+    _readers_never_see_a_mix(lambda: RedisStore(redis_url, chunk_rows=8))
