@@ -46,10 +46,10 @@ __all__ = [
     "embed_images",
     "get_or_build",
     "load_cached",
-    "load_run_model",
     "merge_shards",
     "model_fingerprint",
     "model_image_size",
+    "open_run",
     "open_searcher",
     "parse_shard",
     "shard_ids",
@@ -618,7 +618,7 @@ def open_searcher(
     """
     from mildnet.search import Searcher
 
-    model, config = load_run_model(run_dir)
+    model, config = open_run(run_dir)
     result = get_or_build(model, image_root, store, progress=progress, batch_size=batch_size,
                           image_size=_config_size(config, model), model_name=config.get("model"), **options)
     return Searcher(result.embeddings), model, config, result
@@ -633,49 +633,19 @@ def _config_size(config: dict, model) -> int | None:
 # Run directories
 # --------------------------------------------------------------------------------------------------------------
 
-_RUN_MODEL_FILES = ("best.keras", "final.keras", "model.keras", "last.keras")
 
+def open_run(run_dir: str | os.PathLike) -> tuple[Any, dict]:
+    """``(model, config)`` of a training run: its ``best.keras`` and its settings as a dict.
 
-def load_run_model(run_dir: str | os.PathLike) -> tuple[Any, dict]:
-    """``(model, config)`` of a training run directory (``best.keras`` + ``config.json``).
-
-    ``config`` always holds ``model`` (name) and ``image_size``; missing entries are taken from the model.
+    A thin wrapper over :func:`mildnet.training.load_run_model` / :func:`~mildnet.training.read_run`
+    (which own the run layout); ``config`` always holds ``model`` (name) and ``image_size``.
     """
-    try:  # the training module owns the run layout when it provides a loader
-        from mildnet import training
+    from mildnet import training
 
-        loader = getattr(training, "load_run_model", None) or getattr(training, "load_run", None)
-    except ImportError:
-        loader = None
-    if loader is not None:
-        loaded = loader(run_dir)
-        if isinstance(loaded, tuple) and len(loaded) == 2:
-            model, config = loaded
-            config = dict(config if isinstance(config, dict) else dataclasses.asdict(config))
-            config.setdefault("model", model.name)
-            config.setdefault("image_size", model_image_size(model))
-            return model, config
-
-    from mildnet.models import load_model
-
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise ModelError(f"run directory not found: {run}")
-    config: dict = {}
-    config_path = run / "config.json"
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read {config_path}: {exc}") from None
-        if not isinstance(config, dict):
-            raise ModelError(f"{config_path} must hold a JSON object")
-    model_file = next((run / name for name in _RUN_MODEL_FILES if (run / name).is_file()), None)
-    if model_file is None:
-        raise ModelError(f"no trained model in {run} (expected {' or '.join(_RUN_MODEL_FILES[:2])})")
-    model = load_model(model_file)
-    config.setdefault("model", model.name)
-    if not config.get("image_size"):
-        config["image_size"] = config.get("input_size") or model_image_size(model)
-    config["model_file"] = str(model_file)
+    info = training.read_run(run_dir)
+    model = training.load_run_model(run_dir)
+    config = info.config.to_dict()
+    config["model"] = config.get("model") or model.name
+    config["image_size"] = config.get("image_size") or model_image_size(model)
+    config["run_dir"] = str(Path(run_dir).resolve())
     return model, config

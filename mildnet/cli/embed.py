@@ -63,9 +63,9 @@ def load_model_from_args(args: argparse.Namespace):
     if args.run is not None:
         if args.weights or args.image_size or args.embedding_dim:
             raise UsageError("--weights/--image-size/--embedding-dim go with --model, not --run (the run has its own)")
-        from mildnet.embeddings import load_run_model
+        from mildnet.embeddings import open_run
 
-        return load_run_model(args.run)
+        return open_run(args.run)
     import keras
 
     from mildnet.models import build_model

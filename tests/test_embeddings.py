@@ -1,0 +1,231 @@
+"""Catalog embeddings: batching, fingerprints, the cache (reuse / incremental / rebuild), shards, bad images.
+
+Real TensorFlow with the tiny_cnn model on 32 px JPEGs; stores are real LocalStores in tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mildnet import embeddings as emb
+from mildnet.errors import ImageError, StoreError
+from mildnet.store import LocalStore
+from tests.conftest import make_labelled_folder
+
+SIZE = 32
+
+
+def _tiny(seed: int):
+    import keras
+
+    from mildnet.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    return build_model("tiny_cnn", SIZE)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny(0)
+
+
+@pytest.fixture
+def images(tmp_path):
+    return make_labelled_folder(tmp_path / "images", classes=("red", "green", "blue"), per_class=4, size=SIZE)
+
+
+class Counter:
+    """A progress callback that records how many images the model actually saw."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, done, total):
+        self.calls.append((done, total))
+
+    @property
+    def done(self):
+        return self.calls[-1][0] if self.calls else 0
+
+
+def _add_image(root, rel, colour=(10, 200, 200), seed=1):
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+# --- embedding images ------------------------------------------------------------------------------------------
+
+
+def test_embed_images_keeps_last_partial_batch_and_matches_single_uploads(model, images):
+    paths = sorted(images.rglob("*.jpg"))[:7]
+    counter = Counter()
+    vectors = emb.embed_images(model, paths, batch_size=3, progress=counter)
+    assert vectors.shape == (7, 32) and vectors.dtype == np.float32
+    assert counter.calls[-1] == (7, 7)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The single-upload path (raw bytes through load_image) gives the same vector as the batch pipeline.
+    single = emb.embed_image(model, paths[6].read_bytes())
+    np.testing.assert_allclose(single, vectors[6], atol=1e-5)
+
+
+def test_embed_images_names_a_bad_image(model, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        emb.embed_images(model, [bad])
+    with pytest.raises(ImageError):
+        emb.embed_image(model, b"garbage bytes")
+
+
+# --- fingerprints ----------------------------------------------------------------------------------------------
+
+
+def test_model_fingerprint_survives_save_load_and_tracks_weights(model, tmp_path):
+    from mildnet.models import load_model, save_model
+
+    fp = emb.model_fingerprint(model)
+    reloaded = load_model(save_model(model, tmp_path / "m.keras"))
+    assert emb.model_fingerprint(reloaded) == fp
+    assert emb.model_fingerprint(_tiny(1)) != fp
+
+
+def test_catalog_fingerprint_is_stat_based(images):
+    ids = emb.catalog_ids(images)
+    fp = emb.catalog_fingerprint(images, ids)
+    assert emb.catalog_fingerprint(images, list(reversed(ids))) == fp  # order does not matter
+    target = images / ids[0]
+    stat = target.stat()
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert emb.catalog_fingerprint(images, ids) != fp
+    assert emb.catalog_fingerprint(images, ids[1:]) != fp
+
+
+# --- the cache -------------------------------------------------------------------------------------------------
+
+
+def test_cache_reuse_and_incremental_update(model, images, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    first = Counter()
+    built = emb.update_catalog(model, images, store, batch_size=5, progress=first)
+    assert built.status == "built" and built.embedded == 12 and first.done == 12
+    assert len(built.embeddings) == 12 and built.embeddings.ids == sorted(built.embeddings.ids)
+    meta = built.embeddings.meta
+    assert meta["model_name"] == "tiny_cnn" and meta["image_size"] == SIZE and meta["dim"] == 32
+    assert meta["model_fingerprint"] == emb.model_fingerprint(model)
+    assert built.key == emb.cache_key("images", meta["model_fingerprint"])
+
+    again = Counter()
+    reused = emb.update_catalog(model, images, store, batch_size=5, progress=again)
+    assert reused.status == "reused" and reused.embedded == 0 and again.calls == []
+    assert reused.embeddings.equals(built.embeddings)
+    assert emb.load_cached(model, images, store) is not None
+
+    # Two new images, one removed, one rewritten (new content, size and mtime).
+    _add_image(images, "cyan/cyan_0.jpg", seed=1)
+    _add_image(images, "cyan/cyan_1.jpg", seed=2)
+    (images / "red/red_0.jpg").unlink()
+    changed = "green/green_1.jpg"
+    _add_image(images, changed, colour=(250, 250, 250), seed=3)
+    assert emb.load_cached(model, images, store) is None  # stale: never served silently
+
+    counter = Counter()
+    updated = emb.update_catalog(model, images, store, batch_size=5, progress=counter)
+    assert updated.status == "updated"
+    assert (updated.embedded, updated.removed) == (3, 1) and counter.done == 3
+    s = updated.embeddings
+    assert len(s) == 13 and "red/red_0.jpg" not in s and "cyan/cyan_1.jpg" in s
+    unchanged = [i for i in built.embeddings.ids if i in s and i != changed]
+    np.testing.assert_array_equal(s.vectors[s.rows_of(unchanged)], built.embeddings.vectors[built.embeddings.rows_of(unchanged)])
+    assert not np.allclose(s.vectors[s.rows_of([changed])], built.embeddings.vectors[built.embeddings.rows_of([changed])])
+
+    full = emb.update_catalog(model, images, LocalStore(tmp_path / "other"), batch_size=5)
+    assert full.embeddings.ids == s.ids
+    np.testing.assert_allclose(full.embeddings.vectors, s.vectors, atol=1e-5)
+    assert full.embeddings.catalog_fingerprint == s.catalog_fingerprint
+    assert emb.update_catalog(model, images, store).status == "reused"
+
+
+def test_changed_model_is_rebuilt_never_served(model, images, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    first = emb.update_catalog(model, images, store)
+    other = _tiny(7)
+    second = emb.update_catalog(other, images, store)
+    assert second.status == "built" and second.key != first.key and second.embedded == 12
+    # Forced onto the same key, a set from another model is rebuilt, not reused or patched.
+    forced = emb.update_catalog(other, images, store, key=first.key)
+    assert forced.status == "rebuilt" and forced.embedded == 12
+    assert store.get(first.key).model_fingerprint == emb.model_fingerprint(other)
+    assert emb.update_catalog(other, images, store, rebuild=True).status == "rebuilt"
+
+
+def test_shards_merge_into_the_unsharded_set(model, images, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    whole = emb.update_catalog(model, images, LocalStore(tmp_path / "whole"), batch_size=4).embeddings
+    key = emb.cache_key("images", emb.model_fingerprint(model))
+    sizes = []
+    for index in (0, 2):
+        part = emb.update_catalog(model, images, store, shard=(index, 3), batch_size=4)
+        assert part.key == emb.shard_key(key, index, 3)
+        sizes.append(len(part.embeddings))
+    with pytest.raises(StoreError, match="1/3"):
+        emb.merge_shards(store, key, 3)
+    sizes.append(len(emb.update_catalog(model, images, store, shard=(1, 3), batch_size=4).embeddings))
+    assert sorted(sizes) == [4, 4, 4]
+    merged = emb.merge_shards(store, key, 3)
+    assert merged.ids == whole.ids
+    np.testing.assert_allclose(merged.vectors, whole.vectors, atol=1e-5)
+    assert merged.catalog_fingerprint == whole.catalog_fingerprint
+    # The merged set is a normal, fresh cache entry.
+    assert emb.update_catalog(model, images, store).status == "reused"
+
+
+def test_unreadable_images_are_skipped_with_a_warning(model, images, tmp_path):
+    (images / "red" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    good = (images / "blue" / "blue_0.jpg").read_bytes()
+    (images / "blue" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    store = LocalStore(tmp_path / "store")
+    result = emb.update_catalog(model, images, store, batch_size=4)
+    skipped = {e["id"]: e["reason"] for e in result.skipped}
+    assert "red/broken.jpg" in skipped and "not an image" in skipped["red/broken.jpg"]
+    assert "red/broken.jpg" not in result.embeddings
+    assert len(result.embeddings) + len(skipped) == 14
+    assert result.embeddings.meta["skipped"] == result.skipped
+    # Unchanged bad files are remembered, not retried on every run.
+    again = emb.update_catalog(model, images, store, batch_size=4)
+    assert again.status == "reused" and {e["id"] for e in again.skipped} == set(skipped)
+
+
+def test_open_searcher_for_a_run(model, images, tmp_path):
+    run = make_run(tmp_path / "run", model)
+    store = LocalStore(tmp_path / "store")
+    counter = Counter()
+    searcher, loaded, config, result = emb.open_searcher(run, images, store, progress=counter)
+    assert config["model"] == "tiny_cnn" and config["image_size"] == SIZE
+    assert result.status == "built" and counter.done == 12 and len(searcher) == 12
+    query = emb.embed_image(loaded, images / "green/green_2.jpg", config["image_size"])
+    hits = searcher.query(query, k=3)[0]
+    assert hits[0].id == "green/green_2.jpg"
+    assert emb.open_searcher(run, images, store)[3].status == "reused"
+
+
+def make_run(run_dir, model, image_size=SIZE):
+    """A minimal training run directory (config.json + best.keras) as ``mildnet.training`` writes it."""
+    import json
+
+    from mildnet.models import save_model
+    from mildnet.training import TrainConfig
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig(images=str(run_dir), triplets=str(run_dir / "t.csv"), model=model.name, weights="none",
+                         image_size=image_size, embedding_dim=int(model.outputs[0].shape[-1]), out=str(run_dir))
+    (run_dir / "config.json").write_text(json.dumps({"format": 1, "config": config.to_dict()}))
+    save_model(model, run_dir / "best.keras")
+    return run_dir
