@@ -85,8 +85,14 @@ def cmd_triplets(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from mildnet.data.manifest import prepare
 
-    with ProgressBar("fetching", unit="B") as bar:
-        splits = prepare(args.name, progress=bar.update, source_override=args.source, dest=args.to)
+    with ProgressBar("fetching") as bar:
+
+        def progress(done, total, message=""):
+            # Downloads count bytes; the other stages (rendering, extracting, copying) count files.
+            counts_files = message.startswith(("rendering", "extracting", "building", "copying", "verifying"))
+            bar.update(done, total, message, unit="" if counts_files else "B")
+
+        splits = prepare(args.name, progress=progress, source_override=args.source, dest=args.to)
     for split in splits:
         print(f"{split.dataset}/{split.split}: triplets {split.triplets}, images {split.image_root}")
     return 0

@@ -32,15 +32,16 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
 
-    def _format(self, value: float) -> str:
-        if self.unit == "B":
+    def _format(self, value: float, unit: str) -> str:
+        if unit == "B":
             for suffix in ("B", "KB", "MB", "GB"):
                 if value < 1024 or suffix == "GB":
                     return f"{value:.0f}{suffix}" if suffix == "B" else f"{value:.1f}{suffix}"
                 value /= 1024
         return f"{value:.0f}"
 
-    def update(self, done: float, total: float | None = None, message: str = "") -> None:
+    def update(self, done: float, total: float | None = None, message: str = "", unit: str | None = None) -> None:
+        unit = self.unit if unit is None else unit
         now = time.monotonic()
         finished = total is not None and done >= total
         new_stage = message != self._message
@@ -54,9 +55,9 @@ class ProgressBar:
         if total:
             filled = int(self.width * min(done / total, 1.0))
             bar = "#" * filled + "." * (self.width - filled)
-            text = f"\r{self.label} [{bar}] {self._format(done)}/{self._format(total)}"
+            text = f"\r{self.label} [{bar}] {self._format(done, unit)}/{self._format(total, unit)}"
         else:
-            text = f"\r{self.label} {self._format(done)}"
+            text = f"\r{self.label} {self._format(done, unit)}"
         if message:
             text += f" {message}"
         self.stream.write(text)
