@@ -472,24 +472,32 @@ def _lineage_entry(parent: RunInfo) -> dict:
 # --- resolution of defaults ----------------------------------------------------------------------
 
 
-def resolve_dataset(config: TrainConfig) -> TrainConfig:
-    """Fills ``images``/``triplets``/``val_triplets`` from ``data_manifest.csv`` when ``dataset`` is set."""
-    if not config.dataset or (config.images and config.triplets):
-        return config
+def dataset_splits(name: str, progress=None) -> dict:
+    """``{split: DatasetSplit}`` of a ``data_manifest.csv`` dataset, prepared (generated, imported or
+    downloaded by ``manifest.prepare``) first if its files are missing."""
     try:
         from mildnet.data import manifest
     except ImportError:
         raise TrainConfigError("datasets by name need mildnet.data.manifest, which is not installed") from None
-    train_split = manifest.get_split(config.dataset, "train")
+    splits = manifest.dataset_splits(name)
+    if manifest.missing_files(splits):
+        splits = manifest.prepare(name, progress=progress)
+    return {s.split: s for s in splits}
+
+
+def resolve_dataset(config: TrainConfig, progress=None) -> TrainConfig:
+    """Fills ``images``/``triplets``/``val_triplets`` from ``data_manifest.csv`` when ``dataset`` is set."""
+    if not config.dataset or (config.images and config.triplets):
+        return config
+    splits = dataset_splits(config.dataset, progress)
+    if "train" not in splits:
+        raise DataError(f"dataset {config.dataset!r} has no train split")
     updates = {
-        "images": config.images or str(train_split.image_root),
-        "triplets": config.triplets or str(train_split.triplets),
+        "images": config.images or str(splits["train"].image_root),
+        "triplets": config.triplets or str(splits["train"].triplets),
     }
-    if config.val_triplets is None:
-        try:
-            updates["val_triplets"] = str(manifest.get_split(config.dataset, "val").triplets)
-        except MildnetError:
-            pass  # no val split in the manifest: a slice of train is held out
+    if config.val_triplets is None and "val" in splits:  # else a slice of train is held out
+        updates["val_triplets"] = str(splits["val"].triplets)
     return dataclasses.replace(config, **updates)
 
 

@@ -68,11 +68,13 @@ def _load_data(args: argparse.Namespace, run_info):
     if args.dataset:
         if args.images or args.triplets:
             raise UsageError("give either --dataset or --images/--triplets, not both")
-        try:
-            from mildnet.data import manifest
-        except ImportError:
-            raise UsageError("--dataset needs mildnet.data.manifest, which is not installed") from None
-        split = manifest.get_split(args.dataset, args.split)
+        from mildnet.errors import DataError
+        from mildnet.training import dataset_splits
+
+        splits = dataset_splits(args.dataset)
+        if args.split not in splits:
+            raise DataError(f"dataset {args.dataset!r} has no split {args.split!r}; it has: {', '.join(splits)}")
+        split = splits[args.split]
         triplets = split.triplets
         frame = _read_triplet_frame(triplets) if isinstance(triplets, (str, Path)) else triplets
         catalog = args.catalog or getattr(split, "catalog", None)

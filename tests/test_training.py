@@ -1,0 +1,275 @@
+"""Triplet training on a tiny generated sample (48 px JPEGs, tiny_cnn at 32 px, a few steps per epoch):
+run-directory files, stop flag, resume, incremental lineage, bad inputs, and the train/evaluate CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mildnet import training
+from mildnet.cli import main
+from mildnet.errors import DataError, ModelError
+from mildnet.training import TrainConfig, TrainConfigError, TrainingCallback, holdout_split, read_run, resume, train
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    from mildnet.data.sample import generate_sample
+
+    return generate_sample(tmp_path_factory.mktemp("data") / "sample", products=12, size=48, wild_per_product=2, seed=0)
+
+
+def tiny_config(sample, out, **overrides) -> TrainConfig:
+    values = dict(
+        images=str(sample), triplets=str(sample / "train.csv"), val_triplets=str(sample / "val.csv"),
+        out=str(out), model="tiny_cnn", image_size=32, epochs=2, batch_size=8, seed=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class Recorder(TrainingCallback):
+    """Records every callback; optionally sets a stop event at a given (epoch, step) or epoch end."""
+
+    def __init__(self, stop_event=None, stop_at_batch=None, stop_after_epoch=None):
+        self.events = []
+        self.stop_event, self.stop_at_batch, self.stop_after_epoch = stop_event, stop_at_batch, stop_after_epoch
+
+    def on_train_begin(self, total_epochs, steps_per_epoch):
+        self.events.append(("begin", total_epochs, steps_per_epoch))
+
+    def on_batch_end(self, epoch, step, logs):
+        self.events.append(("batch", epoch, step, logs["loss"]))
+        if self.stop_at_batch == (epoch, step):
+            self.stop_event.set()
+
+    def on_epoch_end(self, epoch, logs):
+        self.events.append(("epoch", epoch, dict(logs)))
+        if self.stop_after_epoch == epoch:
+            self.stop_event.set()
+
+    def on_train_end(self, result):
+        self.events.append(("end", result.status))
+
+
+@pytest.fixture(scope="module")
+def base_run(sample, tmp_path_factory):
+    recorder = Recorder()
+    result = train(tiny_config(sample, tmp_path_factory.mktemp("runs") / "base"), [recorder])
+    return result, recorder
+
+
+# --- pure parts ------------------------------------------------------------------------------------
+
+
+def test_config_validation_lists_every_problem():
+    config = TrainConfig(images="x", triplets="y", epochs=0, optimizer="rmsprop", margin=-1.0, loss="hinge")
+    with pytest.raises(TrainConfigError) as info:
+        config.validate()
+    message = str(info.value)
+    assert "epochs" in message and "optimizer" in message and "margin" in message
+    with pytest.raises(TrainConfigError, match="no image root"):
+        TrainConfig(triplets="y").validate()
+
+
+def test_config_json_roundtrip_and_fingerprint():
+    config = TrainConfig(images="x", triplets="y", loss="contrastive", margin=0.5)
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and again.fingerprint() == config.fingerprint()
+    assert TrainConfig(images="x", triplets="y", epochs=9).fingerprint() == TrainConfig(images="x", triplets="y").fingerprint()
+    assert TrainConfig(images="x", triplets="y", margin=0.2).fingerprint() != TrainConfig(images="x", triplets="y").fingerprint()
+    with pytest.raises(TrainConfigError, match="unknown training settings: colour"):
+        TrainConfig.from_dict({"colour": "red"})
+
+
+def test_holdout_split_has_disjoint_queries_and_is_seeded():
+    triplets = pd.DataFrame(
+        [(f"q{i % 10}", f"p{i}", f"n{i}") for i in range(40)], columns=["query", "positive", "negative"]
+    )
+    train_df, val_df = holdout_split(triplets, 0.2, seed=3)
+    assert len(train_df) + len(val_df) == 40
+    assert not set(train_df["query"]) & set(val_df["query"])
+    assert val_df["query"].nunique() == 2
+    again = holdout_split(triplets, 0.2, seed=3)[1]
+    pd.testing.assert_frame_equal(val_df, again)
+    assert holdout_split(triplets, 0.0, seed=3)[1].empty
+
+
+def test_augment_image_is_seeded_and_keeps_shape_and_range():
+    import tensorflow as tf
+
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (32, 32, 3)), tf.float32)
+    a = training.augment_image(image, tf.constant([1, 2], tf.int64)).numpy()
+    b = training.augment_image(image, tf.constant([1, 2], tf.int64)).numpy()
+    c = training.augment_image(image, tf.constant([1, 3], tf.int64)).numpy()
+    assert a.shape == (32, 32, 3) and a.min() >= 0 and a.max() <= 255
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_triplet_dataset_batches_keep_the_last_partial_batch(sample):
+    from mildnet.data.triplets import read_triplets
+
+    triplets = read_triplets(sample / "train.csv").triplets
+    batches = list(training.triplet_dataset(triplets, sample, 32, batch_size=8, augment=True, seed=1, epoch=1))
+    assert [b[0].shape[0] for b in batches] == [8, 8, len(triplets) - 16]
+    assert batches[0][1].shape == (8, 32, 32, 3)
+    again = list(training.triplet_dataset(triplets, sample, 32, batch_size=8, augment=True, seed=1, epoch=1))
+    np.testing.assert_array_equal(batches[0][2].numpy(), again[0][2].numpy())
+
+
+# --- end-to-end ------------------------------------------------------------------------------------
+
+
+def test_train_writes_the_run_directory(base_run):
+    from mildnet.models import load_model
+
+    result, recorder = base_run
+    run = result.run_dir
+    for name in ("config.json", "history.csv", "metrics.json", "best.keras", "last.keras"):
+        assert (run / name).is_file(), name
+    assert result.status == "completed" and result.epochs_completed == 2 and result.monitor == "val_accuracy"
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert history["val_accuracy"].between(0, 1).all() and np.isfinite(history["loss"]).all()
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["config"]["model"] == "tiny_cnn" and meta["config"]["embedding_dim"] == 32
+    assert meta["lineage"] == [] and meta["data"]["val_source"] == "file"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["best_epoch"] in (1, 2)
+    load_model(run / "best.keras", expected_name="tiny_cnn")
+    kinds = [e[0] for e in recorder.events]
+    assert kinds[0] == "begin" and kinds[-1] == "end" and kinds.count("epoch") == 2
+    assert recorder.events[0] == ("begin", 2, 3)  # 22 triplets, batches of 8
+    assert kinds.count("batch") == 6
+
+
+def test_stop_after_epoch_then_resume_continues_history(sample, tmp_path):
+    stop = threading.Event()
+    recorder = Recorder(stop, stop_after_epoch=1)
+    config = tiny_config(sample, tmp_path / "run", epochs=3, val_triplets=None, val_fraction=0.25)
+    first = train(config, [recorder], stop_event=stop)
+    assert first.status == "stopped" and first.epochs_completed == 1
+    assert (first.run_dir / "best.keras").is_file() and (first.run_dir / "val_triplets.csv").is_file()
+    assert json.loads((first.run_dir / "metrics.json").read_text())["status"] == "stopped"
+    history_1 = pd.read_csv(first.run_dir / "history.csv")
+
+    second = resume(first.run_dir)
+    assert second.status == "completed" and second.epochs_completed == 3
+    history = pd.read_csv(second.run_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    pd.testing.assert_frame_equal(history.iloc[:1], history_1)
+    info = read_run(second.run_dir)
+    assert info.meta["resumed"][0]["after_epoch"] == 1
+    assert info.meta["data"]["val_source"] == "heldout"
+    with pytest.raises(TrainConfigError, match="already finished 3 of 3"):
+        resume(second.run_dir)
+
+
+def test_stop_mid_epoch_discards_the_partial_epoch_and_keeps_best(sample, tmp_path):
+    stop = threading.Event()
+    recorder = Recorder(stop, stop_at_batch=(2, 1))
+    result = train(tiny_config(sample, tmp_path / "run"), [recorder], stop_event=stop)
+    assert result.status == "stopped" and result.epochs_completed == 1 and result.best_epoch == 1
+    assert result.best_model_path is not None
+    assert list(pd.read_csv(result.run_dir / "history.csv")["epoch"]) == [1]
+    assert recorder.events[-1] == ("end", "stopped")
+
+
+def test_incremental_training_records_lineage(sample, base_run, tmp_path):
+    parent = base_run[0].run_dir
+    config = TrainConfig(images=str(sample), triplets=str(sample / "test.csv"), out=str(tmp_path / "week2"),
+                         init_from=str(parent), epochs=1, batch_size=8, val_fraction=0.3)
+    result = train(config)
+    info = read_run(result.run_dir)
+    assert info.config.model == "tiny_cnn" and info.config.image_size == 32  # inherited
+    (entry,) = info.lineage
+    assert entry["run_dir"] == str(parent.resolve())
+    assert entry["fingerprint"] == read_run(parent).fingerprint
+    assert entry["best_epoch"] == base_run[0].best_epoch and entry["status"] == "completed"
+    with pytest.raises(TrainConfigError, match="image_size"):
+        train(TrainConfig(images=str(sample), triplets=str(sample / "test.csv"), out=str(tmp_path / "x"),
+                          init_from=str(parent), image_size=40))
+
+
+def test_missing_images_fail_before_training_or_are_skipped(sample, tmp_path):
+    lines = (sample / "train.csv").read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines + ["images/nope/a.jpg,images/nope/b.jpg," + lines[0].split(",")[2]]) + "\n")
+    with pytest.raises(DataError, match=r"2 of \d+ images .*images/nope/a\.jpg"):
+        train(tiny_config(sample, tmp_path / "run", triplets=str(bad)))
+    assert not (tmp_path / "run").exists()  # nothing written before the check
+    result = train(tiny_config(sample, tmp_path / "run", triplets=str(bad), skip_missing=True, epochs=1,
+                               steps_per_epoch=1))
+    assert result.n_train_triplets == len(lines)
+
+
+def test_existing_run_directory_is_not_overwritten(sample, base_run):
+    with pytest.raises(TrainConfigError, match="already holds a training run"):
+        train(tiny_config(sample, base_run[0].run_dir))
+
+
+def test_resume_rejects_corrupt_or_foreign_checkpoints(base_run, tmp_path):
+    import keras
+
+    run = tmp_path / "copy"
+    shutil.copytree(base_run[0].run_dir, run)
+    (run / "last.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match="last.keras"):
+        resume(run, epochs=3)
+    inputs = keras.Input((32, 32, 3))
+    other = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(inputs)), name="other")
+    other.save(run / "last.keras")
+    with pytest.raises(ModelError, match="expected 'tiny_cnn'"):
+        resume(run, epochs=3)
+    with pytest.raises(ModelError, match="not a training run"):
+        resume(tmp_path)
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+
+def test_cli_train_then_evaluate_json(sample, base_run, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    rc = main(["train", "--images", str(sample), "--triplets", str(sample / "train.csv"), "--model", "tiny_cnn",
+               "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--no-augment", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    assert "completed: 1/1 epochs" in capsys.readouterr().out
+    assert read_run(out).config.augment is False
+
+    rc = main(["evaluate", "--run", str(base_run[0].run_dir), "--images", str(sample),
+               "--triplets", str(sample / "test.csv"), "--json", "--quiet"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["n_triplets"] == len((sample / "test.csv").read_text().splitlines())
+    assert 0 <= report["triplet_accuracy"] <= 1
+    assert set(report["by_type"]) == {"in_class", "out_of_class", "wild_query", "catalog_query"}
+    assert report["retrieval"]["n_queries"] > 0  # catalog.csv in the image root gives product ids
+    assert "triplet accuracy" in "\n".join(lines[:-1])
+
+    # An untrained network, for a "before training" baseline.
+    rc = main(["evaluate", "--model", "tiny_cnn", "--image-size", "32", "--images", str(sample),
+               "--triplets", str(sample / "test.csv"), "--json", "--quiet"])
+    assert rc == 0 and "triplet_accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_errors(sample, base_run, tmp_path, capsys):
+    assert main(["train", "--triplets", str(sample / "train.csv")]) == 2
+    assert main(["train", "--resume"]) == 2
+    assert main(["train", "--resume", "--out", str(base_run[0].run_dir), "--lr", "0.1"]) == 2
+    assert main(["train", "--images", str(sample), "--triplets", str(sample / "train.csv"), "--epochs", "0"]) == 2
+    assert main(["evaluate", "--run", str(base_run[0].run_dir), "--model", "tiny_cnn"]) == 2
+    capsys.readouterr()
+    rc = main(["train", "--images", str(tmp_path), "--triplets", str(sample / "train.csv"), "--model", "tiny_cnn",
+               "--image-size", "32", "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "missing" in err and len(err.strip().splitlines()) == 1
+    rc = main(["evaluate", "--run", str(tmp_path), "--images", str(sample), "--triplets", str(sample / "test.csv")])
+    assert rc == 1 and "not a training run" in capsys.readouterr().err
