@@ -1,0 +1,172 @@
+"""Dataset access for the app: manifest rows, triplets, catalog and the data check, as plain functions
+(no streamlit) so the pages stay thin and the logic is testable on its own."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mildnet.data import manifest
+from mildnet.data.triplets import read_triplets
+from mildnet.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    splits: tuple  # DatasetSplit rows, train/val/test order where present
+    image_root: Path  # the folder the triplet (and catalog) paths are relative to
+
+    @property
+    def split_names(self) -> list[str]:
+        return [s.split for s in self.splits]
+
+    def split(self, name: str):
+        for row in self.splits:
+            if row.split == name:
+                return row
+        raise DataError(f"dataset {self.name!r} has no split {name!r}; it has: {', '.join(self.split_names)}")
+
+    @property
+    def catalog_path(self) -> Path | None:
+        return self.splits[0].catalog
+
+    @property
+    def licence(self) -> str:
+        return self.splits[0].licence
+
+    @property
+    def notes(self) -> str:
+        return self.splits[0].notes
+
+    @property
+    def source(self) -> str:
+        return self.splits[0].source
+
+
+def dataset_names() -> list[str]:
+    return manifest.datasets()
+
+
+def is_ready(name: str) -> bool:
+    """Cheap check (files exist) so a page need not call ``prepare`` on every rerun."""
+    splits = manifest.dataset_splits(name)
+    if splits[0].source == "generated":
+        from mildnet.data.sample import is_sample_complete
+
+        return is_sample_complete(manifest.dataset_home(splits))
+    return not manifest.missing_files(splits)
+
+
+def prepare(name: str, progress=None) -> Dataset:
+    """Make the dataset usable (generating the sample on first use) and describe it."""
+    splits = manifest.prepare(name, progress=progress)
+    return describe(name, splits)
+
+
+def describe(name: str, splits=None) -> Dataset:
+    splits = tuple(splits if splits is not None else manifest.dataset_splits(name))
+    return Dataset(name=name, splits=splits, image_root=_effective_root(splits))
+
+
+def _effective_root(splits) -> Path:
+    """The folder triplet paths resolve under.
+
+    The manifest names an image root; a generated sample writes triplet paths relative to its home folder
+    (``images/<id>/x.jpg``) while the manifest points at ``<home>/images``. Probing one path keeps the app
+    working with either convention.
+    """
+    root = splits[0].image_root
+    for row in splits:
+        if not row.triplets.is_file():
+            continue
+        first = read_triplets(row.triplets).triplets
+        if first.empty:
+            continue
+        name = first["query"].iloc[0]
+        for candidate in (root, root.parent, row.triplets.parent):
+            if (candidate / name).is_file():
+                return candidate
+        break
+    return root
+
+
+def read_split(dataset: Dataset, split: str) -> pd.DataFrame:
+    """The valid triplets of one split (columns query, positive, negative)."""
+    table = read_triplets(dataset.split(split).triplets).triplets
+    return table[["query", "positive", "negative"]].reset_index(drop=True)
+
+
+def read_catalog(dataset: Dataset) -> pd.DataFrame | None:
+    """The catalog with image names relative to ``dataset.image_root``; None where the dataset has none."""
+    from mildnet.evaluation import read_catalog_for
+
+    path = dataset.catalog_path
+    if path is None or not path.is_file():
+        return None
+    return read_catalog_for(dataset.image_root, path)
+
+
+def gallery(dataset: Dataset) -> pd.DataFrame:
+    """Every image the app can search: the catalog, else the distinct images of the triplet files."""
+    catalog = read_catalog(dataset)
+    if catalog is not None:
+        return catalog
+    images: dict[str, str] = {}
+    for row in dataset.splits:
+        if row.triplets.is_file():
+            table = read_triplets(row.triplets).triplets
+            for column in ("query", "positive", "negative"):
+                for name in table[column]:
+                    images.setdefault(name, row.split)
+    frame = pd.DataFrame({"image": list(images), "split": list(images.values())})
+    frame["product_id"] = ""
+    frame["category"] = ""
+    return frame
+
+
+def annotate(triplets: pd.DataFrame, catalog: pd.DataFrame | None) -> pd.DataFrame:
+    """Triplets plus ``negative_type``, ``query_view`` and ``category`` (of the query) where the catalog knows them."""
+    from mildnet.data.catalog import triplet_types
+
+    out = triplets.copy()
+    if catalog is None or catalog.empty:
+        out["negative_type"] = "unknown"
+        out["query_view"] = "unknown"
+        out["category"] = ""
+        return out
+    types = triplet_types(out, catalog)
+    out["negative_type"] = types["negative_type"].to_numpy()
+    out["query_view"] = types["query_view"].to_numpy()
+    category = catalog.drop_duplicates("image").set_index("image")["category"] if "category" in catalog else None
+    out["category"] = out["query"].map(category).fillna("") if category is not None else ""
+    return out
+
+
+def split_counts(dataset: Dataset) -> pd.DataFrame:
+    rows = []
+    for row in dataset.splits:
+        table = read_triplets(row.triplets)
+        rows.append({"split": row.split, "triplets": len(table.triplets), "images": len(table.images),
+                     "bad rows": len(table.problems)})
+    return pd.DataFrame(rows)
+
+
+def check(dataset: Dataset):
+    """The data-check report over every split (missing or unreadable images, bad rows, leaks)."""
+    from mildnet.data.triplets import check_triplets
+
+    return check_triplets(dataset.image_root, [row.triplets for row in dataset.splits])
+
+
+def shuffled(frame: pd.DataFrame, seed: int | None) -> pd.DataFrame:
+    if seed is None:
+        return frame
+    order = list(range(len(frame)))
+    random.Random(seed).shuffle(order)
+    return frame.iloc[order].reset_index(drop=True)

@@ -1,0 +1,74 @@
+"""Home page: what the app does, the active dataset and model, and the state of the catalog cache."""
+
+from __future__ import annotations
+
+import random
+
+import streamlit as st
+
+from mildnet.ui import layout, resources, widgets
+from mildnet.ui.layout import Context
+
+PAGES = (
+    ("pages/search.py", "Search", ":material/image_search:",
+     "Upload a photo or click a product and get the most similar products."),
+    ("pages/triplets.py", "Triplets", ":material/view_module:",
+     "Browse the training triplets, their types and the data-check report."),
+    ("pages/evaluation.py", "Evaluation", ":material/monitoring:",
+     "Triplet accuracy, distance distributions, retrieval metrics; compare runs."),
+)
+
+
+def render(ctx: Context) -> None:
+    widgets.hero(
+        "MILDNet visual search",
+        "Similar-product search for e-commerce images: a deep-ranking network (Fynd's MILDNet / RankNet) "
+        "turns every product photo into a vector; products with close vectors look alike.",
+    )
+    gallery = resources.gallery(ctx.dataset)
+    products = gallery["product_id"].replace("", None).dropna().nunique() if "product_id" in gallery else 0
+
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Dataset", ctx.dataset.name, border=True, help=ctx.dataset.notes or None)
+    c2.metric("Catalog images", f"{len(gallery):,}", border=True,
+              help=f"{products:,} products" if products else None)
+    c3.metric("Model", (ctx.run.model_name or ctx.run.name) if ctx.run else "none yet", border=True,
+              help=ctx.run.label if ctx.run else "Train one from the sidebar")
+    cache_slot = c4.empty()
+
+    searcher = None
+    if ctx.run is None:
+        cache_slot.metric("Embedding cache", "—", border=True)
+        layout.no_model_message(ctx)
+    else:
+        searcher = layout.ensure_searcher(ctx)
+        cache_slot.metric("Embedding cache", "ready", border=True,
+                          help=f"{len(searcher):,} vectors of dimension {searcher.dim} in {resources.store().describe()}")
+
+    st.space("small")
+    cols = st.columns(len(PAGES))
+    for col, (path, title, icon, text) in zip(cols, PAGES):
+        with col.container(border=True, height="stretch"):
+            st.page_link(path, label=title, icon=icon)
+            st.caption(text)
+
+    st.subheader("From the catalog")
+    sample = gallery
+    if "view" in gallery.columns and (gallery["view"] == "catalog").any():
+        sample = gallery[gallery["view"] == "catalog"]
+    picks = random.Random(len(gallery)).sample(list(sample["image"]), min(8, len(sample)))
+    cols = st.columns(8)
+    info = gallery.drop_duplicates("image").set_index("image")
+    for col, image_id in zip(cols, picks):
+        with col:
+            widgets.image(ctx.dataset.image_root / image_id)
+            row = info.loc[image_id] if image_id in info.index else {}
+            st.caption(widgets.describe_item(dict(row)) or image_id)
+
+    with st.expander("About this dataset"):
+        counts = resources.split_counts(ctx.dataset)
+        st.dataframe(counts, hide_index=True)
+        st.caption(f"Images: `{ctx.dataset.image_root}` · source: {ctx.dataset.source}"
+                   + (f" · licence: {ctx.dataset.licence}" if ctx.dataset.licence else ""))
+        if ctx.dataset.notes:
+            st.caption(ctx.dataset.notes)

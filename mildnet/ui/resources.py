@@ -1,0 +1,239 @@
+"""Everything the app computes once and reuses across reruns, sessions and pages (``st.cache_*``).
+
+Keys are plain values that change when the underlying files change (a run's model mtime, a triplet
+file's mtime, the catalog fingerprint), so a retrained run or a regenerated dataset is picked up without a
+server restart, and a plain rerun never recomputes anything. Long jobs (embedding a catalog) are not run
+inside a cached function: cached functions cannot drive a progress bar created outside them, so
+:func:`searcher` builds the embeddings in the page with visible progress, then loads them through the
+cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from mildnet.ui import data as uidata
+from mildnet.ui import runs as uiruns
+from mildnet.ui import settings
+
+
+def _mtime(path: Path | None) -> float:
+    try:
+        return path.stat().st_mtime if path is not None else 0.0
+    except OSError:
+        return 0.0
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+
+def manifest_stamp() -> tuple[str, float]:
+    from mildnet.data.manifest import manifest_path
+
+    path = manifest_path()
+    return str(path), _mtime(path)
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def _dataset_names(stamp: tuple) -> list[str]:
+    return uidata.dataset_names()
+
+
+def names() -> list[str]:
+    return _dataset_names(manifest_stamp())
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _describe(name: str, stamp: tuple, files_stamp: tuple) -> uidata.Dataset:
+    return uidata.describe(name)
+
+
+def dataset(name: str) -> uidata.Dataset:
+    from mildnet.data.manifest import dataset_splits
+
+    splits = dataset_splits(name)
+    files_stamp = tuple(_mtime(s.triplets) for s in splits)
+    return _describe(name, manifest_stamp(), files_stamp)
+
+
+@st.cache_data(show_spinner="Reading triplets…", max_entries=32)
+def split_triplets(name: str, split: str, stamp: float):
+    return uidata.read_split(dataset(name), split)
+
+
+def triplets(ds: uidata.Dataset, split: str):
+    return split_triplets(ds.name, split, _mtime(ds.split(split).triplets))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _gallery(name: str, stamp: tuple):
+    return uidata.gallery(dataset(name))
+
+
+def gallery(ds: uidata.Dataset):
+    """The searchable images (catalog rows) of a dataset."""
+    return _gallery(ds.name, (_mtime(ds.catalog_path), *(_mtime(s.triplets) for s in ds.splits)))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _annotated(name: str, split: str, stamp: tuple):
+    ds = dataset(name)
+    catalog = uidata.read_catalog(ds)
+    return uidata.annotate(triplets(ds, split), catalog)
+
+
+def annotated(ds: uidata.Dataset, split: str):
+    return _annotated(ds.name, split, (_mtime(ds.catalog_path), _mtime(ds.split(split).triplets)))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _counts(name: str, stamp: tuple):
+    return uidata.split_counts(dataset(name))
+
+
+def split_counts(ds: uidata.Dataset):
+    return _counts(ds.name, tuple(_mtime(s.triplets) for s in ds.splits))
+
+
+@st.cache_resource(show_spinner="Checking the triplet files and images…", max_entries=8)
+def _check(name: str, stamp: tuple):
+    return uidata.check(dataset(name))
+
+
+def data_check(ds: uidata.Dataset):
+    return _check(ds.name, (_mtime(ds.image_root), *(_mtime(s.triplets) for s in ds.splits)))
+
+
+# --- runs and models -----------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def _runs(dataset_name: str | None, runs_root: str, pretrained_root: str) -> list[uiruns.Run]:
+    return uiruns.list_runs(dataset_name)
+
+
+def runs(dataset_name: str | None) -> list[uiruns.Run]:
+    """Runs for a dataset (re-listed every few seconds, and at once after :func:`forget_runs`)."""
+    return _runs(dataset_name, str(settings.runs_dir()), str(settings.pretrained_dir()))
+
+
+def forget_runs() -> None:
+    _runs.clear()
+
+
+@dataclass
+class ModelBundle:
+    model: object
+    config: dict
+    fingerprint: str
+    image_size: int
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=6)
+def _model(run_dir: str, stamp: float) -> ModelBundle:
+    from mildnet import embeddings
+
+    model, config = embeddings.open_run(run_dir)
+    size = config.get("image_size") or embeddings.model_image_size(model) or 224
+    return ModelBundle(model, config, embeddings.model_fingerprint(model), int(size))
+
+
+def model(run: uiruns.Run) -> ModelBundle:
+    return _model(run.key, run.stamp)
+
+
+# --- embeddings and search -----------------------------------------------------------------------
+
+
+class NotEmbedded(Exception):
+    """The catalog has no fresh cached embeddings for this model yet (raised inside the cached loader,
+    so the miss is not cached)."""
+
+
+def store():
+    return _store(settings.store_spec())
+
+
+@st.cache_resource(show_spinner=False)
+def _store(spec: str):
+    from mildnet.store import open_store
+
+    return open_store(spec)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _searcher(run_dir: str, stamp: float, dataset_name: str, image_root: str, catalog_fp: str, _ids: tuple,
+              _bundle: ModelBundle):
+    from mildnet import embeddings
+    from mildnet.search import Searcher
+
+    cached = embeddings.load_cached(_bundle.model, image_root, store(), list(_ids), dataset=dataset_name,
+                                    image_size=_bundle.image_size, model_fp=_bundle.fingerprint)
+    if cached is None:
+        raise NotEmbedded(dataset_name)
+    return Searcher(cached)
+
+
+def _catalog_key(ds: uidata.Dataset) -> tuple[tuple, str]:
+    from mildnet import embeddings
+
+    ids = tuple(sorted(gallery(ds)["image"]))
+    return ids, embeddings.catalog_fingerprint(ds.image_root, ids)
+
+
+def cached_searcher(run: uiruns.Run, ds: uidata.Dataset):
+    """The searcher if the embeddings are already built, else None (never embeds)."""
+    bundle = model(run)
+    ids, fp = _catalog_key(ds)
+    try:
+        return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+    except NotEmbedded:
+        return None
+
+
+def searcher(run: uiruns.Run, ds: uidata.Dataset, progress=None):
+    """The catalog searcher for a run; embeds the catalog first (reporting ``progress(done, total)``) when
+    the store has no fresh embeddings for this model and catalog."""
+    from mildnet import embeddings
+
+    bundle = model(run)
+    ids, fp = _catalog_key(ds)
+    try:
+        return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+    except NotEmbedded:
+        pass
+    embeddings.update_catalog(bundle.model, ds.image_root, store(), list(ids), dataset=ds.name,
+                              image_size=bundle.image_size, model_fp=bundle.fingerprint,
+                              model_name=bundle.config.get("model"), progress=progress,
+                              batch_size=int(os.environ.get("MILDNET_EMBED_BATCH", "64")))
+    return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _evaluation(run_dir: str, stamp: float, dataset_name: str, split: str, triplets_stamp: float,
+                catalog_fp: str, _searcher_obj):
+    from mildnet.evaluation import EmbeddingTable, evaluate_embeddings, evaluate_triplets
+
+    ds = dataset(dataset_name)
+    table_triplets = uidata.read_split(ds, split)
+    catalog = uidata.read_catalog(ds)
+    emb = _searcher_obj.embeddings
+    table = EmbeddingTable(list(emb.ids), emb.vectors)
+    needed = set(table_triplets["query"]) | set(table_triplets["positive"]) | set(table_triplets["negative"])
+    if all(name in table for name in needed):
+        # The catalog embeddings already hold every image: the metrics are pure numpy, no network pass.
+        return evaluate_embeddings(table, table_triplets, catalog)
+    bundle = _model(run_dir, stamp)
+    return evaluate_triplets(bundle.model, ds.image_root, table_triplets, bundle.image_size, catalog)
+
+
+def evaluation(run: uiruns.Run, ds: uidata.Dataset, split: str, searcher_obj):
+    _, fp = _catalog_key(ds)
+    return _evaluation(run.key, run.stamp, ds.name, split, _mtime(ds.split(split).triplets), fp, searcher_obj)

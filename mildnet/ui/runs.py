@@ -1,0 +1,158 @@
+"""Training runs as the app lists them: the committed default model of a dataset plus the user's runs.
+
+A run is a folder holding ``best.keras`` and, when written by :mod:`mildnet.training`, ``config.json``,
+``metrics.json`` and ``history.csv``. Reading never raises for a damaged side file: the app still lists
+the run (a model without history can still search) and shows what is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mildnet.ui import settings
+
+MODEL_FILE = "best.keras"
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    name: str
+    pretrained: bool = False
+    config: dict = field(default_factory=dict, compare=False, hash=False)
+    metrics: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def stamp(self) -> float:
+        """Modification time of the model file: part of every cache key, so a retrained run is reloaded."""
+        try:
+            return self.model_file.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    @property
+    def key(self) -> str:
+        return str(self.path)
+
+    @property
+    def settings(self) -> dict:
+        """The training settings: config.json nests them under "config" (mildnet.training's layout)."""
+        inner = self.config.get("config")
+        return inner if isinstance(inner, dict) else self.config
+
+    @property
+    def dataset(self) -> str | None:
+        return _first(self.settings, "dataset", "dataset_name")
+
+    @property
+    def model_name(self) -> str | None:
+        return _first(self.settings, "model", "model_name", "name")
+
+    @property
+    def image_size(self) -> int | None:
+        value = self.settings.get("image_size")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def status(self) -> str:
+        return str(self.metrics.get("status") or ("completed" if self.metrics else "unfinished"))
+
+    @property
+    def label(self) -> str:
+        parts = [("★ default model" if self.pretrained else self.name)]
+        if self.model_name:
+            parts.append(self.model_name)
+        accuracy = headline_accuracy(self.metrics)
+        if accuracy is not None:
+            parts.append(f"{accuracy:.0%} acc")
+        return " · ".join(parts)
+
+    def history(self) -> pd.DataFrame | None:
+        path = self.path / "history.csv"
+        if not path.is_file():
+            return None
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError, pd.errors.ParserError):
+            return None
+        if "epoch" not in frame.columns:
+            frame.insert(0, "epoch", range(1, len(frame) + 1))
+        return frame
+
+
+def _first(mapping: dict, *keys: str):
+    for key in keys:
+        value = mapping.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def headline_accuracy(metrics: dict) -> float | None:
+    """The best triplet accuracy a metrics.json reports (test, else val), whatever its nesting."""
+    candidates = []
+    for scope in ("test", "best", "val", None):
+        node = metrics.get(scope) if scope else metrics
+        if isinstance(node, dict):
+            for key in ("triplet_accuracy", "val_triplet_accuracy", "val_accuracy", "accuracy"):
+                value = node.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    candidates.append(float(value))
+        if candidates:
+            return candidates[0]
+    return None
+
+
+def read_run(path: Path, pretrained: bool = False) -> Run | None:
+    path = Path(path)
+    if not (path / MODEL_FILE).is_file():
+        return None
+    return Run(path=path, name=path.name, pretrained=pretrained,
+               config=_read_json(path / "config.json"), metrics=_read_json(path / "metrics.json"))
+
+
+def list_runs(dataset: str | None) -> list[Run]:
+    """The runs usable with ``dataset``: its committed default first, then user runs, newest first.
+
+    A user run whose config names another dataset is left out (its embeddings would search the wrong
+    catalog's style); a run that names none is kept.
+    """
+    found: list[Run] = []
+    if dataset:
+        default = read_run(settings.pretrained_dir() / dataset, pretrained=True)
+        if default is not None:
+            found.append(default)
+    root = settings.runs_dir()
+    user: list[Run] = []
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.is_dir() and not child.name.startswith("."):
+                run = read_run(child)
+                if run is not None and (dataset is None or run.dataset in (None, dataset)):
+                    user.append(run)
+    user.sort(key=lambda r: (r.stamp, r.name), reverse=True)
+    return found + user
+
+
+def describe_time(run: Run) -> str:
+    if not run.stamp:
+        return ""
+    return _dt.datetime.fromtimestamp(run.stamp).strftime("%Y-%m-%d %H:%M")

@@ -1,0 +1,174 @@
+"""Search page: a photo (uploaded, or a catalog product) in, the most similar catalog products out."""
+
+from __future__ import annotations
+
+import html
+import random
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from mildnet.errors import ImageError
+from mildnet.ui import layout, resources, widgets
+from mildnet.ui.layout import Context
+
+QUERY_KEY = "mn_query"  # {"kind": "upload"} or {"kind": "catalog", "id": image id}
+UPLOAD_KEY = "mn_upload"
+LAST_UPLOAD_KEY = "mn_last_upload"
+UPLOAD_CACHE_KEY = "mn_upload_cache"
+K_KEY = "mn_k"
+COLUMNS = 5
+THUMB_PX = 512
+
+
+def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
+    """Uploaded bytes -> (query embedding, display thumbnail). Raises ImageError with a one-line reason.
+
+    The embedding goes through the same decoder as the catalog (``embed_image`` -> ``load_image``), so an
+    uploaded catalog photo finds itself with score 1.
+    """
+    from PIL import Image
+
+    from mildnet.data.images import load_image
+    from mildnet.embeddings import embed_image
+
+    pixels = load_image(data)
+    vector = embed_image(bundle.model, data, bundle.image_size)
+    thumb = Image.fromarray(pixels)
+    thumb.thumbnail((THUMB_PX, THUMB_PX))
+    return vector, np.asarray(thumb)
+
+
+def render(ctx: Context) -> None:
+    widgets.hero("Visual search", "Upload a photo of a garment or pick a product: see the most similar products "
+                 "in the catalog, by colour, pattern and shape.")
+    if ctx.run is None:
+        layout.no_model_message(ctx)
+        return
+    searcher = layout.ensure_searcher(ctx)
+    bundle = resources.model(ctx.run)
+    gallery = resources.gallery(ctx.dataset)
+    info = gallery.drop_duplicates("image").set_index("image")
+
+    pick_upload, pick_catalog = st.tabs([":material/upload: Upload a photo", ":material/apparel: Pick a product"])
+    with pick_upload:
+        uploaded = st.file_uploader("Photo of a product (JPG, PNG or WebP)", type=["jpg", "jpeg", "png", "webp"],
+                                    key=UPLOAD_KEY, help="Taken with a phone or saved from a web page; at most 20 MB.")
+        if uploaded is not None and uploaded.file_id != st.session_state.get(LAST_UPLOAD_KEY):
+            # A new file was dropped in: it becomes the query (a click on a result replaces it later).
+            st.session_state[LAST_UPLOAD_KEY] = uploaded.file_id
+            st.session_state[QUERY_KEY] = {"kind": "upload"}
+        if uploaded is not None and st.session_state.get(QUERY_KEY, {}).get("kind") != "upload":
+            st.button("Search with this photo again", icon=":material/search:",
+                      on_click=_set_query, args=({"kind": "upload"},))
+    with pick_catalog:
+        _catalog_picker(gallery, searcher)
+
+    query = st.session_state.get(QUERY_KEY)
+    if not query or (query["kind"] == "upload" and uploaded is None):
+        st.info("Upload a photo or pick a product to start.", icon=":material/image_search:")
+        return
+
+    left, right = st.columns([1, 4], gap="large")
+    with left:
+        st.html('<div class="mn-role">Your query</div>')
+        if query["kind"] == "upload":
+            try:
+                vector, thumb = _upload_query(uploaded, bundle, ctx.run.key)
+            except ImageError as exc:
+                st.error(f"This file cannot be used as a photo: {exc}", icon=":material/broken_image:")
+                return
+            with st.container(border=True, key="mn_query_card"):
+                st.image(thumb, width="stretch")
+                st.html(f'<div class="mn-meta">{html.escape(uploaded.name)}</div>')
+        else:
+            if query["id"] not in searcher.embeddings:
+                st.warning("That product is not in this catalog any more.")
+                return
+            row = _row(info, query["id"])
+            with st.container(border=True, key="mn_query_card"):
+                widgets.image(ctx.dataset.image_root / query["id"])
+                st.html(f'<div><b>{html.escape(row.get("product_id") or query["id"])}</b></div>'
+                        f'<div class="mn-meta">{html.escape(widgets.describe_item(row))}</div>')
+        k = st.number_input("Results", min_value=1, max_value=min(50, len(searcher)), value=5, key=K_KEY,
+                            help="How many similar products to show.")
+    with right:
+        if query["kind"] == "upload":
+            hits = searcher.query(vector, k=int(k))[0]
+        else:
+            hits = searcher.query_id(query["id"], k=int(k))
+        st.html(f'<div class="mn-role">Top {len(hits)} similar products · {len(searcher):,} in the catalog · '
+                f'{html.escape(ctx.run.label)}</div>')
+        _results_grid(hits, info, ctx)
+
+
+def _set_query(query: dict) -> None:
+    st.session_state[QUERY_KEY] = query
+
+
+def _upload_query(uploaded, bundle, run_key: str):
+    """Embeds an upload once per (file, model); reruns (changing k, a click) reuse it."""
+    cache = st.session_state.get(UPLOAD_CACHE_KEY)
+    key = (uploaded.file_id, run_key)
+    if cache and cache[0] == key:
+        if isinstance(cache[1], ImageError):
+            raise cache[1]
+        return cache[1]
+    try:
+        result = embed_upload(uploaded.getvalue(), bundle)
+    except ImageError as exc:
+        st.session_state[UPLOAD_CACHE_KEY] = (key, exc)
+        raise
+    st.session_state[UPLOAD_CACHE_KEY] = (key, result)
+    return result
+
+
+def _row(info: pd.DataFrame, image_id: str) -> dict:
+    if image_id in info.index:
+        return {k: str(v) for k, v in info.loc[image_id].items()}
+    return {}
+
+
+def _results_grid(hits, info: pd.DataFrame, ctx: Context) -> None:
+    for start in range(0, len(hits), COLUMNS):
+        columns = st.columns(COLUMNS)
+        for offset, (column, hit) in enumerate(zip(columns, hits[start:start + COLUMNS])):
+            rank = start + offset + 1
+            row = _row(info, hit.id)
+            with column:
+                with st.container(border=True, key=f"mn_hit_{rank}"):
+                    widgets.image(ctx.dataset.image_root / hit.path)
+                    title = (f'<span class="mn-rank">#{rank}</span> <b>{html.escape(row.get("product_id") or "")}</b>'
+                             f' <span class="mn-score" title="cosine similarity">{hit.score:.3f}</span>')
+                    meta = html.escape(widgets.describe_item(row)) + widgets.tags(row.get("view", ""))
+                    st.html(f"<div>{title}</div><div class='mn-meta'>{meta}</div>")
+                    st.button("Similar", key=f"mn_similar_{rank}", icon=":material/search:", width="stretch",
+                              on_click=_set_query, args=({"kind": "catalog", "id": hit.id},),
+                              help="Search with this product")
+
+
+def _catalog_picker(gallery: pd.DataFrame, searcher) -> None:
+    present = gallery[gallery["image"].isin(set(searcher.embeddings.ids))]
+    categories = sorted(c for c in present.get("category", pd.Series(dtype=str)).unique() if c)
+    c1, c2, c3 = st.columns([2, 4, 1.4], vertical_alignment="bottom")
+    category = c1.selectbox("Category", ["All"] + categories, key="mn_pick_category") if categories else "All"
+    pool = present if category == "All" else present[present["category"] == category]
+    ids = list(pool["image"])
+    if not ids:
+        st.caption("No products in this category.")
+        return
+    info = pool.set_index("image")
+    current = st.session_state.get(QUERY_KEY) or {}
+    index = ids.index(current["id"]) if current.get("kind") == "catalog" and current.get("id") in ids else 0
+
+    def label(image_id: str) -> str:
+        row = _row(info, image_id)
+        text = " · ".join(b for b in (row.get("product_id"), widgets.describe_item(row), row.get("view")) if b)
+        return text or image_id
+
+    choice = c2.selectbox("Product", ids, index=index, format_func=label, key="mn_pick_product")
+    c3.button("Search", icon=":material/search:", key="mn_pick_go", width="stretch", type="primary",
+              on_click=_set_query, args=({"kind": "catalog", "id": choice},))
+    st.button("Surprise me", icon=":material/shuffle:", key="mn_pick_random", type="tertiary",
+              on_click=_set_query, args=({"kind": "catalog", "id": random.choice(ids)},))

@@ -1,0 +1,50 @@
+"""Where the app keeps things, overridable by environment variables (tests and deployments point them at
+their own folders so nothing touches the project's ``data/``, ``runs/`` or embedding cache).
+
+- ``MILDNET_MANIFEST``: the dataset registry (read by :mod:`mildnet.data.manifest` itself).
+- ``MILDNET_RUNS``: training runs (default ``runs/`` at the project root).
+- ``MILDNET_STORE``: the embedding cache, a folder or a ``redis://`` URL (default ``.mildnet/embeddings``
+  at the project root; ``MILDNET_REDIS_URL`` is honoured when this is unset).
+- ``MILDNET_PRETRAINED``: the folder of committed default runs, one per dataset (default ``mildnet/pretrained``).
+- ``MILDNET_DATASET``: the dataset selected when a session starts (default: ``sample`` if listed, else the first).
+
+No streamlit here: the functions are plain and read the environment on every call, so a test that sets a
+variable needs no reset.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATASET = "sample"
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def runs_dir() -> Path:
+    return _env_path("MILDNET_RUNS") or PROJECT_ROOT / "runs"
+
+
+def pretrained_dir() -> Path:
+    return _env_path("MILDNET_PRETRAINED") or PROJECT_ROOT / "mildnet" / "pretrained"
+
+
+def store_spec() -> str:
+    """The embedding store the app opens: ``MILDNET_STORE``, else ``MILDNET_REDIS_URL``, else a local folder."""
+    for name in ("MILDNET_STORE", "MILDNET_REDIS_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return str(PROJECT_ROOT / ".mildnet" / "embeddings")
+
+
+def initial_dataset(names: list[str]) -> str | None:
+    wanted = os.environ.get("MILDNET_DATASET", "").strip() or DEFAULT_DATASET
+    if wanted in names:
+        return wanted
+    return names[0] if names else None

@@ -1,0 +1,4 @@
+"""Triplets page (placeholder while being written)."""
+import streamlit as st
+def render(ctx):
+    st.title("Triplets")

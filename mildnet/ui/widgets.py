@@ -1,0 +1,70 @@
+"""Small presentational helpers shared by the pages: product cards, image grids, the page style."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import streamlit as st
+
+_CSS = """
+<style>
+/* Product images sit on white cards with a hairline border, like a shop's listing grid. */
+[data-testid="stImage"] img { border-radius: 10px; background: #fff; }
+.mn-hero { padding: 0.2rem 0 0.6rem 0; }
+.mn-hero h1 { font-size: 2.1rem; margin: 0; }
+.mn-hero p { color: #5f6368; font-size: 1.05rem; margin: 0.2rem 0 0 0; }
+.mn-score { font-weight: 600; color: #d6336c; }
+.mn-meta { color: #6b7280; font-size: 0.82rem; line-height: 1.25; }
+.mn-rank { display: inline-block; min-width: 1.6rem; padding: 0 0.35rem; border-radius: 0.6rem;
+           background: #fde2ec; color: #a61e4d; font-weight: 600; font-size: 0.8rem; text-align: center; }
+.mn-tag { display: inline-block; padding: 0 0.45rem; margin: 0 0.2rem 0.2rem 0; border-radius: 0.6rem;
+          background: #f1f3f5; color: #495057; font-size: 0.75rem; }
+.mn-tag.in-class { background: #fff3bf; color: #8a6100; }
+.mn-tag.out-of-class { background: #e7f5ff; color: #1864ab; }
+.mn-role { font-size: 0.78rem; font-weight: 600; letter-spacing: 0.04em; text-transform: uppercase; color: #868e96; }
+</style>
+"""
+
+
+def page_style() -> None:
+    st.html(_CSS)
+
+
+def hero(title: str, subtitle: str) -> None:
+    st.html(f'<div class="mn-hero"><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></div>')
+
+
+def tags(*values: str) -> str:
+    """Inline tag chips (HTML); empty values are skipped."""
+    out = []
+    for value in values:
+        if value and value != "unknown":
+            cls = value if value in ("in-class", "out-of-class") else ""
+            out.append(f'<span class="mn-tag {cls}">{html.escape(str(value))}</span>')
+    return "".join(out)
+
+
+def describe_item(row: dict | None) -> str:
+    """A catalog row as a short human description (category, colour, pattern, view)."""
+    if not row:
+        return ""
+    bits = [row.get(k, "") for k in ("category", "colour", "pattern")]
+    return " · ".join(b for b in bits if b)
+
+
+def image(path: str | Path, caption: str | None = None) -> None:
+    path = Path(path)
+    if path.is_file():
+        st.image(str(path), caption=caption, width="stretch")
+    else:
+        st.warning(f"missing image: {path.name}", icon=":material/broken_image:")
+
+
+def product_card(path: Path, *, title_html: str, meta_html: str = "", key: str | None = None):
+    """A bordered card with the product photo and an HTML caption; returns the container for extra widgets."""
+    card = st.container(border=True, key=key)
+    with card:
+        image(path)
+        st.html(f'<div>{title_html}</div>' + (f'<div class="mn-meta">{meta_html}</div>' if meta_html else ""))
+    return card
