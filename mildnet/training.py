@@ -573,11 +573,13 @@ def train(
     config: TrainConfig,
     callbacks: Sequence[TrainingCallback] = (),
     stop_event: threading.Event | None = None,
+    strategy=None,
 ) -> TrainResult:
     """Starts a new run in ``config.out`` (which must not hold a run yet) and trains it.
 
     Raises TrainConfigError / DataError / ModelError before any training on bad settings, files or
     checkpoints. Returns when all epochs ran or ``stop_event`` was set (status ``"stopped"``).
+    ``strategy`` (a ``tf.distribute.Strategy``) overrides :func:`make_strategy`.
     """
     config = resolve_dataset(config).validate()
     parent = read_run(config.init_from) if config.init_from else None
@@ -600,7 +602,7 @@ def train(
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy()
+    strategy = strategy or make_strategy()
     with strategy.scope():
         model = _initial_model(config, parent)
     _check_model_input(model, config)
@@ -628,6 +630,7 @@ def resume(
     callbacks: Sequence[TrainingCallback] = (),
     stop_event: threading.Event | None = None,
     epochs: int | None = None,
+    strategy=None,
 ) -> TrainResult:
     """Continues an interrupted run from its last finished epoch (``last.keras``) up to its
     ``epochs`` (or a new, larger ``epochs``). Shuffling and augmentation continue exactly as an
@@ -650,7 +653,7 @@ def resume(
     import keras
 
     keras.utils.set_random_seed(config.seed + done)
-    strategy = make_strategy()
+    strategy = strategy or make_strategy()
     with strategy.scope():
         if done:
             model = models.load_model(run_dir / LAST_MODEL, expected_name=config.model)

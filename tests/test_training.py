@@ -171,14 +171,64 @@ def test_stop_after_epoch_then_resume_continues_history(sample, tmp_path):
         resume(second.run_dir)
 
 
-def test_stop_mid_epoch_discards_the_partial_epoch_and_keeps_best(sample, tmp_path):
-    stop = threading.Event()
-    recorder = Recorder(stop, stop_at_batch=(2, 1))
-    result = train(tiny_config(sample, tmp_path / "run"), [recorder], stop_event=stop)
+def test_stop_from_another_thread_mid_epoch_keeps_best(sample, tmp_path):
+    """The app's use: training in a background thread, stopped from the UI thread."""
+    stop, in_epoch_2 = threading.Event(), threading.Event()
+
+    class Pause(Recorder):
+        def on_batch_end(self, epoch, step, logs):
+            super().on_batch_end(epoch, step, logs)
+            if (epoch, step) == (2, 1):
+                in_epoch_2.set()
+                stop.wait(30)  # hold the loop here until the other thread asks to stop
+
+    recorder, results = Pause(), []
+    worker = threading.Thread(
+        target=lambda: results.append(train(tiny_config(sample, tmp_path / "run"), [recorder], stop_event=stop))
+    )
+    worker.start()
+    assert in_epoch_2.wait(60)
+    stop.set()
+    worker.join(60)
+    (result,) = results
     assert result.status == "stopped" and result.epochs_completed == 1 and result.best_epoch == 1
-    assert result.best_model_path is not None
+    assert result.best_model_path is not None  # the partial epoch 2 is discarded, best.keras kept
     assert list(pd.read_csv(result.run_dir / "history.csv")["epoch"]) == [1]
     assert recorder.events[-1] == ("end", "stopped")
+
+
+_MIRRORED_SCRIPT = """
+import json, sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from mildnet.training import TrainConfig, train
+sample, out = sys.argv[1], sys.argv[2]
+losses = {}
+for name, strategy in (("one", tf.distribute.get_strategy()),
+                       ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+    config = TrainConfig(images=sample, triplets=sample + "/val.csv", val_triplets=sample + "/test.csv",
+                         model="tiny_cnn", image_size=32, epochs=2, batch_size=8, steps_per_epoch=1,
+                         augment=False, learning_rate=0.05, verify_images=False, out=out + "/" + name)
+    result = train(config, strategy=strategy)
+    losses[name] = [row[key] for row in result.history for key in ("loss", "val_loss")]
+print(json.dumps(losses))
+"""
+
+
+def test_mirrored_strategy_matches_a_single_device(sample, tmp_path):
+    """Two CPU replicas must give the single-device losses (gradients averaged over the global batch)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT, str(sample), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    losses = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(losses["two"], losses["one"], rtol=1e-4)
 
 
 def test_incremental_training_records_lineage(sample, base_run, tmp_path):
@@ -258,6 +308,23 @@ def test_cli_train_then_evaluate_json(sample, base_run, tmp_path, capsys):
     rc = main(["evaluate", "--model", "tiny_cnn", "--image-size", "32", "--images", str(sample),
                "--triplets", str(sample / "test.csv"), "--json", "--quiet"])
     assert rc == 0 and "triplet_accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_train_from_a_manifest_dataset(sample, tmp_path, monkeypatch, capsys):
+    manifest = tmp_path / "data_manifest.csv"
+    rows = ["dataset,split,triplets,image_root,catalog,source"]
+    rows += [f"tiny,{s},{sample}/{s}.csv,{sample},{sample}/catalog.csv,local" for s in ("train", "val", "test")]
+    manifest.write_text("\n".join(rows) + "\n")
+    monkeypatch.setenv("MILDNET_MANIFEST", str(manifest))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "tiny", "--model", "tiny_cnn", "--image-size", "32", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--out", str(out), "--quiet"]) == 0
+    info = read_run(out)
+    assert info.config.dataset == "tiny" and info.config.val_triplets == str(sample / "val.csv")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--dataset", "tiny", "--split", "test", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["source"]["data"] == "tiny:test"
 
 
 def test_cli_errors(sample, base_run, tmp_path, capsys):
