@@ -10,6 +10,7 @@ Everything a run produces lives in its **run directory**::
     history.csv    one row per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds, best
     best.keras     the model of the best epoch so far (models.save_model, self-contained)
     last.keras     the model after the last finished epoch (what --resume continues from)
+    optimizer.npz  the optimizer state after that epoch (momentum etc.; numpy, no pickle)
     metrics.json   the final summary (also written when a run is stopped)
     val_triplets.csv  the held-out validation triplets, when no validation file was given
 
@@ -34,7 +35,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,6 +52,7 @@ METRICS_FILE = "metrics.json"
 BEST_MODEL = "best.keras"
 LAST_MODEL = "last.keras"
 HELDOUT_FILE = "val_triplets.csv"
+OPTIMIZER_FILE = "optimizer.npz"
 
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("hinge", "contrastive")
@@ -632,10 +634,10 @@ def resume(
     epochs: int | None = None,
     strategy=None,
 ) -> TrainResult:
-    """Continues an interrupted run from its last finished epoch (``last.keras``) up to its
-    ``epochs`` (or a new, larger ``epochs``). Shuffling and augmentation continue exactly as an
-    uninterrupted run; the optimizer state (momentum / Adam moments) restarts from zero, because the
-    saved models are inference models without optimizer state: a short warm-up of the momentum."""
+    """Continues an interrupted run from its last finished epoch (``last.keras`` + ``optimizer.npz``)
+    up to its ``epochs`` (or a new, larger ``epochs``). Shuffling, augmentation and optimizer state
+    continue exactly as in an uninterrupted run; only a run directory without ``optimizer.npz``
+    restarts the momentum / Adam moments from zero (with a warning)."""
     from mildnet import models
 
     info = read_run(run_dir)
@@ -716,6 +718,39 @@ def _prepare_data(config: TrainConfig, run_dir: Path, new_run: bool) -> dict:
     return {"train": train_df, "val": val_df, "heldout": heldout, "summary": summary}
 
 
+def _save_optimizer(optimizer, path: Path) -> None:
+    """Optimizer state (step count, momentum / Adam moments) beside last.keras, as a pickle-free .npz:
+    the .keras files are inference models and carry none, and without it a resumed run would restart
+    its momentum from zero."""
+    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
+    names = np.array([v.path for v in optimizer.variables], dtype=str)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, names=names, **arrays)
+    os.replace(tmp, path)
+
+
+def _restore_optimizer(optimizer, path: Path) -> None:
+    """Loads what :func:`_save_optimizer` wrote; a missing or mismatching file only costs a warning
+    (the optimizer then restarts from zero state, like a warm restart)."""
+    if not path.is_file():
+        log.warning("no %s in the run: the optimizer state restarts from zero", path.name)
+        return
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            names = [str(n) for n in saved["names"]]
+            values = [saved[f"v{i}"] for i in range(len(names))]
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring unreadable %s (%s): the optimizer state restarts from zero", path.name, exc)
+        return
+    variables = optimizer.variables
+    # Shapes, not names, decide: Keras numbers optimizer names per process (sgd, sgd_1, ...).
+    if len(variables) != len(values) or any(tuple(v.shape) != x.shape for v, x in zip(variables, values)):
+        log.warning("%s does not match this model's optimizer: its state restarts from zero", path.name)
+        return
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
 def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: list[dict],
          callbacks: Sequence[TrainingCallback], stop_event: threading.Event | None) -> TrainResult:
     import tensorflow as tf
@@ -737,6 +772,8 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         optimizer = make_optimizer(config)
         # Built here, in the strategy's scope, not lazily inside the replicated step.
         optimizer.build(model.trainable_variables)
+        if rows:
+            _restore_optimizer(optimizer, run_dir / OPTIMIZER_FILE)
 
     def step_fn(q, p, n):
         k = tf.shape(q)[0]
@@ -755,10 +792,16 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         correct = tf.reduce_sum(tf.cast(d_qp < d_qn, tf.float32))
         return tf.reduce_sum(per_triplet), correct, tf.cast(k, tf.float32)
 
-    @tf.function(reduce_retracing=True)
-    def train_step(batch):
+    def replicated_step(batch):
         per_replica = strategy.run(step_fn, args=batch)
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica]
+
+    if strategy.num_replicas_in_sync == 1:
+        # A batch-agnostic signature: one trace serves full and last partial batches of every epoch.
+        spec = tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.float32)
+        train_step = tf.function(replicated_step, input_signature=[(spec, spec, spec)])
+    else:
+        train_step = tf.function(replicated_step, reduce_retracing=True)
 
     def validate() -> tuple[float, float]:
         if val_df.empty:
@@ -821,6 +864,7 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
             models.save_model(model, run_dir / BEST_MODEL)
             best = row
         models.save_model(model, run_dir / LAST_MODEL)
+        _save_optimizer(optimizer, run_dir / OPTIMIZER_FILE)
         rows.append(row)
         _write_history(run_dir / HISTORY_FILE, rows)  # the epoch's commit point
         for cb in callbacks:

@@ -3,6 +3,7 @@ run-directory files, stop flag, resume, incremental lineage, bad inputs, and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -164,6 +165,11 @@ def test_stop_after_epoch_then_resume_continues_history(sample, tmp_path):
     history = pd.read_csv(second.run_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3]
     pd.testing.assert_frame_equal(history.iloc[:1], history_1)
+    # Same shuffling, augmentation and optimizer state (optimizer.npz) as an uninterrupted run.
+    assert (second.run_dir / "optimizer.npz").is_file()
+    straight = train(dataclasses.replace(config, out=str(tmp_path / "straight")))
+    np.testing.assert_allclose(history["loss"], [r["loss"] for r in straight.history], rtol=1e-5)
+    np.testing.assert_allclose(history["val_loss"], [r["val_loss"] for r in straight.history], rtol=1e-5)
     info = read_run(second.run_dir)
     assert info.meta["resumed"][0]["after_epoch"] == 1
     assert info.meta["data"]["val_source"] == "heldout"
