@@ -1,4 +1,189 @@
-"""Evaluation page (placeholder while being written)."""
+"""Evaluation page: triplet accuracy (overall, per split, per triplet type), distance distributions,
+retrieval metrics and training curves, for one run or several side by side."""
+
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import numpy as np
+import pandas as pd
 import streamlit as st
-def render(ctx):
-    st.title("Evaluation")
+
+from mildnet.ui import layout, resources, widgets
+from mildnet.ui.layout import Context
+from mildnet.ui.runs import Run
+
+TYPE_LABELS = {"in_class": "in-class", "out_of_class": "out-of-class", "wild_query": "wild query",
+               "catalog_query": "catalog query"}
+MAX_RUNS = 4
+
+
+def render(ctx: Context) -> None:
+    widgets.hero("Evaluation", "How well a model ranks: a triplet is correct when the query is closer to the "
+                 "positive than to the negative. Retrieval: every image queries the others of its split.")
+    if not ctx.runs:
+        layout.no_model_message(ctx)
+        return
+    by_key = {r.key: r for r in ctx.runs}
+    default = [ctx.run.key] if ctx.run else [ctx.runs[0].key]
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = c1.multiselect("Runs", list(by_key), default=default, format_func=lambda k: by_key[k].label,
+                            max_selections=MAX_RUNS, key="mn_eval_runs",
+                            help=f"Pick up to {MAX_RUNS} runs to compare side by side.")
+    splits = [s for s in ("val", "test", "train") if s in ctx.dataset.split_names]
+    split = c2.selectbox("Split", splits, key="mn_eval_split")
+    if not chosen:
+        st.info("Pick at least one run.", icon=":material/checklist:")
+        return
+    runs = [by_key[k] for k in chosen]
+    reports = _evaluate(ctx, runs, splits)
+    names = _short_names(runs)
+
+    st.subheader(f"Scores on {split}")
+    st.dataframe(_score_table(runs, names, reports, split), hide_index=True,
+                 column_config={c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="percent")
+                                for c in ("triplet accuracy", "in-class", "out-of-class", "recall@1", "recall@5",
+                                          "mAP")})
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.markdown("**Triplet accuracy per split**")
+        frame = pd.DataFrame([{"run": names[r.key], "split": s, "accuracy": reports[r.key][s].triplet_accuracy}
+                              for r in runs for s in splits])
+        st.altair_chart(_grouped_bars(frame, "split", splits), width="stretch")
+    with right:
+        st.markdown(f"**Triplet accuracy per type** ({split})")
+        rows = [{"run": names[r.key], "type": TYPE_LABELS.get(t, t), "accuracy": v["accuracy"], "n": v["n"]}
+                for r in runs for t, v in reports[r.key][split].by_type.items()]
+        if rows:
+            order = [TYPE_LABELS[t] for t in TYPE_LABELS if any(row["type"] == TYPE_LABELS[t] for row in rows)]
+            st.altair_chart(_grouped_bars(pd.DataFrame(rows), "type", order), width="stretch")
+        else:
+            st.caption("The dataset has no catalog with categories or views, so triplets have no type.")
+
+    st.subheader(f"Distances on {split}")
+    st.caption("Squared distance between unit embeddings (0 = identical, 4 = opposite). A good model keeps the "
+               "positives (green) left of the negatives (red).")
+    cols = st.columns(min(len(runs), 2))
+    for i, run in enumerate(runs):
+        with cols[i % len(cols)]:
+            st.markdown(f"**{names[run.key]}**")
+            st.altair_chart(_histogram(reports[run.key][split]), width="stretch")
+
+    st.subheader("Retrieval")
+    rows = []
+    for run in runs:
+        retrieval = reports[run.key][split].retrieval or {}
+        for key, value in retrieval.items():
+            if key.startswith("recall@"):
+                rows.append({"run": names[run.key], "k": int(key.split("@")[1]), "recall": value})
+    if rows:
+        frame = pd.DataFrame(rows)
+        chart = alt.Chart(frame).mark_line(point=True).encode(
+            x=alt.X("k:O", title="k"), y=alt.Y("recall:Q", title="recall@k", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom")),
+            tooltip=["run", "k", alt.Tooltip("recall:Q", format=".1%")])
+        st.altair_chart(chart.properties(height=260), width="stretch")
+    else:
+        st.caption("No product ids known for this split, so retrieval cannot be scored.")
+
+    st.subheader("Training history")
+    _history(runs, names)
+
+
+def _evaluate(ctx: Context, runs: list[Run], splits: list[str]) -> dict:
+    reports = {}
+    for run in runs:
+        searcher = resources.cached_searcher(run, ctx.dataset) or layout.build_embeddings(run, ctx.dataset)
+        with st.spinner(f"Scoring {run.label}…"):
+            reports[run.key] = {s: resources.evaluation(run, ctx.dataset, s, searcher) for s in splits}
+    return reports
+
+
+def _short_names(runs: list[Run]) -> dict[str, str]:
+    return {r.key: ("default model" if r.pretrained else r.name) for r in runs}
+
+
+def _score_table(runs, names, reports, split) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        report = reports[run.key][split]
+        types = report.by_type
+        retrieval = report.retrieval or {}
+        rows.append({
+            "run": names[run.key],
+            "triplets": report.n_triplets,
+            "triplet accuracy": _nan_none(report.triplet_accuracy),
+            "in-class": _nan_none(types.get("in_class", {}).get("accuracy")),
+            "out-of-class": _nan_none(types.get("out_of_class", {}).get("accuracy")),
+            "recall@1": retrieval.get("recall@1"),
+            "recall@5": retrieval.get("recall@5"),
+            "mAP": retrieval.get("mAP"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _nan_none(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _grouped_bars(frame: pd.DataFrame, x: str, order: list[str]) -> alt.Chart:
+    frame = frame.assign(label=frame["accuracy"].map(lambda v: "" if v is None or v != v else f"{v:.0%}"))
+    base = alt.Chart(frame).encode(
+        x=alt.X(f"{x}:N", sort=order, title=None, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("run:N"),
+        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
+        color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom")),
+        tooltip=["run", x, alt.Tooltip("accuracy:Q", format=".1%")],
+    )
+    bars = base.mark_bar(cornerRadiusTopLeft=3, cornerRadiusTopRight=3)
+    text = base.mark_text(dy=-6, fontSize=11).encode(text="label:N")
+    return (bars + text).properties(height=260)
+
+
+def _histogram(report) -> alt.Chart:
+    edges = np.asarray(report.distances["bin_edges"])
+    rows = []
+    for side, label in (("positive", "d(query, positive)"), ("negative", "d(query, negative)")):
+        counts = report.distances[side]["histogram"]
+        for lo, hi, n in zip(edges[:-1], edges[1:], counts):
+            rows.append({"pair": label, "from": float(lo), "to": float(hi), "count": int(n)})
+    frame = pd.DataFrame(rows)
+    return alt.Chart(frame).mark_bar(opacity=0.55, binSpacing=0).encode(
+        x=alt.X("from:Q", bin="binned", title="squared distance", scale=alt.Scale(domain=[0, 4])),
+        x2="to:Q",
+        y=alt.Y("count:Q", stack=None, title="triplets"),
+        color=alt.Color("pair:N", title=None, scale=alt.Scale(domain=["d(query, positive)", "d(query, negative)"],
+                                                          range=["#2f9e44", "#e03131"]),
+                        legend=alt.Legend(orient="bottom")),
+        tooltip=["pair", "from", "to", "count"],
+    ).properties(height=220)
+
+
+def _history(runs: list[Run], names: dict[str, str]) -> None:
+    frames = []
+    for run in runs:
+        history = run.history()
+        if history is not None and not history.empty:
+            frames.append(history.assign(run=names[run.key]))
+    if not frames:
+        st.caption("No history.csv in these runs (the default model may ship without one).")
+        return
+    history = pd.concat(frames, ignore_index=True)
+    left, right = st.columns(2, gap="large")
+    for column, metric, title in ((left, "loss", "Loss"), (right, "accuracy", "Triplet accuracy")):
+        series = [c for c in (metric, f"val_{metric}") if c in history.columns]
+        if not series:
+            continue
+        long = history.melt(id_vars=["run", "epoch"], value_vars=series, var_name="series", value_name="value")
+        long["series"] = long["series"].map(lambda s: "validation" if s.startswith("val_") else "training")
+        y = alt.Y("value:Q", title=None, axis=alt.Axis(format="%") if metric == "accuracy" else alt.Axis())
+        chart = alt.Chart(long.dropna(subset=["value"])).mark_line(point=True).encode(
+            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1), title="epoch"), y=y,
+            color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom")),
+            strokeDash=alt.StrokeDash("series:N", title=None, legend=alt.Legend(orient="bottom")),
+            tooltip=["run", "series", "epoch", alt.Tooltip("value:Q", format=".3f")],
+        )
+        with column:
+            st.markdown(f"**{title}**")
+            st.altair_chart(chart.properties(height=240), width="stretch")

@@ -111,14 +111,25 @@ def data_check(ds: uidata.Dataset):
 # --- runs and models -----------------------------------------------------------------------------
 
 
-@st.cache_data(show_spinner=False, ttl=10)
-def _runs(dataset_name: str | None, runs_root: str, pretrained_root: str) -> list[uiruns.Run]:
+@st.cache_data(show_spinner=False, max_entries=32)
+def _runs(dataset_name: str | None, runs_root: str, pretrained_root: str, stamp: tuple) -> list[uiruns.Run]:
     return uiruns.list_runs(dataset_name)
 
 
+def _runs_stamp(dataset_name: str | None) -> tuple:
+    """Which run folders hold a model, and since when: a new or retrained run changes it (stat calls only)."""
+    folders = []
+    root = settings.runs_dir()
+    if root.is_dir():
+        folders.extend(p for p in root.iterdir() if p.is_dir())
+    if dataset_name:
+        folders.append(settings.pretrained_dir() / dataset_name)
+    return tuple(sorted((str(p), _mtime(p / uiruns.MODEL_FILE), _mtime(p / "metrics.json")) for p in folders))
+
+
 def runs(dataset_name: str | None) -> list[uiruns.Run]:
-    """Runs for a dataset (re-listed every few seconds, and at once after :func:`forget_runs`)."""
-    return _runs(dataset_name, str(settings.runs_dir()), str(settings.pretrained_dir()))
+    """Runs for a dataset; re-read only when a run folder or its model changes."""
+    return _runs(dataset_name, str(settings.runs_dir()), str(settings.pretrained_dir()), _runs_stamp(dataset_name))
 
 
 def forget_runs() -> None:

@@ -7,9 +7,9 @@ own copy of the sidebar, so the plain keys are what carry the choice from page t
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -46,8 +46,11 @@ def render() -> Selection:
         if current not in names:
             current = settings.initial_dataset(names)
             st.session_state[DATASET_KEY] = current
+        # The widget's own state is set from the plain key: it is dropped on page switches and a finished
+        # training job or a test may change the choice from outside the widget.
+        st.session_state["mn_dataset_widget"] = current
         st.selectbox(
-            "Dataset", names, index=names.index(current), key="mn_dataset_widget",
+            "Dataset", names, key="mn_dataset_widget",
             on_change=_copy, args=("mn_dataset_widget", DATASET_KEY),
             help="Datasets come from data_manifest.csv (MILDNET_MANIFEST overrides it).",
         )
@@ -79,8 +82,9 @@ def _run_selector(dataset: str, runs: list[Run]) -> Run | None:
         _select_run(dataset, chosen)
     by_key = {r.key: r for r in runs}
     widget_key = f"mn_run_widget_{dataset}"
+    st.session_state[widget_key] = chosen
     st.selectbox(
-        "Model", keys, index=keys.index(chosen), key=widget_key,
+        "Model", keys, key=widget_key,
         format_func=lambda k: by_key[k].label,
         on_change=lambda: _select_run(dataset, st.session_state[widget_key]),
         help="The committed default model of the dataset, then your training runs (newest first).",
@@ -192,8 +196,10 @@ def _job_panel(manager: jobs.JobManager) -> None:
         resources.forget_runs()
         if s.state != jobs.FAILED and s.run_dir:
             dataset = st.session_state.get(DATASET_KEY)
-            if dataset and any(r.key == s.run_dir for r in resources.runs(dataset)):
-                _select_run(dataset, s.run_dir)
+            finished = Path(s.run_dir).resolve()
+            match = next((r for r in resources.runs(dataset or None) if r.path.resolve() == finished), None)
+            if dataset and match is not None:
+                _select_run(dataset, match.key)
         st.rerun(scope="app")
     _finished_panel(s)
 

@@ -1,0 +1,361 @@
+"""The Streamlit app driven through ``streamlit.testing.v1.AppTest`` on a tiny generated dataset.
+
+Everything the app writes goes to a temporary folder (``MILDNET_MANIFEST``, ``MILDNET_RUNS``,
+``MILDNET_STORE``, ``MILDNET_PRETRAINED``), never to the project's ``data/``, ``runs/`` or cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from mildnet.errors import ImageError  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+TIMEOUT = 180
+MANIFEST_HEADER = "dataset,split,triplets,image_root,catalog,source\n"
+
+
+def _manifest_rows(name: str, folder: str, source: str = "generated") -> str:
+    return "".join(f"{name},{split},{folder}/{split}.csv,{folder},{folder}/catalog.csv,{source}\n"
+                   for split in ("train", "val", "test"))
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory):
+    """A 30-product, 48 px sample, a manifest naming it, and one trained tiny_cnn run."""
+    from mildnet import training
+    from mildnet.data.sample import generate_sample
+
+    root = tmp_path_factory.mktemp("app")
+    generate_sample(root / "tiny", products=30, size=48)
+    (root / "manifest.csv").write_text(MANIFEST_HEADER + _manifest_rows("tiny", "tiny"))
+    env = {
+        "MILDNET_MANIFEST": str(root / "manifest.csv"),
+        "MILDNET_RUNS": str(root / "runs"),
+        "MILDNET_STORE": str(root / "store"),
+        "MILDNET_PRETRAINED": str(root / "pretrained"),
+        "MILDNET_DATASET": "tiny",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.delenv("MILDNET_REDIS_URL", raising=False)
+        config = training.TrainConfig(
+            images=str(root / "tiny"), triplets=str(root / "tiny" / "train.csv"),
+            val_triplets=str(root / "tiny" / "val.csv"), dataset="tiny", out=str(root / "runs" / "first"),
+            model="tiny_cnn", weights=None, image_size=32, epochs=1, batch_size=32)
+        training.train(config)
+        yield root
+
+
+def _app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    return at
+
+
+def _no_failure(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _jpeg(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+# --- home ----------------------------------------------------------------------------------------
+
+
+def test_home_shows_dataset_model_and_cache(tiny_env):
+    at = _app()
+    _no_failure(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Dataset"] == "tiny"
+    assert metrics["Catalog images"] == "150"
+    assert metrics["Model"] == "tiny_cnn"
+    assert metrics["Embedding cache"] == "ready"
+    assert [s.label for s in at.sidebar.selectbox][:2] == ["Dataset", "Model"]
+
+
+def test_first_start_prepares_a_missing_sample(tiny_env, monkeypatch, tmp_path):
+    from mildnet.data import sample
+
+    # The real first start renders 240 products; a smaller sample exercises the same path in a second.
+    monkeypatch.setattr(sample, "generate_sample", functools.partial(sample.generate_sample, products=12, size=32))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(MANIFEST_HEADER + _manifest_rows("fresh", "fresh"))
+    monkeypatch.setenv("MILDNET_MANIFEST", str(manifest))
+    monkeypatch.setenv("MILDNET_DATASET", "fresh")
+    at = _app()
+    _no_failure(at)
+    assert sample.is_sample_complete(tmp_path / "fresh")
+    assert any("fresh" in s.label and "ready" in s.label for s in at.status)
+    assert {m.label: m.value for m in at.metric}["Catalog images"] == "60"
+    # No run for this dataset yet: a clear message instead of a model.
+    assert any("no trained model" in i.value.lower() for i in at.info)
+
+
+def test_unavailable_dataset_shows_an_error_not_a_traceback(tiny_env, monkeypatch, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(MANIFEST_HEADER + _manifest_rows("tiny", str(tiny_env / "tiny"))
+                        + _manifest_rows("mine", str(tmp_path / "nowhere"), source="local"))
+    monkeypatch.setenv("MILDNET_MANIFEST", str(manifest))
+    monkeypatch.setenv("MILDNET_DATASET", "mine")
+    at = _app()
+    assert not at.exception
+    assert any("incomplete" in e.value for e in at.error)
+    # The sidebar still works, so the user can switch back.
+    at.sidebar.selectbox[0].set_value("tiny").run()
+    _no_failure(at)
+
+
+def test_broken_manifest_shows_an_error(tiny_env, monkeypatch, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("dataset,split\nx,train\n")
+    monkeypatch.setenv("MILDNET_MANIFEST", str(manifest))
+    for page in (None, "search", "triplets", "evaluation"):
+        at = _app(page)
+        assert not at.exception
+        assert any("missing column" in e.value for e in at.error)
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+def test_search_upload_shows_top_five_and_click_searches_from_a_result(tiny_env):
+    at = _app("search")
+    _no_failure(at)
+    photo = tiny_env / "tiny" / "images" / "p0003" / "wild-1.jpg"
+    at.file_uploader(key="mn_upload").set_value(("photo.jpg", _jpeg(photo), "image/jpeg")).run()
+    _no_failure(at)
+    similar = [b for b in at.button if b.key and b.key.startswith("mn_similar_")]
+    assert len(similar) == 5
+    # The uploaded catalog photo finds itself first, with cosine similarity 1.
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert "p0003" in html and "1.000" in html
+    assert at.number_input(key="mn_k").value == 5
+
+    at.number_input(key="mn_k").set_value(8).run()
+    assert len([b for b in at.button if b.key and b.key.startswith("mn_similar_")]) == 8
+
+    at.button(key="mn_similar_2").click().run()
+    _no_failure(at)
+    assert at.session_state["mn_query"]["kind"] == "catalog"
+    clicked = at.session_state["mn_query"]["id"]
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert clicked.split("/")[1] in html  # the clicked product is now the query card
+
+
+def test_search_from_a_catalog_product(tiny_env):
+    at = _app("search")
+    at.selectbox(key="mn_pick_product").set_value("images/p0005/catalog.jpg").run()
+    at.button(key="mn_pick_go").click().run()
+    _no_failure(at)
+    assert at.session_state["mn_query"] == {"kind": "catalog", "id": "images/p0005/catalog.jpg"}
+    assert len([b for b in at.button if b.key and b.key.startswith("mn_similar_")]) == 5
+
+
+@pytest.mark.parametrize("name,payload", [
+    ("notes.png", b"this is not an image at all"),
+    ("cut.jpg", None),  # a truncated JPEG, built in the test
+    ("empty.webp", b""),
+])
+def test_bad_upload_shows_a_clear_error(tiny_env, name, payload):
+    if payload is None:
+        payload = _jpeg(tiny_env / "tiny" / "images" / "p0001" / "catalog.jpg")[:300]
+    at = _app("search")
+    at.file_uploader(key="mn_upload").set_value((name, payload, "image/jpeg")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "cannot be used as a photo" in at.error[0].value
+    assert not [b for b in at.button if b.key and b.key.startswith("mn_similar_")]
+
+
+def test_upload_handler_decodes_formats_and_rejects_bad_bytes(tiny_env):
+    from mildnet.ui.resources import ModelBundle
+    from mildnet.ui.search_page import embed_upload
+    from mildnet import embeddings
+
+    model, config = embeddings.open_run(tiny_env / "runs" / "first")
+    bundle = ModelBundle(model, config, "", 32)
+    rgba = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 4), dtype=np.uint8), "RGBA")
+    for fmt in ("PNG", "WEBP", "JPEG"):
+        buffer = io.BytesIO()
+        (rgba.convert("RGB") if fmt == "JPEG" else rgba).save(buffer, format=fmt)
+        vector, thumb = embed_upload(buffer.getvalue(), bundle)
+        assert vector.shape == (32,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-4
+        assert thumb.shape == (40, 60, 3)
+    huge = io.BytesIO()
+    Image.new("RGB", (8000, 7000)).save(huge, format="PNG")
+    for bad in (b"GIF89a broken", huge.getvalue()):
+        with pytest.raises(ImageError):
+            embed_upload(bad, bundle)
+
+
+# --- triplets ------------------------------------------------------------------------------------
+
+
+def test_triplets_page_browses_filters_and_checks(tiny_env):
+    at = _app("triplets")
+    _no_failure(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["train triplets"] == "218" and metrics["val triplets"] == "39"
+    assert metrics["Leaks"] == "0" and metrics["Missing / unreadable"] == "0"
+    assert any("No problems found" in s.value for s in at.success)
+
+    def rows():
+        return [h.proto.body for h in at.get("html") if 'class="mn-rank"' in h.proto.body]
+
+    first = rows()
+    assert len(first) == 10
+    at.get("pagination")[0].set_value(2).run()
+    assert len(rows()) == 10 and rows() != first
+    at.button(key="mn_triplets_shuffle").click().run()
+    _no_failure(at)
+    assert len(rows()) == 10
+
+    at.button_group(key="mn_triplets_type").set_value(["in-class"]).run()
+    shown = rows()
+    assert shown and all("in-class" in r and "out-of-class" not in r for r in shown)
+    at.button_group(key="mn_triplets_split").set_value("val").run()
+    _no_failure(at)
+    assert any("val triplets" in c.value for c in at.caption)
+    at.selectbox(key="mn_triplets_category").set_value("dress").run()
+    assert all("dress" in r.split("negative")[0] for r in rows())
+
+
+def test_data_check_reports_missing_images_and_leaks(tiny_env, monkeypatch, tmp_path):
+    import shutil
+
+    data = tmp_path / "leaky"
+    shutil.copytree(tiny_env / "tiny", data)
+    (data / "test.csv").write_text((data / "val.csv").read_text())  # every test triplet is also in val
+    (data / "images" / "p0001" / "catalog.jpg").unlink()
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(MANIFEST_HEADER + _manifest_rows("leaky", str(data), source="local"))
+    monkeypatch.setenv("MILDNET_MANIFEST", str(manifest))
+    monkeypatch.setenv("MILDNET_DATASET", "leaky")
+    at = _app("triplets")
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Leaks"] == "1" and metrics["Missing / unreadable"] == "1"
+    assert any("also appear in" in w.value for w in at.warning)
+    assert any("missing" in c.value for c in at.code)
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+def test_evaluation_page_scores_and_compares_runs(tiny_env):
+    from mildnet import training
+
+    second = tiny_env / "runs" / "second"
+    if not second.exists():
+        training.train(training.TrainConfig(
+            images=str(tiny_env / "tiny"), triplets=str(tiny_env / "tiny" / "train.csv"),
+            val_triplets=str(tiny_env / "tiny" / "val.csv"), dataset="tiny", out=str(second),
+            model="tiny_cnn", weights=None, image_size=32, epochs=2, batch_size=32, seed=1))
+    at = _app("evaluation")
+    _no_failure(at)
+    table = at.dataframe[0].value
+    assert list(table["run"]) == [at.multiselect(key="mn_eval_runs").value[0].rsplit("/", 1)[-1]]
+    assert 0.0 <= table["triplet accuracy"].iloc[0] <= 1.0
+    assert table["recall@5"].iloc[0] is not None
+
+    options = at.multiselect(key="mn_eval_runs").options
+    assert len(options) == 2
+    at.multiselect(key="mn_eval_runs").set_value([str(tiny_env / "runs" / n) for n in ("first", "second")]).run()
+    at.selectbox(key="mn_eval_split").set_value("test").run()
+    _no_failure(at)
+    table = at.dataframe[0].value
+    assert sorted(table["run"]) == ["first", "second"]
+    assert (table["triplets"] == 39).all()
+    charts = at.get("vega_lite_chart")
+    assert len(charts) >= 6  # per split, per type, two histograms, recall@k, loss, accuracy
+    assert any(s.value == "Training history" for s in at.subheader)
+
+
+# --- training from the sidebar -------------------------------------------------------------------
+
+
+def test_sidebar_training_runs_in_the_background_and_the_new_run_becomes_selectable(tiny_env):
+    at = _app("search")
+    before = list(at.sidebar.selectbox[1].options)
+    at.selectbox(key="mn_train_model").set_value("tiny_cnn")
+    at.selectbox(key="mn_train_weights").set_value("none")
+    at.select_slider(key="mn_train_size").set_value(32)
+    at.number_input(key="mn_train_epochs").set_value(1)
+    at.number_input(key="mn_train_batch").set_value(32)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+
+    # The job runs in a worker thread: the script run that started it has returned long before it ends.
+    assert _has_key(at, "mn_stop_training")
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        at.run()
+        assert not at.exception
+        if any("Training finished" in s.value for s in at.sidebar.success):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("training did not finish in time")
+    options = list(at.sidebar.selectbox[1].options)  # labels, newest run first
+    assert len(options) == len(before) + 1 and options[0] not in before
+    selected = Path(at.sidebar.selectbox[1].value)  # the finished run is selected
+    assert selected.parent == tiny_env / "runs" and options[0].startswith(selected.name)
+    assert (selected / "best.keras").is_file() and (selected / "history.csv").is_file()
+    at.switch_page("pages/search.py").run()
+    _no_failure(at)
+
+
+def _has_key(at: AppTest, key: str) -> bool:
+    try:
+        at.button(key=key)
+    except KeyError:
+        return False
+    return True
+
+
+def test_one_job_at_a_time_and_stop_flag():
+    import threading
+
+    from mildnet.errors import MildnetError
+    from mildnet.ui.jobs import STOPPED, JobManager
+
+    started = threading.Event()
+
+    class Result:
+        status = "stopped"
+        run_dir = "/tmp/x"
+
+    def work(callbacks, stop_event):
+        callbacks[0].on_train_begin(3, 10)
+        started.set()
+        while not stop_event.wait(0.01):
+            callbacks[0].on_batch_end(1, 1, {"loss": 0.5, "accuracy": 0.5, "steps": 10})
+        return Result()
+
+    manager = JobManager()
+    manager.start("a", work)
+    assert started.wait(5)
+    with pytest.raises(MildnetError, match="already running"):
+        manager.start("b", work)
+    snap = manager.current().snapshot()
+    assert snap.active and snap.total_epochs == 3
+    assert manager.stop()
+    assert manager.wait(5)
+    assert manager.current().snapshot().state == STOPPED

@@ -1,0 +1,177 @@
+"""End to end in a real browser: ``streamlit run app.py`` as a subprocess, driven by headless Chromium
+through Playwright, on a tiny generated dataset (environment overrides keep the project's folders clean).
+
+Screenshots are written under pytest's tmp dir and copied to /tmp/mildnet-screens/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Offline machine: no background traffic, no component updates, no QUIC probes.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENS = Path("/tmp/mildnet-screens")
+LOAD_TIMEOUT_MS = 120_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    return sync_api
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, playwright_api):
+    from mildnet import training
+    from mildnet.data.sample import generate_sample
+
+    root = tmp_path_factory.mktemp("browser")
+    generate_sample(root / "tiny", products=30, size=48)
+    (root / "manifest.csv").write_text("dataset,split,triplets,image_root,catalog,source\n" + "".join(
+        f"tiny,{s},tiny/{s}.csv,tiny,tiny/catalog.csv,generated\n" for s in ("train", "val", "test")))
+    training.train(training.TrainConfig(
+        images=str(root / "tiny"), triplets=str(root / "tiny" / "train.csv"),
+        val_triplets=str(root / "tiny" / "val.csv"), dataset="tiny", out=str(root / "runs" / "tiny-run"),
+        model="tiny_cnn", weights=None, image_size=32, epochs=2, batch_size=32))
+    port = _free_port()
+    env = dict(os.environ, MILDNET_MANIFEST=str(root / "manifest.csv"), MILDNET_RUNS=str(root / "runs"),
+               MILDNET_STORE=str(root / "store"), MILDNET_PRETRAINED=str(root / "pretrained"),
+               MILDNET_DATASET="tiny", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("MILDNET_REDIS_URL", None)
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("streamlit did not start:\n" + (root / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield {"url": url, "root": root}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(playwright_api, server):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 1100})
+        yield context.new_page()
+        browser.close()
+
+
+def _idle(page) -> None:
+    """Waits for the script run to finish (Streamlit shows its status widget while running)."""
+    page.wait_for_selector('[data-testid="stSidebar"]', timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_timeout(300)
+
+
+def _shoot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path))
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENS / path.name)
+    return path
+
+
+def _hit_images(page) -> int:
+    return page.locator('[class*="st-key-mn_hit_"] [data-testid="stImage"] img').count()
+
+
+def test_search_upload_shows_five_results_and_click_searches_again(page, server, tmp_path):
+    page.goto(server["url"] + "/search")
+    _idle(page)
+    assert page.get_by_text("Visual search").first.is_visible()
+    photo = server["root"] / "tiny" / "images" / "p0003" / "wild-1.jpg"
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(photo))
+    page.wait_for_function(
+        "document.querySelectorAll('[class*=\"st-key-mn_hit_\"] [data-testid=\"stImage\"] img').length >= 5",
+        timeout=LOAD_TIMEOUT_MS)
+    _idle(page)
+    assert _hit_images(page) == 5
+    # Every result image has really loaded (not a broken link).
+    loaded = page.eval_on_selector_all('[class*="st-key-mn_hit_"] [data-testid="stImage"] img',
+                                       "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
+    assert loaded == 5
+    first_card = page.locator(".st-key-mn_hit_1").inner_text()
+    assert "p0003" in first_card and "1.000" in first_card
+    assert not page.locator('[data-testid="stException"]').count()
+    _shoot(page, tmp_path, "search-upload")
+
+    # A click under a result searches from that product.
+    second = page.locator(".st-key-mn_hit_2").inner_text().split()
+    page.locator(".st-key-mn_hit_2").get_by_role("button", name="Similar").click()
+    page.wait_for_timeout(500)
+    _idle(page)
+    query = page.locator(".st-key-mn_query_card").inner_text()
+    product = next(w for w in second if w.startswith("p0"))
+    assert product in query
+    assert _hit_images(page) == 5
+    _shoot(page, tmp_path, "search-click")
+
+
+def test_bad_upload_shows_an_error_in_the_page(page, server, tmp_path):
+    page.goto(server["url"] + "/search")
+    _idle(page)
+    bad = tmp_path / "not-a-photo.png"
+    bad.write_bytes(b"definitely not a PNG")
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
+    page.wait_for_selector('[data-testid="stAlertContentError"]', timeout=LOAD_TIMEOUT_MS)
+    _idle(page)
+    text = page.locator('[data-testid="stAlertContentError"]').inner_text()
+    assert "cannot be used as a photo" in text
+    assert not page.locator('[data-testid="stException"]').count()
+    assert _hit_images(page) == 0
+    _shoot(page, tmp_path, "search-bad-upload")
+
+
+@pytest.mark.parametrize("path,marker", [("", "MILDNet visual search"), ("triplets", "Triplets"),
+                                         ("evaluation", "Triplet accuracy per split")])
+def test_pages_render_without_errors(page, server, tmp_path, path, marker):
+    page.goto(f"{server['url']}/{path}")
+    _idle(page)
+    page.get_by_text(marker).first.wait_for(timeout=LOAD_TIMEOUT_MS)
+    assert not page.locator('[data-testid="stException"]').count()
+    assert not page.locator('[data-testid="stAlertContentError"]').count()
+    # The sidebar is on every page: dataset and model pickers and the training form.
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    assert sidebar.get_by_text("Dataset").first.is_visible()
+    assert sidebar.get_by_text("Train a model").first.is_visible()
+    _shoot(page, tmp_path, f"page-{path or 'home'}")
