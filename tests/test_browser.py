@@ -118,7 +118,7 @@ def _hit_images(page) -> int:
 def test_search_upload_shows_five_results_and_click_searches_again(page, server, tmp_path):
     page.goto(server["url"] + "/search")
     _idle(page)
-    assert page.get_by_text("Visual search").first.is_visible()
+    assert page.locator(".mn-hero h1").inner_text() == "Visual search"
     photo = server["root"] / "tiny" / "images" / "p0003" / "wild-1.jpg"
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(photo))
     page.wait_for_function(
@@ -167,11 +167,14 @@ def test_bad_upload_shows_an_error_in_the_page(page, server, tmp_path):
 def test_pages_render_without_errors(page, server, tmp_path, path, marker):
     page.goto(f"{server['url']}/{path}")
     _idle(page)
-    page.get_by_text(marker).first.wait_for(timeout=LOAD_TIMEOUT_MS)
+    page.locator("[data-testid='stMain']").get_by_text(marker).first.wait_for(timeout=LOAD_TIMEOUT_MS)
     assert not page.locator('[data-testid="stException"]').count()
     assert not page.locator('[data-testid="stAlertContentError"]').count()
     # The sidebar is on every page: dataset and model pickers and the training form.
     sidebar = page.locator('[data-testid="stSidebar"]')
     assert sidebar.get_by_text("Dataset").first.is_visible()
+    # app.py's navigation (titles and icons), even on a deep link to a fresh server.
+    links = sidebar.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
+    assert [t.split()[-1] for t in links] == ["Home", "Search", "Triplets", "Evaluation"], links
     assert sidebar.get_by_text("Train a model").first.is_visible()
     _shoot(page, tmp_path, f"page-{path or 'home'}")

@@ -29,6 +29,9 @@ class Context:
 
 
 def run_page(body: Callable[[Context], None]) -> None:
+    from mildnet.ui import navigation
+
+    navigation.ensure_entrypoint()
     widgets.page_style()
     try:
         selection = sidebar.render()
