@@ -42,9 +42,11 @@ def render(ctx: Context) -> None:
 
     st.subheader(f"Scores on {split}")
     st.dataframe(_score_table(runs, names, reports, split), hide_index=True,
-                 column_config={c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="percent")
-                                for c in ("triplet accuracy", "in-class", "out-of-class", "recall@1", "recall@5",
-                                          "mAP")})
+                 column_config={
+                     "triplet accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
+                                                                         format="percent"),
+                     **{c: st.column_config.NumberColumn(format="percent")
+                        for c in ("in-class", "out-of-class", "recall@1", "recall@5", "recall@10", "mAP")}})
     left, right = st.columns(2, gap="large")
     with left:
         st.markdown("**Triplet accuracy per split**")
@@ -63,7 +65,7 @@ def render(ctx: Context) -> None:
 
     st.subheader(f"Distances on {split}")
     st.caption("Squared distance between unit embeddings (0 = identical, 4 = opposite). A good model keeps the "
-               "positives (green) left of the negatives (red).")
+               "positives (green) left of the negatives (red); a triplet is correct when its positive is closer.")
     cols = st.columns(min(len(runs), 2))
     for i, run in enumerate(runs):
         with cols[i % len(cols)]:
@@ -118,6 +120,7 @@ def _score_table(runs, names, reports, split) -> pd.DataFrame:
             "out-of-class": _nan_none(types.get("out_of_class", {}).get("accuracy")),
             "recall@1": retrieval.get("recall@1"),
             "recall@5": retrieval.get("recall@5"),
+            "recall@10": retrieval.get("recall@10"),
             "mAP": retrieval.get("mAP"),
         })
     return pd.DataFrame(rows)
@@ -141,22 +144,27 @@ def _grouped_bars(frame: pd.DataFrame, x: str, order: list[str]) -> alt.Chart:
     return (bars + text).properties(height=260)
 
 
-def _histogram(report) -> alt.Chart:
-    edges = np.asarray(report.distances["bin_edges"])
+def _histogram(report, bins: int = 30) -> alt.Chart:
+    """Positive and negative distances overlaid, binned over the range the data actually covers (a barely
+    trained model keeps every distance near 0, where the fixed [0, 4] bins would show one bar)."""
+    d_pos, d_neg = np.asarray(report.d_pos, dtype=float), np.asarray(report.d_neg, dtype=float)
+    top = float(max(d_pos.max(initial=0.0), d_neg.max(initial=0.0)))
+    top = min(4.0, max(top * 1.05, 1e-3))
+    edges = np.linspace(0.0, top, bins + 1)
     rows = []
-    for side, label in (("positive", "d(query, positive)"), ("negative", "d(query, negative)")):
-        counts = report.distances[side]["histogram"]
-        for lo, hi, n in zip(edges[:-1], edges[1:], counts):
-            rows.append({"pair": label, "from": float(lo), "to": float(hi), "count": int(n)})
+    for values, label in ((d_pos, "d(query, positive)"), (d_neg, "d(query, negative)")):
+        counts, _ = np.histogram(values, bins=edges)
+        rows.extend({"pair": label, "from": float(lo), "to": float(hi), "count": int(n)}
+                    for lo, hi, n in zip(edges[:-1], edges[1:], counts))
     frame = pd.DataFrame(rows)
     return alt.Chart(frame).mark_bar(opacity=0.55, binSpacing=0).encode(
-        x=alt.X("from:Q", bin="binned", title="squared distance", scale=alt.Scale(domain=[0, 4])),
+        x=alt.X("from:Q", bin="binned", title="squared distance", scale=alt.Scale(domain=[0, top])),
         x2="to:Q",
         y=alt.Y("count:Q", stack=None, title="triplets"),
         color=alt.Color("pair:N", title=None, scale=alt.Scale(domain=["d(query, positive)", "d(query, negative)"],
-                                                          range=["#2f9e44", "#e03131"]),
+                                                              range=["#2f9e44", "#e03131"]),
                         legend=alt.Legend(orient="bottom")),
-        tooltip=["pair", "from", "to", "count"],
+        tooltip=["pair", alt.Tooltip("from:Q", format=".3f"), alt.Tooltip("to:Q", format=".3f"), "count"],
     ).properties(height=220)
 
 

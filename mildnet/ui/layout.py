@@ -7,7 +7,6 @@ log only), so the UI never shows a traceback.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,8 +16,6 @@ from mildnet.errors import MildnetError
 from mildnet.ui import data as uidata
 from mildnet.ui import resources, sidebar, widgets
 from mildnet.ui.runs import Run
-
-log = logging.getLogger("mildnet.ui")
 
 
 @dataclass
@@ -33,17 +30,10 @@ def run_page(body: Callable[[Context], None]) -> None:
 
     navigation.ensure_entrypoint()
     widgets.page_style()
-    try:
+    with widgets.error_boundary():
         selection = sidebar.render()
         ds = ensure_dataset(selection.dataset)
         body(Context(dataset=ds, run=selection.run, runs=selection.runs))
-    except MildnetError as exc:
-        st.error(str(exc), icon=":material/error:")
-    except Exception as exc:  # noqa: BLE001 - the boundary: no traceback reaches the browser
-        log.exception("page failed")
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        st.error(f"Something went wrong ({type(exc).__name__}{': ' + text if text else ''}). "
-                 "The details are in the server log.", icon=":material/error:")
 
 
 def ensure_dataset(name: str) -> uidata.Dataset:

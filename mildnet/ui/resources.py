@@ -111,7 +111,9 @@ def data_check(ds: uidata.Dataset):
 # --- runs and models -----------------------------------------------------------------------------
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+# cache_resource, not cache_data: Run objects are returned as they are (no pickling, which also breaks when
+# Streamlit reloads an edited module and the class object changes).
+@st.cache_resource(show_spinner=False, max_entries=32)
 def _runs(dataset_name: str | None, runs_root: str, pretrained_root: str, stamp: tuple) -> list[uiruns.Run]:
     return uiruns.list_runs(dataset_name)
 

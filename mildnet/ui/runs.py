@@ -70,7 +70,7 @@ class Run:
     @property
     def label(self) -> str:
         parts = [("★ default model" if self.pretrained else self.name)]
-        if self.model_name:
+        if self.model_name and (self.pretrained or not self.name.startswith(self.model_name)):
             parts.append(self.model_name)
         accuracy = headline_accuracy(self.metrics)
         if accuracy is not None:

@@ -15,7 +15,7 @@ import streamlit as st
 
 from mildnet.errors import MildnetError
 from mildnet.ui import data as uidata
-from mildnet.ui import jobs, resources, settings
+from mildnet.ui import jobs, resources, settings, widgets
 from mildnet.ui.runs import Run, describe_time
 
 DATASET_KEY = "mn_dataset"
@@ -183,6 +183,12 @@ def launch(manager: jobs.JobManager, dataset: str, *, model_name: str, weights: 
 
 
 def _job_panel(manager: jobs.JobManager) -> None:
+    # A fragment rerun executes only this function, outside the page's error boundary: it needs its own.
+    with widgets.error_boundary():
+        _job_panel_body(manager)
+
+
+def _job_panel_body(manager: jobs.JobManager) -> None:
     job = manager.current()
     if job is None:
         return

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
+import logging
 from pathlib import Path
 
 import streamlit as st
+
+log = logging.getLogger("mildnet.ui")
+
+
+@contextlib.contextmanager
+def error_boundary():
+    """Shows a MildnetError as its one-line message and anything else as a short note (traceback to the
+    server log only). Streamlit's rerun/stop signals are BaseExceptions and pass through."""
+    from mildnet.errors import MildnetError
+
+    try:
+        yield
+    except MildnetError as exc:
+        st.error(str(exc), icon=":material/error:")
+    except Exception as exc:  # noqa: BLE001 - the boundary: no traceback reaches the browser
+        log.exception("page failed")
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        st.error(f"Something went wrong ({type(exc).__name__}{': ' + text if text else ''}). "
+                 "The details are in the server log.", icon=":material/error:")
+
 
 _CSS = """
 <style>
