@@ -359,3 +359,58 @@ def test_one_job_at_a_time_and_stop_flag():
     assert manager.stop()
     assert manager.wait(5)
     assert manager.current().snapshot().state == STOPPED
+
+
+def test_stop_button_stops_a_running_job(tiny_env):
+    at = _app("triplets")
+    at.selectbox(key="mn_train_start").set_value(str(tiny_env / "runs" / "first"))  # incremental
+    at.number_input(key="mn_train_epochs").set_value(200)
+    at.number_input(key="mn_train_batch").set_value(4)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception and not at.error
+    at.button(key="mn_stop_training").click().run()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        at.run()
+        if any("Training stopped" in w.value for w in at.sidebar.warning):
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the job did not stop")
+    assert not at.exception
+    # The page itself kept working while the job ran and stopped.
+    assert {m.label: m.value for m in at.metric}["train triplets"] == "218"
+
+
+def test_incremental_training_continues_from_a_run(tiny_env):
+    from mildnet import training
+    from mildnet.ui import jobs, sidebar
+
+    manager = jobs.JobManager()
+    job = sidebar.launch(manager, "tiny", model_name="ignored", weights="auto", image_size=999, epochs=1,
+                         batch_size=32, learning_rate=1e-3, init_from=str(tiny_env / "runs" / "first"))
+    assert manager.wait(120)
+    state = job.snapshot()
+    assert state.state == jobs.COMPLETED, state.error
+    info = training.read_run(state.run_dir)
+    assert info.config.init_from == str((tiny_env / "runs" / "first").resolve())
+    assert info.config.model == "tiny_cnn" and info.config.image_size == 32  # taken from the parent
+    assert info.lineage and Path(state.run_dir).name.startswith("continued-")
+
+
+def test_selection_is_kept_across_pages_and_default_model_listed_first(tiny_env, monkeypatch, tmp_path):
+    import shutil
+
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(tiny_env / "runs" / "first", pretrained / "tiny")
+    monkeypatch.setenv("MILDNET_PRETRAINED", str(pretrained))
+    at = _app()
+    model_box = at.sidebar.selectbox[1]
+    assert model_box.options[0].startswith("★ default model")
+    assert model_box.value == str(pretrained / "tiny")  # the default model is the default choice
+    other = str(tiny_env / "runs" / "first")
+    model_box.set_value(other).run()
+    for page in ("search", "triplets", "evaluation"):
+        at.switch_page(f"pages/{page}.py").run()
+        _no_failure(at)
+        assert at.sidebar.selectbox[1].value == other, page

@@ -82,7 +82,9 @@ def render(ctx: Context) -> None:
     if rows:
         frame = pd.DataFrame(rows)
         chart = alt.Chart(frame).mark_line(point=True).encode(
-            x=alt.X("k:O", title="k"), y=alt.Y("recall:Q", title="recall@k", scale=alt.Scale(domain=[0, 1])),
+            x=alt.X("k:Q", title="k (results shown)", scale=alt.Scale(domain=[0, max(frame["k"]) + 1]),
+                    axis=alt.Axis(values=sorted(frame["k"].unique()), labelAngle=0)),
+            y=alt.Y("recall:Q", title="recall@k", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom")),
             tooltip=["run", "k", alt.Tooltip("recall:Q", format=".1%")])
         st.altair_chart(chart.properties(height=260), width="stretch")
@@ -165,7 +167,7 @@ def _histogram(report, bins: int = 30) -> alt.Chart:
                                                               range=["#2f9e44", "#e03131"]),
                         legend=alt.Legend(orient="bottom")),
         tooltip=["pair", alt.Tooltip("from:Q", format=".3f"), alt.Tooltip("to:Q", format=".3f"), "count"],
-    ).properties(height=220)
+    ).properties(height=240)
 
 
 def _history(runs: list[Run], names: dict[str, str]) -> None:
@@ -178,6 +180,7 @@ def _history(runs: list[Run], names: dict[str, str]) -> None:
         st.caption("No history.csv in these runs (the default model may ship without one).")
         return
     history = pd.concat(frames, ignore_index=True)
+    st.caption("Solid lines: training batches (with augmentation); dashed: the validation triplets after each epoch.")
     left, right = st.columns(2, gap="large")
     for column, metric, title in ((left, "loss", "Loss"), (right, "accuracy", "Triplet accuracy")):
         series = [c for c in (metric, f"val_{metric}") if c in history.columns]
@@ -189,7 +192,7 @@ def _history(runs: list[Run], names: dict[str, str]) -> None:
         chart = alt.Chart(long.dropna(subset=["value"])).mark_line(point=True).encode(
             x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1), title="epoch"), y=y,
             color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom")),
-            strokeDash=alt.StrokeDash("series:N", title=None, legend=alt.Legend(orient="bottom")),
+            strokeDash=alt.StrokeDash("series:N", sort=["training", "validation"], legend=None),
             tooltip=["run", "series", "epoch", alt.Tooltip("value:Q", format=".3f")],
         )
         with column:

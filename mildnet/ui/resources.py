@@ -150,7 +150,18 @@ class ModelBundle:
 def _model(run_dir: str, stamp: float) -> ModelBundle:
     from mildnet import embeddings
 
-    model, config = embeddings.open_run(run_dir)
+    from mildnet.errors import ModelError
+    from mildnet.models import load_model
+
+    try:
+        model, config = embeddings.open_run(run_dir)
+    except ModelError:
+        # A run folder not written by mildnet.training (e.g. a hand-assembled default model): the .keras
+        # file is self-contained, so it still searches; only the training settings are unknown.
+        path = Path(run_dir) / uiruns.MODEL_FILE
+        if not path.is_file():
+            raise
+        model, config = load_model(path), {}
     size = config.get("image_size") or embeddings.model_image_size(model) or 224
     return ModelBundle(model, config, embeddings.model_fingerprint(model), int(size))
 
