@@ -54,6 +54,10 @@ def ensure_dataset(name: str) -> uidata.Dataset:
             uidata.prepare(name, progress=progress)
         except MildnetError:
             status.update(label=f"Dataset **{name}** is not available", state="error")
+            bar.empty()
+            st.caption("With a local copy of its files (an archive or a folder), prepare it from the command line, "
+                       "then reload this page:")
+            st.code(f"python -m mildnet data fetch {name} --from PATH", language="bash")
             raise
         status.update(label=f"Dataset **{name}** is ready", state="complete", expanded=False)
     return resources.dataset(name)

@@ -100,7 +100,8 @@ def render(ctx: Context) -> None:
             hits = searcher.query_id(query["id"], k=int(k))
         st.html(f'<div class="mn-role">Top {len(hits)} similar products · {len(searcher):,} in the catalog · '
                 f'{html.escape(ctx.run.label)}</div>')
-        _results_grid(hits, info, ctx)
+        query_product = _row(info, query["id"]).get("product_id") if query["kind"] == "catalog" else None
+        _results_grid(hits, info, ctx, query_product)
 
 
 def _set_query(query: dict) -> None:
@@ -130,7 +131,7 @@ def _row(info: pd.DataFrame, image_id: str) -> dict:
     return {}
 
 
-def _results_grid(hits, info: pd.DataFrame, ctx: Context) -> None:
+def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | None = None) -> None:
     for start in range(0, len(hits), COLUMNS):
         columns = st.columns(COLUMNS)
         for offset, (column, hit) in enumerate(zip(columns, hits[start:start + COLUMNS])):
@@ -141,8 +142,9 @@ def _results_grid(hits, info: pd.DataFrame, ctx: Context) -> None:
                     widgets.image(ctx.dataset.image_root / hit.path)
                     title = (f'<span class="mn-rank">#{rank}</span> <b>{html.escape(row.get("product_id") or "")}</b>'
                              f' <span class="mn-score" title="cosine similarity">{hit.score:.3f}</span>')
-                    meta = html.escape(widgets.describe_item(row)) + widgets.tags(row.get("view", ""))
-                    st.html(f"<div>{title}</div><div class='mn-meta'>{meta}</div>")
+                    same = "same-product" if query_product and row.get("product_id") == query_product else ""
+                    meta = html.escape(widgets.describe_item(row)) + " " + widgets.tags(row.get("view", ""), same)
+                    st.html(f"<div>{title}</div><div class='mn-meta mn-card-meta'>{meta}</div>")
                     st.button("Similar", key=f"mn_similar_{rank}", icon=":material/search:", width="stretch",
                               on_click=_set_query, args=({"kind": "catalog", "id": hit.id},),
                               help="Search with this product")

@@ -58,6 +58,7 @@ def render() -> Selection:
         runs = resources.runs(name)
         run = _run_selector(name, runs)
         _training_section(name, runs, run)
+        st.caption("MILDNet / RankNet deep ranking · [arXiv 1903.00905](https://arxiv.org/abs/1903.00905)")
     return Selection(dataset=name, run=run, runs=runs)
 
 
@@ -122,9 +123,11 @@ def _training_form(dataset: str, runs: list[Run], active: Run | None, manager: j
                              help="Incremental training starts from an earlier run's best model "
                                   "(same architecture and image size).")
         default_model = (active.model_name if active and active.model_name in MODEL_NAMES else "tiny_cnn")
+        # Inside a form nothing reruns until submit, so every model is described in the help, not below it.
+        model_help = "Ignored when continuing a run.\n\n" + "\n".join(
+            f"- **{name}**: {describe_model(name)}" for name in MODEL_NAMES)
         model_name = st.selectbox("Model", MODEL_NAMES, index=MODEL_NAMES.index(default_model),
-                                  key="mn_train_model", help="Ignored when continuing a run.")
-        st.caption(describe_model(model_name))
+                                  key="mn_train_model", help=model_help)
         weights = st.selectbox("Backbone weights", ["auto", "none"], key="mn_train_weights",
                                format_func={"auto": "ImageNet where available (downloads once)",
                                             "none": "Random init"}.get)

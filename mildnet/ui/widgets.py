@@ -44,6 +44,9 @@ _CSS = """
           background: #f1f3f5; color: #495057; font-size: 0.75rem; }
 .mn-tag.in-class { background: #fff3bf; color: #8a6100; }
 .mn-tag.out-of-class { background: #e7f5ff; color: #1864ab; }
+.mn-tag.same-product { background: #d3f9d8; color: #2b8a3e; }
+/* Equal-height result cards whatever the length of the description. */
+.mn-card-meta { min-height: 4em; }
 .mn-role { font-size: 0.78rem; font-weight: 600; letter-spacing: 0.04em; text-transform: uppercase; color: #868e96; }
 </style>
 """
@@ -62,7 +65,7 @@ def tags(*values: str) -> str:
     out = []
     for value in values:
         if value and value != "unknown":
-            cls = value if value in ("in-class", "out-of-class") else ""
+            cls = value if value in ("in-class", "out-of-class", "same-product") else ""
             out.append(f'<span class="mn-tag {cls}">{html.escape(str(value))}</span>')
     return "".join(out)
 
