@@ -414,3 +414,25 @@ def test_selection_is_kept_across_pages_and_default_model_listed_first(tiny_env,
         at.switch_page(f"pages/{page}.py").run()
         _no_failure(at)
         assert at.sidebar.selectbox[1].value == other, page
+
+
+def test_a_failing_job_reports_one_line_and_frees_the_slot():
+    from mildnet.errors import DataError
+    from mildnet.ui.jobs import COMPLETED, FAILED, JobManager
+
+    def broken(callbacks, stop_event):
+        raise DataError("3 of 10 images are missing under /x")
+
+    def crashing(callbacks, stop_event):
+        raise ValueError("boom\nwith a second line")
+
+    manager = JobManager()
+    manager.start("broken", broken)
+    assert manager.wait(5)
+    state = manager.current().snapshot()
+    assert state.state == FAILED and state.error == "3 of 10 images are missing under /x"
+    manager.start("crashing", crashing)  # the slot is free again
+    assert manager.wait(5)
+    assert manager.current().snapshot().error == "ValueError: boom"
+    manager.start("fine", lambda callbacks, stop_event: None)
+    assert manager.wait(5) and manager.current().snapshot().state == COMPLETED

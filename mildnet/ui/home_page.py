@@ -26,7 +26,7 @@ def render(ctx: Context) -> None:
         "turns every product photo into a vector; products with close vectors look alike.",
     )
     gallery = resources.gallery(ctx.dataset)
-    products = gallery["product_id"].replace("", None).dropna().nunique() if "product_id" in gallery else 0
+    products = gallery.loc[gallery["product_id"] != "", "product_id"].nunique() if "product_id" in gallery else 0
 
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Dataset", ctx.dataset.name, border=True, help=ctx.dataset.notes or None)

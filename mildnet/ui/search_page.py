@@ -91,7 +91,8 @@ def render(ctx: Context) -> None:
                 widgets.image(ctx.dataset.image_root / query["id"])
                 st.html(f'<div><b>{html.escape(row.get("product_id") or query["id"])}</b></div>'
                         f'<div class="mn-meta">{html.escape(widgets.describe_item(row))}</div>')
-        k = st.number_input("Results", min_value=1, max_value=min(50, len(searcher)), value=5, key=K_KEY,
+        most = min(50, len(searcher))
+        k = st.number_input("Results", min_value=1, max_value=most, value=min(5, most), key=K_KEY,
                             help="How many similar products to show.")
     with right:
         if query["kind"] == "upload":
