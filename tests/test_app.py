@@ -85,7 +85,7 @@ def test_home_shows_dataset_model_and_cache(tiny_env):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Dataset"] == "tiny"
     assert metrics["Catalog images"] == "150"
-    assert metrics["Model"] == "tiny_cnn"
+    assert metrics["Model · tiny_cnn"].endswith("accurate")
     assert metrics["Embedding cache"] == "ready"
     assert [s.label for s in at.sidebar.selectbox][:2] == ["Dataset", "Model"]
 

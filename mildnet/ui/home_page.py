@@ -8,6 +8,7 @@ import streamlit as st
 
 from mildnet.ui import layout, resources, widgets
 from mildnet.ui.layout import Context
+from mildnet.ui.runs import headline_accuracy
 
 PAGES = (
     ("pages/search.py", "Search", ":material/image_search:",
@@ -28,12 +29,18 @@ def render(ctx: Context) -> None:
     gallery = resources.gallery(ctx.dataset)
     products = gallery.loc[gallery["product_id"] != "", "product_id"].nunique() if "product_id" in gallery else 0
 
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4 = st.columns([1, 1, 1.3, 1])
     c1.metric("Dataset", ctx.dataset.name, border=True, help=ctx.dataset.notes or None)
     c2.metric("Catalog images", f"{len(gallery):,}", border=True,
               help=f"{products:,} products" if products else None)
-    c3.metric("Model", (ctx.run.model_name or ctx.run.name) if ctx.run else "none yet", border=True,
-              help=ctx.run.label if ctx.run else "Train one from the sidebar")
+    if ctx.run is None:
+        c3.metric("Model", "none yet", border=True, help="Train one from the sidebar")
+    else:
+        accuracy = headline_accuracy(ctx.run.metrics)
+        c3.metric(f"Model · {ctx.run.model_name or ctx.run.name}",
+                  f"{accuracy:.0%} accurate" if accuracy is not None else "trained", border=True,
+                  help=f"{ctx.run.label}. Triplet accuracy on held-out triplets, as measured after training "
+                       "(the Evaluation page recomputes it per split).")
     cache_slot = c4.empty()
 
     searcher = None
@@ -41,7 +48,10 @@ def render(ctx: Context) -> None:
         cache_slot.metric("Embedding cache", "—", border=True)
         layout.no_model_message(ctx)
     else:
-        searcher = layout.ensure_searcher(ctx)
+        searcher = resources.cached_searcher(ctx.run, ctx.dataset)
+        if searcher is None:
+            cache_slot.metric("Embedding cache", "building…", border=True)
+            searcher = layout.build_embeddings(ctx.run, ctx.dataset)
         cache_slot.metric("Embedding cache", "ready", border=True,
                           help=f"{len(searcher):,} vectors of dimension {searcher.dim} in {resources.store().describe()}")
 

@@ -128,9 +128,11 @@ def _training_form(dataset: str, runs: list[Run], active: Run | None, manager: j
             f"- **{name}**: {describe_model(name)}" for name in MODEL_NAMES)
         model_name = st.selectbox("Model", MODEL_NAMES, index=MODEL_NAMES.index(default_model),
                                   key="mn_train_model", help=model_help)
-        weights = st.selectbox("Backbone weights", ["auto", "none"], key="mn_train_weights",
+        # Random init first: it works offline (the shipped default model was trained that way); ImageNet
+        # weights need one download per backbone.
+        weights = st.selectbox("Backbone weights", ["none", "auto"], key="mn_train_weights",
                                format_func={"auto": "ImageNet where available (downloads once)",
-                                            "none": "Random init"}.get)
+                                            "none": "Random init (works offline)"}.get)
         default_size = active.image_size if active and active.image_size in IMAGE_SIZES else 64
         image_size = st.select_slider("Image size (px)", IMAGE_SIZES, value=default_size, key="mn_train_size")
         c1, c2 = st.columns(2)
