@@ -85,7 +85,7 @@ def render(ctx: Context) -> None:
             x=alt.X("k:Q", title="k (results shown)", scale=alt.Scale(domain=[0, max(frame["k"]) + 1]),
                     axis=alt.Axis(values=sorted(frame["k"].unique()), labelAngle=0)),
             y=alt.Y("recall:Q", title="recall@k", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom")),
+            color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
             tooltip=["run", "k", alt.Tooltip("recall:Q", format=".1%")])
         st.altair_chart(chart.properties(height=260), width="stretch")
     else:
@@ -138,7 +138,7 @@ def _grouped_bars(frame: pd.DataFrame, x: str, order: list[str]) -> alt.Chart:
         x=alt.X(f"{x}:N", sort=order, title=None, axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("run:N"),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
-        color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom")),
+        color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
         tooltip=["run", x, alt.Tooltip("accuracy:Q", format=".1%")],
     )
     bars = base.mark_bar(cornerRadiusTopLeft=3, cornerRadiusTopRight=3)
@@ -165,9 +165,9 @@ def _histogram(report, bins: int = 30) -> alt.Chart:
         y=alt.Y("count:Q", stack=None, title="triplets"),
         color=alt.Color("pair:N", title=None, scale=alt.Scale(domain=["d(query, positive)", "d(query, negative)"],
                                                               range=["#2f9e44", "#e03131"]),
-                        legend=alt.Legend(orient="bottom")),
+                        legend=alt.Legend(orient="top")),
         tooltip=["pair", alt.Tooltip("from:Q", format=".3f"), alt.Tooltip("to:Q", format=".3f"), "count"],
-    ).properties(height=240)
+    ).properties(height=280)
 
 
 def _history(runs: list[Run], names: dict[str, str]) -> None:
@@ -191,10 +191,10 @@ def _history(runs: list[Run], names: dict[str, str]) -> None:
         y = alt.Y("value:Q", title=None, axis=alt.Axis(format="%") if metric == "accuracy" else alt.Axis())
         chart = alt.Chart(long.dropna(subset=["value"])).mark_line(point=True).encode(
             x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1), title="epoch"), y=y,
-            color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom")),
+            color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
             strokeDash=alt.StrokeDash("series:N", sort=["training", "validation"], legend=None),
             tooltip=["run", "series", "epoch", alt.Tooltip("value:Q", format=".3f")],
         )
         with column:
             st.markdown(f"**{title}**")
-            st.altair_chart(chart.properties(height=240), width="stretch")
+            st.altair_chart(chart.properties(height=300), width="stretch")

@@ -20,6 +20,7 @@ UPLOAD_CACHE_KEY = "mn_upload_cache"
 K_KEY = "mn_k"
 COLUMNS = 5
 THUMB_PX = 512
+PICKER_LIMIT = 5000
 
 
 def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +162,10 @@ def _catalog_picker(gallery: pd.DataFrame, searcher) -> None:
     if not ids:
         st.caption("No products in this category.")
         return
+    if len(ids) > PICKER_LIMIT:
+        # A select box with 100k options freezes the browser; a stable subset keeps the picker usable.
+        ids = sorted(random.Random(0).sample(ids, PICKER_LIMIT))
+        st.caption(f"Showing {PICKER_LIMIT:,} of {len(pool):,} images; upload a photo to search from any image.")
     info = pool.set_index("image")
     current = st.session_state.get(QUERY_KEY) or {}
     index = ids.index(current["id"]) if current.get("kind") == "catalog" and current.get("id") in ids else 0
