@@ -4,6 +4,13 @@ The heavy part (running the network) is :func:`embed_paths`; everything after it
 an :class:`EmbeddingTable`, so the metrics are tested on hand-made embeddings and the training loop
 reuses the same code for its per-epoch validation.
 
+Two learning-free baselines, :class:`PixelFeatures` (tiny raw-pixel thumbnails) and
+:class:`ColourHistogram`, produce the same :class:`EmbeddingTable`, so every metric here scores them
+exactly like a network: a trained model is only worth its cost if it beats them.
+
+:class:`ImageCache` holds decoded images in memory (decoded once, in parallel, through ``load_image``);
+training builds one so that its epochs and validation passes never decode an image twice.
+
 Distances are squared euclidean on L2-normalised rows (``2 - 2 cos``, in [0, 4]), the distance the
 hinge loss is trained on; a triplet counts as correct when ``d(q,p) < d(q,n)`` (a tie is wrong, so a
 collapsed model that maps everything to one point scores 0, not 50%).
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -28,6 +36,114 @@ HISTOGRAM_BINS = 20
 HISTOGRAM_RANGE = (0.0, 4.0)
 # Queries per block of the similarity matrix: bounds memory at block x gallery floats.
 _RETRIEVAL_BLOCK = 1024
+# Images per round of parallel decoding: progress and stop requests are checked between rounds.
+_DECODE_ROUND = 64
+
+
+# --- decoding many images ------------------------------------------------------------------------
+
+
+def decode_workers() -> int:
+    """Threads for parallel decoding: one per core. Pillow releases the GIL while it decodes and
+    resizes, so threads scale without the start-up cost of processes."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def map_images(
+    image_root: str | os.PathLike,
+    rel_paths: Sequence[str],
+    work: Callable[[int, Path], None],
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Calls ``work(i, image_root / rel_paths[i])`` for every image, in a thread pool.
+
+    Missing files fail first, all named in one :class:`DataError`; an unreadable one raises the
+    ``ImageError`` of ``load_image`` (a DataError naming the file). Returns False when
+    ``should_stop()`` turned true between two rounds (the remaining images were not processed).
+    """
+    root = Path(image_root)
+    missing = [p for p in rel_paths if not (root / p).is_file()]
+    if missing:
+        raise DataError(_missing_message(missing, len(rel_paths), root))
+    total = len(rel_paths)
+    with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
+        for start in range(0, total, _DECODE_ROUND):
+            if should_stop is not None and should_stop():
+                return False
+            stop = min(total, start + _DECODE_ROUND)
+            # list() re-raises the first worker exception here, in the caller's thread.
+            list(pool.map(lambda i: work(i, root / rel_paths[i]), range(start, stop)))
+            if progress is not None:
+                progress(stop, total)
+    return True
+
+
+def decoded_bytes(n_images: int, size: int) -> int:
+    """Memory taken by ``n_images`` decoded ``size`` px RGB images (uint8)."""
+    return int(n_images) * int(size) * int(size) * 3
+
+
+@dataclass
+class ImageCache:
+    """Decoded images in memory: ``pixels[i]`` is ``load_image(image_root / paths[i], size)``.
+
+    Decoding a full-size JPEG costs far more than looking it up, and a training run reads every
+    image once per epoch per triplet that names it; keeping the uint8 pixels (not float32: 4x less
+    memory) makes each image cost one decode per run. The pixels are exactly what the streaming
+    pipeline would decode, so a cached and a streamed run see identical inputs.
+    """
+
+    paths: list[str]
+    size: int
+    pixels: np.ndarray  # (len(paths), size, size, 3) uint8
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.pixels.dtype != np.uint8 or self.pixels.shape != (len(self.paths), self.size, self.size, 3):
+            raise ValueError(f"{len(self.paths)} paths at {self.size} px but pixels {self.pixels.dtype} {self.pixels.shape}")
+        self._index = {p: i for i, p in enumerate(self.paths)}
+
+    @classmethod
+    def decode(
+        cls,
+        image_root: str | os.PathLike,
+        rel_paths: Iterable[str],
+        size: int,
+        workers: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> "ImageCache | None":
+        """Decodes each distinct image of ``rel_paths`` once, in parallel; None if ``should_stop`` fired."""
+        from mildnet.data.images import load_image
+
+        unique = list(dict.fromkeys(rel_paths))
+        pixels = np.empty((len(unique), size, size, 3), dtype=np.uint8)
+
+        def work(i: int, path: Path) -> None:
+            pixels[i] = load_image(path, size)
+
+        if not map_images(image_root, unique, work, workers, progress, should_stop):
+            return None
+        return cls(unique, size, pixels)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._index
+
+    def rows(self, paths: Iterable[str]) -> np.ndarray:
+        """Row numbers of ``paths`` in ``pixels`` (a path may repeat); KeyError for an unknown one."""
+        try:
+            return np.array([self._index[p] for p in paths], dtype=np.int64)
+        except KeyError as exc:
+            raise KeyError(f"image {exc.args[0]!r} is not in the cache") from None
 
 
 # --- embedding -----------------------------------------------------------------------------------
@@ -77,11 +193,13 @@ def embed_paths(
     image_size: int | None = None,
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    cache: ImageCache | None = None,
 ) -> EmbeddingTable:
     """Embeds each distinct image of ``rel_paths`` once (first-seen order), last partial batch included.
 
     ``image_size`` defaults to the model's input size. ``progress(done, total)`` is called after
-    each batch. A missing or undecodable image raises :class:`DataError` naming it.
+    each batch. A missing or undecodable image raises :class:`DataError` naming it. With a ``cache``
+    of that size holding every image, no image is decoded (same pixels, so the same embeddings).
     """
     import tensorflow as tf
 
@@ -95,6 +213,8 @@ def embed_paths(
     if not unique:
         dim = int(model.outputs[0].shape[-1])
         return EmbeddingTable([], np.zeros((0, dim), dtype=np.float32))
+    if cache is not None and cache.size == image_size and all(p in cache for p in unique):
+        return _embed_cached(model, cache, unique, batch_size, progress)
     root = Path(image_root)
     missing = [p for p in unique if not (root / p).is_file()]
     if missing:
@@ -113,6 +233,17 @@ def embed_paths(
     return EmbeddingTable(unique, normalize_rows(np.concatenate(chunks)))
 
 
+def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress) -> EmbeddingTable:
+    rows = cache.rows(unique)
+    chunks = []
+    for start in range(0, len(rows), batch_size):
+        batch = cache.pixels[rows[start : start + batch_size]].astype(np.float32)
+        chunks.append(np.asarray(model(batch, training=False), dtype=np.float32))
+        if progress is not None:
+            progress(min(start + batch_size, len(rows)), len(rows))
+    return EmbeddingTable(unique, normalize_rows(np.concatenate(chunks)))
+
+
 def _missing_message(missing: Sequence[str], total: int, root: Path, examples: int = 5) -> str:
     shown = ", ".join(missing[:examples]) + (", ..." if len(missing) > examples else "")
     return f"{len(missing)} of {total} images are missing under {root}: {shown}"
@@ -125,6 +256,114 @@ def _op_error_reason(exc: Exception) -> str:
         if "ImageError" in line:
             return line.split("ImageError:", 1)[-1].strip()
     return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+# --- learning-free baselines --------------------------------------------------------------------
+
+
+class FeatureExtractor:
+    """A learning-free image -> feature-vector baseline; ``embed`` gives the same
+    :class:`EmbeddingTable` as :func:`embed_paths`, so every metric scores it like a network."""
+
+    name = "baseline"
+    decode_size = 32  # side the image is shrunk to (load_image's antialiased resize) before features
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """One uint8 (decode_size, decode_size, 3) image -> a float32 (dim,) vector, not yet normalised."""
+        raise NotImplementedError
+
+    def embed(
+        self,
+        image_root: str | os.PathLike,
+        rel_paths: Iterable[str],
+        progress: Callable[[int, int], None] | None = None,
+        workers: int | None = None,
+    ) -> EmbeddingTable:
+        """Features of each distinct image of ``rel_paths`` (first-seen order), L2-normalised."""
+        from mildnet.data.images import load_image
+
+        unique = list(dict.fromkeys(rel_paths))
+        vectors = np.zeros((len(unique), self.dim), dtype=np.float32)
+
+        def work(i: int, path: Path) -> None:
+            vectors[i] = self.features(load_image(path, self.decode_size))
+
+        map_images(image_root, unique, work, workers, progress)
+        return EmbeddingTable(unique, normalize_rows(vectors))
+
+    def describe(self) -> dict:
+        return {"baseline": self.name}
+
+
+class PixelFeatures(FeatureExtractor):
+    """Raw pixels: the image shrunk to ``size`` x ``size`` RGB, flattened.
+
+    Two images are close when similar colours sit in similar places: the floor any learned
+    embedding must clear, since it needs no training at all.
+    """
+
+    name = "pixels"
+
+    def __init__(self, size: int = 32):
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"pixel baseline size must be a positive integer, got {size!r}")
+        self.decode_size = size
+
+    @property
+    def dim(self) -> int:
+        return self.decode_size * self.decode_size * 3
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        return image.reshape(-1).astype(np.float32) / 255.0
+
+    def describe(self) -> dict:
+        return {"baseline": self.name, "size": self.decode_size}
+
+
+class ColourHistogram(FeatureExtractor):
+    """A joint RGB colour histogram with ``bins`` levels per channel (``bins**3`` cells).
+
+    Position-free: it matches garments by colour alone, whatever their pose or crop, which is
+    often what makes two shop photos look alike. The image is shrunk to ``decode_size`` px first;
+    the proportions of colours barely change and decoding stays cheap.
+    """
+
+    name = "histogram"
+
+    def __init__(self, bins: int = 8, decode_size: int = 64):
+        if not isinstance(bins, int) or not 1 <= bins <= 256 or 256 % bins:
+            raise ValueError(f"histogram bins must divide 256 (e.g. 4, 8, 16), got {bins!r}")
+        if not isinstance(decode_size, int) or decode_size < 1:
+            raise ValueError(f"histogram decode size must be a positive integer, got {decode_size!r}")
+        self.bins = bins
+        self.decode_size = decode_size
+
+    @property
+    def dim(self) -> int:
+        return self.bins**3
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        level = image.reshape(-1, 3).astype(np.int64) // (256 // self.bins)
+        cell = (level[:, 0] * self.bins + level[:, 1]) * self.bins + level[:, 2]
+        return np.bincount(cell, minlength=self.dim).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"baseline": self.name, "bins": self.bins, "space": "rgb", "decode_size": self.decode_size}
+
+
+BASELINES: dict[str, type[FeatureExtractor]] = {"pixels": PixelFeatures, "histogram": ColourHistogram}
+
+
+def make_baseline(name: str) -> FeatureExtractor:
+    """A baseline by name (``pixels`` or ``histogram``), with its default settings."""
+    try:
+        return BASELINES[name]()
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; choose one of: {', '.join(BASELINES)}") from None
 
 
 # --- triplet metrics -----------------------------------------------------------------------------
@@ -365,9 +604,16 @@ def evaluate_triplets(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationReport:
-    """Embeds the triplets' images with ``model`` and computes every metric."""
+    """Embeds the triplets' images with ``model`` (a Keras embedding model, or a baseline
+    :class:`FeatureExtractor` such as ``make_baseline("histogram")``) and computes every metric."""
     if len(triplets) == 0:
         raise DataError("no triplets to evaluate")
     images = pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])
-    table = embed_paths(model, image_root, images, image_size, batch_size, progress)
-    return evaluate_embeddings(table, triplets, catalog)
+    if isinstance(model, FeatureExtractor):
+        table = model.embed(image_root, images, progress)
+    else:
+        table = embed_paths(model, image_root, images, image_size, batch_size, progress)
+    report = evaluate_embeddings(table, triplets, catalog)
+    if isinstance(model, FeatureExtractor):
+        report.source = model.describe()
+    return report

@@ -8,9 +8,14 @@ import pytest
 
 from mildnet.errors import DataError
 from mildnet.evaluation import (
+    ColourHistogram,
     EmbeddingTable,
+    ImageCache,
+    PixelFeatures,
     embed_paths,
     evaluate_embeddings,
+    evaluate_triplets,
+    make_baseline,
     read_catalog_for,
     retrieval_metrics,
     triplet_accuracy,
@@ -131,3 +136,108 @@ def test_read_catalog_beside_the_image_folder(tmp_path):
     assert list(catalog["image"]) == ["red/red_0.jpg", "red/red_1.jpg"]
     assert read_catalog_for(tmp_path)["image"].iloc[0] == "images/red/red_0.jpg"  # root = catalog folder
     assert read_catalog_for(tmp_path / "images" / "red") is None
+
+
+# --- image cache ------------------------------------------------------------------------------------
+
+
+def test_image_cache_holds_load_image_pixels_and_embeds_identically(tmp_path, tiny_model):
+    from mildnet.data.images import load_image
+
+    root = make_labelled_folder(tmp_path / "img", classes=("red", "blue"), per_class=3, size=40)
+    paths = ["red/red_0.jpg", "blue/blue_2.jpg", "red/red_0.jpg", "red/red_1.jpg", "blue/blue_0.jpg"]
+    done = []
+    cache = ImageCache.decode(root, paths, 32, workers=2, progress=lambda d, t: done.append((d, t)))
+    assert cache.paths == list(dict.fromkeys(paths)) and cache.pixels.shape == (4, 32, 32, 3)
+    assert done[-1] == (4, 4) and cache.nbytes == 4 * 32 * 32 * 3
+    for i, path in enumerate(cache.paths):
+        np.testing.assert_array_equal(cache.pixels[i], load_image(root / path, 32))
+    np.testing.assert_array_equal(cache.rows(["blue/blue_0.jpg", "red/red_0.jpg"]), [3, 0])
+    with pytest.raises(KeyError, match="nope"):
+        cache.rows(["nope.jpg"])
+
+    streamed = embed_paths(tiny_model, root, paths, batch_size=3)
+    cached = embed_paths(tiny_model, root, paths, batch_size=3, cache=cache)
+    assert cached.paths == streamed.paths
+    np.testing.assert_allclose(cached.vectors, streamed.vectors, atol=1e-6)
+    # An image the cache lacks: decoded from disk instead.
+    assert embed_paths(tiny_model, root, paths + ["blue/blue_1.jpg"], cache=cache).vectors.shape == (5, 8)
+
+
+def test_image_cache_reports_missing_and_corrupt_images(tmp_path):
+    root = make_labelled_folder(tmp_path / "img", classes=("red",), per_class=2, size=16)
+    with pytest.raises(DataError, match=r"1 of 2 images are missing .*gone\.jpg"):
+        ImageCache.decode(root, ["red/red_0.jpg", "gone.jpg"], 16)
+    (root / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="bad.jpg"):
+        ImageCache.decode(root, ["red/red_0.jpg", "bad.jpg"], 16)
+
+
+# --- baselines --------------------------------------------------------------------------------------
+
+
+def colour_triplets(rng_seed=0) -> pd.DataFrame:
+    """Every (query, positive) pair of one colour against every image of another colour."""
+    rows = []
+    colours = ("red", "green", "blue")
+    for c in colours:
+        for other in colours:
+            if other != c:
+                for i in range(3):
+                    rows.append((f"{c}/{c}_{i}.jpg", f"{c}/{c}_{(i + 1) % 3}.jpg", f"{other}/{other}_{i}.jpg"))
+    return pd.DataFrame(rows, columns=["query", "positive", "negative"])
+
+
+def test_histogram_baseline_separates_solid_colours(tmp_path):
+    root = make_labelled_folder(tmp_path / "img", classes=("red", "green", "blue"), per_class=3, size=40)
+    triplets = colour_triplets()
+    report = evaluate_triplets(make_baseline("histogram"), root, triplets)
+    assert report.triplet_accuracy == 1.0 and report.n_triplets == 18
+    assert report.source == {"baseline": "histogram", "bins": 8, "space": "rgb", "decode_size": 64}
+    table = ColourHistogram(bins=4).embed(root, ["red/red_0.jpg", "red/red_0.jpg"])
+    assert table.vectors.shape == (1, 64)
+    np.testing.assert_allclose(np.linalg.norm(table.vectors, axis=1), 1.0, atol=1e-6)
+    assert (table.vectors >= 0).all()
+    with pytest.raises(ValueError, match="divide 256"):
+        ColourHistogram(bins=7)
+
+
+def test_pixel_baseline_shape_and_normalisation(tmp_path):
+    from mildnet.data.images import load_image
+
+    root = make_labelled_folder(tmp_path / "img", classes=("red", "blue"), per_class=2, size=48)
+    paths = ["blue/blue_1.jpg", "red/red_0.jpg", "blue/blue_1.jpg"]
+    table = PixelFeatures().embed(root, paths)
+    assert table.paths == ["blue/blue_1.jpg", "red/red_0.jpg"] and table.vectors.shape == (2, 32 * 32 * 3)
+    np.testing.assert_allclose(np.linalg.norm(table.vectors, axis=1), 1.0, atol=1e-6)
+    raw = load_image(root / "red/red_0.jpg", 32).reshape(-1).astype(np.float32)
+    np.testing.assert_allclose(table.rows(["red/red_0.jpg"])[0], raw / np.linalg.norm(raw), atol=1e-6)
+    assert PixelFeatures(size=8).embed(root, paths).vectors.shape == (2, 192)
+    with pytest.raises(ValueError, match="unknown baseline 'sift'"):
+        make_baseline("sift")
+    with pytest.raises(DataError, match="missing"):
+        PixelFeatures().embed(root, ["nope.jpg"])
+
+
+def test_cli_evaluate_baselines(tmp_path, capsys):
+    import json
+
+    from mildnet.cli import main
+    from mildnet.data.triplets import write_triplets
+
+    root = make_labelled_folder(tmp_path / "img", classes=("red", "green", "blue"), per_class=3, size=40)
+    write_triplets(tmp_path / "t.csv", colour_triplets())
+    for name in ("histogram", "pixels"):
+        rc = main(["evaluate", "--baseline", name, "--images", str(root), "--triplets", str(tmp_path / "t.csv"),
+                   "--json", "--quiet"])
+        assert rc == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        report = json.loads(lines[-1])
+        assert report["source"]["baseline"] == name and report["n_triplets"] == 18
+        assert lines[0].startswith(f"model: {name} baseline")
+        if name == "histogram":
+            assert report["triplet_accuracy"] == 1.0
+    assert main(["evaluate", "--baseline", "pixels", "--model", "tiny_cnn", "--images", str(root),
+                 "--triplets", str(tmp_path / "t.csv")]) == 2
+    assert main(["evaluate", "--baseline", "pixels", "--image-size", "64", "--images", str(root),
+                 "--triplets", str(tmp_path / "t.csv")]) == 2

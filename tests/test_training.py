@@ -124,6 +124,92 @@ def test_triplet_dataset_batches_keep_the_last_partial_batch(sample):
     np.testing.assert_array_equal(batches[0][2].numpy(), again[0][2].numpy())
 
 
+def test_cached_and_streaming_pipelines_give_identical_batches(sample):
+    from mildnet.data.triplets import read_triplets
+    from mildnet.evaluation import ImageCache
+
+    triplets = read_triplets(sample / "train.csv").triplets
+    paths = pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])
+    cache = ImageCache.decode(sample, paths, 32, workers=2)
+    assert len(cache) == paths.nunique() and cache.pixels.dtype == np.uint8
+    for augment, max_triplets in ((True, None), (False, 11)):
+        kwargs = dict(batch_size=8, augment=augment, seed=3, epoch=2, max_triplets=max_triplets)
+        streamed = list(training.triplet_dataset(triplets, sample, 32, **kwargs))
+        cached = list(training.triplet_dataset(triplets, sample, 32, cache=cache, **kwargs))
+        assert len(cached) == len(streamed) > 1
+        for a, b in zip(streamed, cached):
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x.numpy(), y.numpy())
+    with pytest.raises(ValueError, match="16 px"):
+        training.triplet_dataset(triplets, sample, 16, batch_size=8, cache=cache)
+
+
+def test_cache_budget_decides_between_memory_and_streaming(sample, caplog):
+    from mildnet.data.triplets import read_triplets
+
+    triplets = read_triplets(sample / "train.csv").triplets
+    config = tiny_config(sample, "unused")
+    with caplog.at_level("INFO", logger="mildnet.training"):
+        cache = training.cache_images(config, [triplets])
+        assert cache is not None and cache.size == 32 and "into memory" in caplog.text
+        n = len(cache)
+        tight = dataclasses.replace(config, cache_gb=(n * 32 * 32 * 3 - 1) / 1e9)
+        assert training.cache_images(tight, [triplets]) is None
+        assert "streaming images from disk" in caplog.text
+    assert training.cache_images(config, [triplets], should_stop=lambda: True) is None
+
+
+def test_freeze_resolution_and_layers(tmp_path):
+    from mildnet.models import build_model, load_model, save_model
+
+    resolve = training._resolve_model_settings
+    base = TrainConfig(images="x", triplets="y")
+    assert resolve(base, None).freeze == training.FREEZE_THROUGH["mildnet_squeezenet"]  # from ImageNet weights
+    assert resolve(dataclasses.replace(base, weights="none"), None).freeze == "none"  # random init learns all
+    assert resolve(dataclasses.replace(base, model="tiny_cnn", weights="none"), None).freeze == "none"
+    assert resolve(dataclasses.replace(base, freeze="fire3"), None).freeze == "fire3"
+    # Runs written before the setting existed trained every layer, and resume that way.
+    legacy = {k: v for k, v in base.to_dict().items() if k != "freeze"}
+    assert TrainConfig.from_dict(legacy).freeze == "none"
+
+    model = build_model("mildnet_squeezenet", 64, 16, None)
+    frozen = training.freeze_layers(model, "fire3")
+    assert frozen[0] == "conv1" and frozen[-1].startswith("fire3_") and len(frozen) == 7
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert "fire4_squeeze1x1" in trainable and "fc1" in trainable and not trainable & set(frozen)
+    save_model(model, tmp_path / "m.keras")
+    again = load_model(tmp_path / "m.keras")
+    assert not again.get_layer("fire3_expand3x3").trainable and again.get_layer("fire4_expand3x3").trainable
+    assert training.freeze_layers(model, "none") == []
+    with pytest.raises(ModelError, match="no such layer"):
+        training.freeze_layers(model, "fire99")
+
+
+def test_frozen_layers_keep_their_weights_in_training(sample, tmp_path):
+    from mildnet.models import load_model
+
+    config = tiny_config(sample, tmp_path / "run", epochs=1, freeze="conv2", learning_rate=0.05)
+    result = train(config)
+    assert read_run(result.run_dir).config.freeze == "conv2"
+    after_1 = load_model(result.run_dir / "last.keras")
+    resume(result.run_dir, epochs=2)  # the resumed model is frozen the same way
+    after_2 = load_model(result.run_dir / "last.keras")
+    for name, same in (("conv1", True), ("conv2", True), ("conv3", False), ("embedding", False)):
+        before, after = after_1.get_layer(name).get_weights()[0], after_2.get_layer(name).get_weights()[0]
+        assert np.array_equal(before, after) == same, name
+    with pytest.raises(ModelError, match="no such layer"):
+        train(tiny_config(sample, tmp_path / "bad", freeze="conv9"))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_streaming_and_cached_runs_train_identically(sample, base_run, tmp_path):
+    streamed = train(tiny_config(sample, tmp_path / "streamed", cache_gb=0))
+    cached = base_run[0]
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([r[key] for r in streamed.history], [r[key] for r in cached.history], rtol=1e-5)
+    assert read_run(streamed.run_dir).fingerprint == read_run(cached.run_dir).fingerprint  # cache_gb is not a model setting
+
+
 # --- end-to-end ------------------------------------------------------------------------------------
 
 

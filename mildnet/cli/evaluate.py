@@ -12,7 +12,7 @@ from mildnet.cli.progress import ProgressBar
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score a trained run (or an untrained/pretrained model) on triplets",
+        help="score a trained run (or an untrained/pretrained model, or a baseline) on triplets",
         description="Triplet accuracy (overall, in-/out-of-class, wild/catalog queries), distance "
         "distributions, and recall@1/5/10 + mAP when a catalog with product ids is known. "
         "With --run and no data options, the run's own validation triplets are used.",
@@ -23,6 +23,11 @@ def register(subparsers) -> None:
     source.add_argument("--model", metavar="NAME", help="a zoo model, untrained or pretrained (baseline)")
     source.add_argument("--weights", metavar="imagenet|none|PATH", default=None, help="with --model (default none)")
     source.add_argument("--embedding-dim", type=int, metavar="N", help="with --model")
+    source.add_argument("--seed", type=int, default=0,
+                        help="with --model: seed of the untrained layers (default 0, as training's default, so "
+                        "this is the network a run with that seed starts from)")
+    source.add_argument("--baseline", choices=("pixels", "histogram"),
+                        help="a learning-free baseline instead of a model: 32x32 raw pixels or an 8x8x8 RGB histogram")
 
     data = parser.add_argument_group("data")
     data.add_argument("--images", metavar="DIR", help="image root the triplet paths are relative to")
@@ -41,8 +46,15 @@ def register(subparsers) -> None:
 def _load_model(args: argparse.Namespace):
     from mildnet.cli import UsageError
 
-    if bool(args.run) == bool(args.model):
-        raise UsageError("give either --run RUN_DIR or --model NAME")
+    if sum(bool(x) for x in (args.run, args.model, args.baseline)) != 1:
+        raise UsageError("give one of --run RUN_DIR, --model NAME or --baseline pixels|histogram")
+    if args.baseline:
+        if args.weights or args.embedding_dim or args.image_size:
+            raise UsageError("--weights/--embedding-dim/--image-size go with --model, not --baseline")
+        from mildnet.evaluation import make_baseline
+
+        baseline = make_baseline(args.baseline)
+        return baseline, None, baseline.describe()
     if args.run:
         if args.weights or args.embedding_dim:
             raise UsageError("--weights/--embedding-dim go with --model, not --run")
@@ -55,9 +67,12 @@ def _load_model(args: argparse.Namespace):
         return model, info, source
     from mildnet.models import build_model
 
+    import keras
+
     size = args.image_size or 224
+    keras.utils.set_random_seed(args.seed)
     model = build_model(args.model, size, args.embedding_dim, args.weights)
-    return model, None, {"model": args.model, "weights": args.weights or "none"}
+    return model, None, {"model": args.model, "weights": args.weights or "none", "seed": args.seed}
 
 
 def _load_data(args: argparse.Namespace, run_info):
@@ -94,7 +109,13 @@ def _load_data(args: argparse.Namespace, run_info):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mildnet.cli import UsageError
-    from mildnet.evaluation import evaluate_embeddings, embed_paths, model_image_size, read_catalog_for
+    from mildnet.evaluation import (
+        FeatureExtractor,
+        embed_paths,
+        evaluate_embeddings,
+        model_image_size,
+        read_catalog_for,
+    )
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -104,21 +125,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from mildnet.errors import DataError
 
         raise DataError(f"{described}: no triplets to evaluate")
-    size = model_image_size(model) or args.image_size or 224
-    if args.image_size and args.image_size != size:
-        raise UsageError(f"the model takes {size} px images; --image-size {args.image_size} does not fit")
+    baseline = isinstance(model, FeatureExtractor)
+    if baseline:
+        size = model.decode_size
+    else:
+        size = model_image_size(model) or args.image_size or 224
+        if args.image_size and args.image_size != size:
+            raise UsageError(f"the model takes {size} px images; --image-size {args.image_size} does not fit")
     catalog = read_catalog_for(image_root, catalog_path)
     import pandas as pd
 
     images = pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])
+
+    def embed(progress=None):
+        if baseline:
+            return model.embed(image_root, images, progress)
+        return embed_paths(model, image_root, images, size, args.batch_size, progress=progress)
+
     if args.quiet:
-        table = embed_paths(model, image_root, images, size, args.batch_size)
+        table = embed()
     else:
         with ProgressBar("embedding", unit="") as bar:
-            table = embed_paths(model, image_root, images, size, args.batch_size, progress=bar.update)
+            table = embed(bar.update)
     report = evaluate_embeddings(table, triplets, catalog)
     report.source = {**source, "data": described, "image_root": str(image_root), "image_size": size}
-    print(f"model: {source.get('run') or source['model']}   data: {described}")
+    shown = source.get("run") or source.get("model") or f"{source['baseline']} baseline"
+    print(f"model: {shown}   data: {described}")
     print(report.format())
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -12,7 +13,7 @@ from mildnet.cli.progress import ProgressBar
 _RUN_OPTIONS = (
     "images", "triplets", "val_triplets", "dataset", "model", "weights", "image_size", "embedding_dim",
     "batch_size", "steps_per_epoch", "lr", "optimizer", "loss", "margin", "no_augment", "seed",
-    "val_fraction", "init_from", "no_verify", "skip_missing",
+    "val_fraction", "init_from", "no_verify", "skip_missing", "freeze", "cache_gb",
 )
 
 
@@ -40,6 +41,9 @@ def register(subparsers) -> None:
                        help="backbone weights (default: imagenet where the model has a pretrained backbone)")
     model.add_argument("--image-size", type=int, metavar="PX", help="input size in pixels (default 224)")
     model.add_argument("--embedding-dim", type=int, metavar="N", help="embedding size (default: the model's)")
+    model.add_argument("--freeze", metavar="auto|none|LAYER",
+                       help="freeze the layers up to this layer or block, e.g. fire3 (default auto: the model's "
+                       "early layers when starting from pretrained weights, e.g. conv1..fire5 of SqueezeNet)")
 
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, metavar="N", help="epochs (default 6; with --resume: new total)")
@@ -51,6 +55,8 @@ def register(subparsers) -> None:
     opt.add_argument("--margin", type=float, metavar="M", help="loss margin (default 1.0)")
     opt.add_argument("--no-augment", action="store_true", help="no flips/zoom/shear/rotation")
     opt.add_argument("--seed", type=int, help="random seed (default 0)")
+    data.add_argument("--cache-gb", type=float, metavar="GB",
+                      help="memory for decoded images, each decoded once (default 2; 0: decode every epoch)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<time>)")
@@ -127,12 +133,31 @@ def _config_from_args(args: argparse.Namespace):
         "init_from": args.init_from,
         "verify_images": not args.no_verify,
         "skip_missing": args.skip_missing,
+        "freeze": args.freeze,
+        "cache_gb": args.cache_gb,
     }
     # Unset options keep TrainConfig's defaults (the reference's settings).
     return TrainConfig(**{k: v for k, v in values.items() if v is not None})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.quiet:
+        return _cmd_train(args)
+    # The loop's own notes (image cache or streaming, frozen layers) belong in the CLI's output too.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("mildnet.training")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        return _cmd_train(args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from mildnet.cli import UsageError
     from mildnet.training import TrainConfigError, resume, train
 
