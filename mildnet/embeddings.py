@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mildnet.data.images import ImageSource, image_dataset, list_images, load_image
+from mildnet.data.images import ImageSource, image_dataset, list_images, load_image, pipeline_error_reason
 from mildnet.errors import DataError, ImageError, ModelError, StoreError
 from mildnet.store import EmbeddingSet, Store
 
@@ -230,18 +230,11 @@ def _embedding_dim(model) -> int:
     return int(model.outputs[0].shape[-1])
 
 
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    # The zoo models end in an L2 layer already; this keeps "dot product = cosine" true for any Keras model.
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length. The zoo models end in an L2 layer already; this keeps
+    "dot product = cosine" true for any Keras model and for the learning-free baselines."""
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _op_error_reason(exc: Exception) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    for line in text.splitlines():
-        if "ImageError" in line:
-            return line.split("ImageError:", 1)[-1].strip()
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def embed_images(
@@ -305,13 +298,13 @@ def _embed_skipping(
                     bad[path] = str(image_exc)
             if not bad:
                 # Not an image problem (out of memory, a model error): do not hide it as a skip.
-                raise DataError(f"embedding failed: {_op_error_reason(exc)}") from None
+                raise DataError(f"embedding failed: {pipeline_error_reason(exc)}") from None
             skipped.update(bad)
             remaining = [p for p in remaining[consumed:] if p not in bad]
             if progress is not None:
                 progress(done + len(skipped), total)
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
-    return _normalise_rows(vectors), skipped
+    return normalize_rows(vectors), skipped
 
 
 def embed_image(model, source: ImageSource, image_size: int | None = None) -> np.ndarray:
@@ -321,7 +314,7 @@ def embed_image(model, source: ImageSource, image_size: int | None = None) -> np
     """
     size = _resolve_size(model, image_size)
     pixels = load_image(source, size).astype(np.float32)[None]
-    return _normalise_rows(np.asarray(model(pixels, training=False), dtype=np.float32))[0]
+    return normalize_rows(np.asarray(model(pixels, training=False), dtype=np.float32))[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -28,6 +27,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from mildnet.data.images import ImageCache, map_images, missing_message, pipeline_error_reason
+from mildnet.embeddings import model_image_size, normalize_rows
 from mildnet.errors import DataError
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -36,114 +37,6 @@ HISTOGRAM_BINS = 20
 HISTOGRAM_RANGE = (0.0, 4.0)
 # Queries per block of the similarity matrix: bounds memory at block x gallery floats.
 _RETRIEVAL_BLOCK = 1024
-# Images per round of parallel decoding: progress and stop requests are checked between rounds.
-_DECODE_ROUND = 64
-
-
-# --- decoding many images ------------------------------------------------------------------------
-
-
-def decode_workers() -> int:
-    """Threads for parallel decoding: one per core. Pillow releases the GIL while it decodes and
-    resizes, so threads scale without the start-up cost of processes."""
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def map_images(
-    image_root: str | os.PathLike,
-    rel_paths: Sequence[str],
-    work: Callable[[int, Path], None],
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> bool:
-    """Calls ``work(i, image_root / rel_paths[i])`` for every image, in a thread pool.
-
-    Missing files fail first, all named in one :class:`DataError`; an unreadable one raises the
-    ``ImageError`` of ``load_image`` (a DataError naming the file). Returns False when
-    ``should_stop()`` turned true between two rounds (the remaining images were not processed).
-    """
-    root = Path(image_root)
-    missing = [p for p in rel_paths if not (root / p).is_file()]
-    if missing:
-        raise DataError(_missing_message(missing, len(rel_paths), root))
-    total = len(rel_paths)
-    with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
-        for start in range(0, total, _DECODE_ROUND):
-            if should_stop is not None and should_stop():
-                return False
-            stop = min(total, start + _DECODE_ROUND)
-            # list() re-raises the first worker exception here, in the caller's thread.
-            list(pool.map(lambda i: work(i, root / rel_paths[i]), range(start, stop)))
-            if progress is not None:
-                progress(stop, total)
-    return True
-
-
-def decoded_bytes(n_images: int, size: int) -> int:
-    """Memory taken by ``n_images`` decoded ``size`` px RGB images (uint8)."""
-    return int(n_images) * int(size) * int(size) * 3
-
-
-@dataclass
-class ImageCache:
-    """Decoded images in memory: ``pixels[i]`` is ``load_image(image_root / paths[i], size)``.
-
-    Decoding a full-size JPEG costs far more than looking it up, and a training run reads every
-    image once per epoch per triplet that names it; keeping the uint8 pixels (not float32: 4x less
-    memory) makes each image cost one decode per run. The pixels are exactly what the streaming
-    pipeline would decode, so a cached and a streamed run see identical inputs.
-    """
-
-    paths: list[str]
-    size: int
-    pixels: np.ndarray  # (len(paths), size, size, 3) uint8
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self):
-        if self.pixels.dtype != np.uint8 or self.pixels.shape != (len(self.paths), self.size, self.size, 3):
-            raise ValueError(f"{len(self.paths)} paths at {self.size} px but pixels {self.pixels.dtype} {self.pixels.shape}")
-        self._index = {p: i for i, p in enumerate(self.paths)}
-
-    @classmethod
-    def decode(
-        cls,
-        image_root: str | os.PathLike,
-        rel_paths: Iterable[str],
-        size: int,
-        workers: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> "ImageCache | None":
-        """Decodes each distinct image of ``rel_paths`` once, in parallel; None if ``should_stop`` fired."""
-        from mildnet.data.images import load_image
-
-        unique = list(dict.fromkeys(rel_paths))
-        pixels = np.empty((len(unique), size, size, 3), dtype=np.uint8)
-
-        def work(i: int, path: Path) -> None:
-            pixels[i] = load_image(path, size)
-
-        if not map_images(image_root, unique, work, workers, progress, should_stop):
-            return None
-        return cls(unique, size, pixels)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.pixels.nbytes)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __contains__(self, path: str) -> bool:
-        return path in self._index
-
-    def rows(self, paths: Iterable[str]) -> np.ndarray:
-        """Row numbers of ``paths`` in ``pixels`` (a path may repeat); KeyError for an unknown one."""
-        try:
-            return np.array([self._index[p] for p in paths], dtype=np.int64)
-        except KeyError as exc:
-            raise KeyError(f"image {exc.args[0]!r} is not in the cache") from None
 
 
 # --- embedding -----------------------------------------------------------------------------------
@@ -172,18 +65,6 @@ class EmbeddingTable:
             return self.vectors[[self._index[p] for p in paths]]
         except KeyError as exc:
             raise KeyError(f"no embedding for image {exc.args[0]!r}") from None
-
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def model_image_size(model) -> int | None:
-    """The square input side a model was built for, or None when it accepts any size."""
-    shape = tuple(model.inputs[0].shape)
-    return int(shape[1]) if len(shape) == 4 and shape[1] is not None else None
 
 
 def embed_paths(
@@ -218,7 +99,7 @@ def embed_paths(
     root = Path(image_root)
     missing = [p for p in unique if not (root / p).is_file()]
     if missing:
-        raise DataError(_missing_message(missing, len(unique), root))
+        raise DataError(missing_message(missing, len(unique), root))
     dataset = image_dataset([root / p for p in unique], image_size, batch_size)
     chunks = []
     done = 0
@@ -229,7 +110,7 @@ def embed_paths(
             if progress is not None:
                 progress(done, len(unique))
     except tf.errors.OpError as exc:
-        raise DataError(f"could not read an image under {root}: {_op_error_reason(exc)}") from None
+        raise DataError(f"could not read an image under {root}: {pipeline_error_reason(exc)}") from None
     return EmbeddingTable(unique, normalize_rows(np.concatenate(chunks)))
 
 
@@ -242,20 +123,6 @@ def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, 
         if progress is not None:
             progress(min(start + batch_size, len(rows)), len(rows))
     return EmbeddingTable(unique, normalize_rows(np.concatenate(chunks)))
-
-
-def _missing_message(missing: Sequence[str], total: int, root: Path, examples: int = 5) -> str:
-    shown = ", ".join(missing[:examples]) + (", ..." if len(missing) > examples else "")
-    return f"{len(missing)} of {total} images are missing under {root}: {shown}"
-
-
-def _op_error_reason(exc: Exception) -> str:
-    """The ImageError message buried in a tf.data error, or the error's first line."""
-    text = getattr(exc, "message", None) or str(exc)
-    for line in text.splitlines():
-        if "ImageError" in line:
-            return line.split("ImageError:", 1)[-1].strip()
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 
 # --- learning-free baselines --------------------------------------------------------------------
@@ -407,22 +274,17 @@ def triplet_types(triplets: pd.DataFrame, catalog: pd.DataFrame | None) -> dict[
     Rows whose images are not in the catalog, or lack the column's value, are in neither mask."""
     if catalog is None or "image" not in catalog.columns:
         return {}
-    indexed = catalog.drop_duplicates("image").set_index("image")
+    from mildnet.data.catalog import triplet_types as types_of
+
+    types = types_of(triplets, catalog)
+    negative, view = types["negative_type"].to_numpy(), types["query_view"].to_numpy()
     masks: dict[str, np.ndarray] = {}
-    if "category" in indexed.columns:
-        category = indexed["category"].fillna("").astype(str).str.strip()
-        q = triplets["query"].map(category).fillna("").to_numpy()
-        n = triplets["negative"].map(category).fillna("").to_numpy()
-        known = (q != "") & (n != "")
-        if known.any():
-            masks["in_class"] = known & (q == n)
-            masks["out_of_class"] = known & (q != n)
-    if "view" in indexed.columns:
-        view = triplets["query"].map(indexed["view"].fillna("").astype(str).str.strip().str.lower())
-        view = view.fillna("").to_numpy()
-        if ((view == "wild") | (view == "catalog")).any():
-            masks["wild_query"] = view == "wild"
-            masks["catalog_query"] = view == "catalog"
+    if (negative != "unknown").any():
+        masks["in_class"] = negative == "in-class"
+        masks["out_of_class"] = negative == "out-of-class"
+    if (view != "unknown").any():
+        masks["wild_query"] = view == "wild"
+        masks["catalog_query"] = view == "catalog"
     return masks
 
 

@@ -19,7 +19,7 @@ history row. A stop request (``stop_event``) or a crash in the middle of an epoc
 partial epoch, so ``resume`` always restarts from a finished epoch with matching history.
 
 Input pipeline: every distinct image of the training and validation triplets is decoded once, in
-parallel, into an in-memory uint8 :class:`~mildnet.evaluation.ImageCache` when it fits
+parallel, into an in-memory uint8 :class:`~mildnet.data.images.ImageCache` when it fits
 ``cache_gb``; the epochs then only gather and augment. Above the budget each epoch decodes its
 images from disk again (streaming). Both paths give identical batches.
 
@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from mildnet.errors import DataError, MildnetError, ModelError
-from mildnet.evaluation import ImageCache, decoded_bytes
+from mildnet.data.images import ImageCache, decoded_bytes, pipeline_error_reason
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def triplet_dataset(
     Deterministic in ``(seed, epoch)``, including augmentation, so a resumed run sees the epochs an
     uninterrupted one would. The last partial batch is kept (no triplet is silently dropped).
 
-    With a ``cache`` (an :class:`~mildnet.evaluation.ImageCache` of ``image_size`` holding every
+    With a ``cache`` (an :class:`~mildnet.data.images.ImageCache` of ``image_size`` holding every
     image of ``triplets``) images are looked up instead of decoded; the batches are identical.
     """
     import tensorflow as tf
@@ -955,9 +955,7 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
                     stopped = True
                     break
         except tf.errors.OpError as exc:
-            from mildnet.evaluation import _op_error_reason
-
-            raise DataError(f"training stopped at epoch {epoch}: could not read an image: {_op_error_reason(exc)}") from None
+            raise DataError(f"training stopped at epoch {epoch}: could not read an image: {pipeline_error_reason(exc)}") from None
         if stopped:
             # The partial epoch is discarded: last.keras and history stay at the last finished epoch.
             break

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# A real redis-server per test module (tests/redis_server.py); imported here so every test file can use them.
+from tests.redis_server import fresh_redis_server, redis_server, redis_url  # noqa: E402,F401
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

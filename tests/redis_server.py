@@ -1,8 +1,7 @@
 """Start a real, throw-away ``redis-server`` for tests.
 
-Usage::
-
-    from tests.redis_server import redis_url  # noqa: F401  (pytest fixture, one server per test module)
+Usage: the fixtures ``redis_url``, ``redis_server`` (one server per test module) and ``fresh_redis_server``
+are made available to every test by ``tests/conftest.py``::
 
     def test_something(redis_url): ...
 

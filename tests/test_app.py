@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import time
 from pathlib import Path
 

@@ -14,7 +14,6 @@ import pytest
 from mildnet.cli import main
 from mildnet.store import LocalStore, RedisStore
 from tests.conftest import make_labelled_folder
-from tests.redis_server import fresh_redis_server, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.test_embeddings import make_run
 
 SIZE = 32
@@ -132,7 +131,7 @@ def test_redis_round_trip(capsys, run_dir, images, redis_url):  # noqa: F811
     assert [r["id"] for r in payload["results"]] == expected
 
 
-def test_redis_down_fails_clearly_or_falls_back(capsys, run_dir, images, tmp_path, fresh_redis_server):  # noqa: F811
+def test_redis_down_fails_clearly_or_falls_back(capsys, run_dir, images, tmp_path, fresh_redis_server):
     url = fresh_redis_server.url
     fresh_redis_server.stop()
     code, _, err = embed(capsys, run_dir, images, url)

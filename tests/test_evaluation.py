@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mildnet.data.images import ImageCache
 from mildnet.errors import DataError
 from mildnet.evaluation import (
     ColourHistogram,
     EmbeddingTable,
-    ImageCache,
     PixelFeatures,
     embed_paths,
     evaluate_embeddings,

@@ -12,7 +12,7 @@ import pytest
 
 from mildnet.errors import DataError, StoreError
 from mildnet.store import EmbeddingSet, LocalStore, RedisStore, open_store
-from tests.redis_server import fresh_redis_server, free_port, redis_server, redis_url  # noqa: F401
+from tests.redis_server import free_port
 
 redis = pytest.importorskip("redis")
 

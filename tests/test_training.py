@@ -126,7 +126,7 @@ def test_triplet_dataset_batches_keep_the_last_partial_batch(sample):
 
 def test_cached_and_streaming_pipelines_give_identical_batches(sample):
     from mildnet.data.triplets import read_triplets
-    from mildnet.evaluation import ImageCache
+    from mildnet.data.images import ImageCache
 
     triplets = read_triplets(sample / "train.csv").triplets
     paths = pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])

@@ -220,12 +220,18 @@ def _split_triplets(part: pd.DataFrame, per_query: int, rng: np.random.Generator
 def triplet_types(triplets: pd.DataFrame, catalog: pd.DataFrame) -> pd.DataFrame:
     """Per triplet: ``negative_type`` (in-class / out-of-class / unknown) and ``query_view``
     (wild / catalog / unknown), derived from the catalog (MILDNet files carry no type column)."""
-    info = catalog.set_index("image")
-    category = info["category"].to_dict()
-    view = info["view"].to_dict() if "view" in info.columns else {}
+    info = catalog.drop_duplicates("image").set_index("image")
+
+    def column(name: str) -> dict:
+        if name not in info.columns:
+            return {}
+        return info[name].fillna("").astype(str).str.strip().str.lower().to_dict()
+
+    category, view = column("category"), column("view")
     q_cat = triplets["query"].map(category).fillna("")
     n_cat = triplets["negative"].map(category).fillna("")
     known = q_cat.ne("") & n_cat.ne("")
     negative_type = np.where(~known, "unknown", np.where(q_cat == n_cat, "in-class", "out-of-class"))
-    query_view = triplets["query"].map(view).fillna("").replace("", "unknown")
+    query_view = triplets["query"].map(view).fillna("")
+    query_view = query_view.where(query_view.isin(["wild", "catalog"]), "unknown")
     return pd.DataFrame({"negative_type": negative_type, "query_view": query_view}, index=triplets.index)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mildnet.errors import ImageError
+from mildnet.errors import DataError, ImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -29,6 +31,9 @@ MAX_PIXELS = 50_000_000
 _BACKGROUND = (255, 255, 255)
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+# Images per round of parallel decoding: progress and stop requests are checked between rounds.
+_DECODE_ROUND = 64
 
 
 def _describe(source: ImageSource) -> str:
@@ -191,3 +196,121 @@ def image_dataset(
     if preprocess is not None:
         dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def pipeline_error_reason(exc: Exception) -> str:
+    """The ImageError message buried in a tf.data error, or the error's first line."""
+    text = getattr(exc, "message", None) or str(exc)
+    for line in text.splitlines():
+        if "ImageError" in line:
+            return line.split("ImageError:", 1)[-1].strip()
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+# --- decoding many images ------------------------------------------------------------------------
+
+
+def decode_workers() -> int:
+    """Threads for parallel decoding: one per core. Pillow releases the GIL while it decodes and
+    resizes, so threads scale without the start-up cost of processes."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def map_images(
+    image_root: str | os.PathLike,
+    rel_paths: Sequence[str],
+    work: Callable[[int, Path], None],
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Calls ``work(i, image_root / rel_paths[i])`` for every image, in a thread pool.
+
+    Missing files fail first, all named in one :class:`DataError`; an unreadable one raises the
+    ``ImageError`` of ``load_image`` (a DataError naming the file). Returns False when
+    ``should_stop()`` turned true between two rounds (the remaining images were not processed).
+    """
+    root = Path(image_root)
+    missing = [p for p in rel_paths if not (root / p).is_file()]
+    if missing:
+        raise DataError(missing_message(missing, len(rel_paths), root))
+    total = len(rel_paths)
+    with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
+        for start in range(0, total, _DECODE_ROUND):
+            if should_stop is not None and should_stop():
+                return False
+            stop = min(total, start + _DECODE_ROUND)
+            # list() re-raises the first worker exception here, in the caller's thread.
+            list(pool.map(lambda i: work(i, root / rel_paths[i]), range(start, stop)))
+            if progress is not None:
+                progress(stop, total)
+    return True
+
+
+def decoded_bytes(n_images: int, size: int) -> int:
+    """Memory taken by ``n_images`` decoded ``size`` px RGB images (uint8)."""
+    return int(n_images) * int(size) * int(size) * 3
+
+
+@dataclass
+class ImageCache:
+    """Decoded images in memory: ``pixels[i]`` is ``load_image(image_root / paths[i], size)``.
+
+    Decoding a full-size JPEG costs far more than looking it up, and a training run reads every
+    image once per epoch per triplet that names it; keeping the uint8 pixels (not float32: 4x less
+    memory) makes each image cost one decode per run. The pixels are exactly what the streaming
+    pipeline would decode, so a cached and a streamed run see identical inputs.
+    """
+
+    paths: list[str]
+    size: int
+    pixels: np.ndarray  # (len(paths), size, size, 3) uint8
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.pixels.dtype != np.uint8 or self.pixels.shape != (len(self.paths), self.size, self.size, 3):
+            raise ValueError(f"{len(self.paths)} paths at {self.size} px but pixels {self.pixels.dtype} {self.pixels.shape}")
+        self._index = {p: i for i, p in enumerate(self.paths)}
+
+    @classmethod
+    def decode(
+        cls,
+        image_root: str | os.PathLike,
+        rel_paths: Iterable[str],
+        size: int,
+        workers: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> "ImageCache | None":
+        """Decodes each distinct image of ``rel_paths`` once, in parallel; None if ``should_stop`` fired."""
+        unique = list(dict.fromkeys(rel_paths))
+        pixels = np.empty((len(unique), size, size, 3), dtype=np.uint8)
+
+        def work(i: int, path: Path) -> None:
+            pixels[i] = load_image(path, size)
+
+        if not map_images(image_root, unique, work, workers, progress, should_stop):
+            return None
+        return cls(unique, size, pixels)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._index
+
+    def rows(self, paths: Iterable[str]) -> np.ndarray:
+        """Row numbers of ``paths`` in ``pixels`` (a path may repeat); KeyError for an unknown one."""
+        try:
+            return np.array([self._index[p] for p in paths], dtype=np.int64)
+        except KeyError as exc:
+            raise KeyError(f"image {exc.args[0]!r} is not in the cache") from None
+
+
+def missing_message(missing: Sequence[str], total: int, root: Path, examples: int = 5) -> str:
+    shown = ", ".join(missing[:examples]) + (", ..." if len(missing) > examples else "")
+    return f"{len(missing)} of {total} images are missing under {root}: {shown}"

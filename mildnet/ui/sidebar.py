@@ -14,7 +14,6 @@ from pathlib import Path
 import streamlit as st
 
 from mildnet.errors import MildnetError
-from mildnet.ui import data as uidata
 from mildnet.ui import jobs, resources, settings, widgets
 from mildnet.ui.runs import Run, describe_time
 
