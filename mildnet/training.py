@@ -611,11 +611,9 @@ def _resolve_model_settings(config: TrainConfig, parent: RunInfo | None) -> Trai
 
 
 def _has_pretrained_backbone(name: str) -> bool:
-    # mildnet.models exposes no public "has pretrained weights" query (only describe_model's text),
-    # so this reads the registry entry; an unknown name raises the zoo's ModelError listing the names.
-    from mildnet.models import zoo
+    from mildnet.models import has_pretrained_weights
 
-    return bool(zoo._spec(name).pretrained)
+    return has_pretrained_weights(name)
 
 
 def freeze_layers(model, freeze: str) -> list[str]:

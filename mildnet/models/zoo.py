@@ -314,6 +314,11 @@ def describe_model(name: str) -> str:
     return _spec(name).description
 
 
+def has_pretrained_weights(name: str) -> bool:
+    """Whether ``weights="imagenet"`` is available for this model (ModelError for an unknown name)."""
+    return bool(_spec(name).pretrained)
+
+
 def build_model(
     name: str = DEFAULT_MODEL,
     input_size: int = 224,
