@@ -36,3 +36,23 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error: triplet file not found") and "\n" not in err
     assert main(["data", "triplets", "--images", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: image folder not found")
+
+
+def test_sample_bad_sizes_exit_2_without_traceback(tmp_path, capsys):
+    assert main(["data", "sample", "--out", str(tmp_path / "s"), "--products", "0"]) == 2
+    assert main(["data", "sample", "--out", str(tmp_path / "s"), "--size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 2 and not (tmp_path / "s").exists()
+
+
+def test_triplets_out_is_a_file_or_labels_empty_is_one_line(labelled_folder, tmp_path, capsys):
+    a_file = tmp_path / "taken.csv"
+    a_file.write_text("x\n")
+    assert main(["data", "triplets", "--images", str(labelled_folder), "--out", str(a_file)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    empty = tmp_path / "labels.csv"
+    empty.write_text("")
+    assert main(["data", "triplets", "--images", str(labelled_folder), "--labels", str(empty),
+                 "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: catalog") and "empty" in err and "\n" not in err

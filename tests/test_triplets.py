@@ -96,3 +96,14 @@ def test_real_mildnet_csvs_report_test_in_val_and_missing_images(shared_dir):
     assert test_leaks and test_leaks[0].shared_triplets == 7000
     assert "all 7000 triplets of tops_test also appear in tops_val_full" in report.format()
     assert "all 90112 referenced images are missing" in report.format()
+
+
+def test_header_row_is_skipped_not_reported_as_missing_images():
+    from mildnet.data.triplets import parse_triplets
+
+    parsed = parse_triplets("Query,Positive,Negative\r\na.jpg,b.jpg,c.jpg\r\n")
+    assert parsed.problems == [] and parsed.n_rows == 1
+    assert list(parsed.triplets["query"]) == ["a.jpg"] and parsed.triplets["line"].tolist() == [2]
+    # Only the first row can be a header; later it is a (degenerate-looking) triplet row like any other.
+    later = parse_triplets("a.jpg,b.jpg,c.jpg\nquery,positive,negative\n")
+    assert len(later.triplets) == 2

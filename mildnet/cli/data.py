@@ -49,8 +49,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     options = {"size": args.size, "seed": args.seed}
     if args.products is not None:
         options["products"] = args.products
-    with ProgressBar("rendering") as bar:
-        out = generate_sample(args.out, progress=bar.update, **options)
+    try:
+        with ProgressBar("rendering") as bar:
+            out = generate_sample(args.out, progress=bar.update, **options)
+    except ValueError as exc:  # out-of-range --products/--size/--seed: an argument error, no traceback
+        from mildnet.cli import UsageError
+
+        raise UsageError(str(exc)) from None
     print(f"sample catalog written to {out}")
     return 0
 
@@ -71,6 +76,10 @@ def cmd_triplets(args: argparse.Namespace) -> int:
         from mildnet.cli import UsageError
 
         raise UsageError("--per-query must be at least 1")
+    if args.out.exists() and not args.out.is_dir():
+        from mildnet.cli import UsageError
+
+        raise UsageError(f"--out {args.out} exists and is not a folder; choose an output folder")
     catalog = catalog_from_folder(args.images, labels_csv=args.labels, seed=args.seed)
     splits = generate_triplets(catalog, per_query=args.per_query, seed=args.seed)
     write_catalog(args.out / "catalog.csv", catalog)

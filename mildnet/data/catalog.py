@@ -36,6 +36,8 @@ def read_catalog(path: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise DataError(f"catalog file not found: {path}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"catalog {path} is empty (needs a header row: image,product_id,...)") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read catalog {path}: {exc}") from None
     return normalise_catalog(frame, source=str(path))

@@ -82,6 +82,8 @@ def parse_triplets(text: str, name: str = "<triplets>", path: Path | None = None
     for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not row or all(not cell.strip() for cell in row):
             continue  # blank lines are harmless
+        if n_rows == 0 and [cell.strip().lower() for cell in row] == list(COLUMNS):
+            continue  # a header row (the format has none, but spreadsheets add one): not a triplet
         n_rows += 1
         if len(row) != 3:
             problems.append(Problem("malformed", name, line_no, f"expected 3 columns, found {len(row)}"))
