@@ -32,6 +32,16 @@ def test_labels_csv(labelled_folder, tmp_path):
     assert (catalog["category"] == "top").all()
 
 
+def test_labels_csv_split_spellings(labelled_folder, tmp_path):
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(
+        {"image": ["red/red_0.jpg", "red/red_1.jpg", "blue/blue_0.jpg"], "label": ["r", "r", "b"],
+         "split": ["Train", "validation", "testing"]}
+    ).to_csv(labels, index=False)
+    catalog = catalog_from_folder(labelled_folder, labels_csv=labels)
+    assert catalog["split"].tolist() == ["train", "val", "test"]
+
+
 @pytest.mark.parametrize(
     "frame, message",
     [

@@ -432,3 +432,8 @@ def test_cli_errors(sample, base_run, tmp_path, capsys):
     assert rc == 1 and err.startswith("error: ") and "missing" in err and len(err.strip().splitlines()) == 1
     rc = main(["evaluate", "--run", str(tmp_path), "--images", str(sample), "--triplets", str(sample / "test.csv")])
     assert rc == 1 and "not a training run" in capsys.readouterr().err
+    # An --out that already holds a run is a bad argument (exit 2), like every other TrainConfigError.
+    rc = main(["train", "--images", str(sample), "--triplets", str(sample / "train.csv"), "--model", "tiny_cnn",
+               "--image-size", "32", "--out", str(base_run[0].run_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already holds a training run" in err and len(err.strip().splitlines()) == 1

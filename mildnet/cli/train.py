@@ -184,7 +184,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 config.validate()
         except TrainConfigError as exc:
             raise UsageError(str(exc)) from None
-        result = train(config, callbacks)
+        try:
+            result = train(config, callbacks)
+        except TrainConfigError as exc:  # e.g. --out already holds a run, --init-from contradicts settings
+            raise UsageError(str(exc)) from None
     best = result.best or {}
     if result.best_epoch is None:
         summary = "no epoch finished"

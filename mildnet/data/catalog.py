@@ -79,6 +79,8 @@ def normalise_catalog(frame: pd.DataFrame, source: str = "catalog") -> pd.DataFr
     duplicated = frame["image"].duplicated()
     if duplicated.any():
         raise DataError(f"{source}: image listed twice: {frame['image'][duplicated].iloc[0]!r}")
+    # "validation", "Train", "testing": the spellings a folder layout would accept mean the same split here.
+    frame["split"] = frame["split"].map(lambda v: _SPLIT_FOLDERS.get(v.lower(), v))
     bad_split = ~frame["split"].isin(("", *SPLITS))
     if bad_split.any():
         raise DataError(
