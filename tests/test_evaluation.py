@@ -241,3 +241,11 @@ def test_cli_evaluate_baselines(tmp_path, capsys):
                  "--triplets", str(tmp_path / "t.csv")]) == 2
     assert main(["evaluate", "--baseline", "pixels", "--image-size", "64", "--images", str(root),
                  "--triplets", str(tmp_path / "t.csv")]) == 2
+
+
+def test_cli_unknown_split_is_a_bad_argument_before_any_download(capsys):
+    from mildnet.cli import main
+
+    assert main(["evaluate", "--baseline", "histogram", "--dataset", "clothing-small", "--split", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nosuch'" in err and "cannot reach" not in err
