@@ -107,3 +107,12 @@ def test_header_row_is_skipped_not_reported_as_missing_images():
     # Only the first row can be a header; later it is a (degenerate-looking) triplet row like any other.
     later = parse_triplets("a.jpg,b.jpg,c.jpg\nquery,positive,negative\n")
     assert len(later.triplets) == 2
+
+
+def test_backslash_names_are_checked_as_the_files_training_opens(labelled_folder, tmp_path):
+    triplets = _write(tmp_path / "t.csv", "red\\red_0.jpg,red\\red_1.jpg,blue\\blue_0.jpg\nred\\..\\..\\x.jpg,a.jpg,b.jpg\n")
+    report = check_triplets(labelled_folder, [triplets])
+    frame = report.files[0].triplets
+    assert frame[["query", "positive", "negative"]].values.tolist() == [["red/red_0.jpg", "red/red_1.jpg", "blue/blue_0.jpg"]]
+    assert report.counts() == {"unsafe": 1}
+    assert all((labelled_folder / name).is_file() for name in report.files[0].images)

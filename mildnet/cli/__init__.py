@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 
 from mildnet.errors import MildnetError
 
@@ -24,6 +26,30 @@ COMMANDS = {
 
 class UsageError(MildnetError):
     """Bad combination of arguments that argparse itself cannot detect (exit code 2)."""
+
+
+# Commands that run a model import TensorFlow; the others stay light.
+_TENSORFLOW_COMMANDS = ("train", "evaluate", "embed", "search")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines (oneDNN notice, CPU features) kept off stderr, so a
+    command's one-line error is all the user sees. TF_CPP_MIN_LOG_LEVEL cannot silence them: they are
+    written before absl's logging is initialised. Anything printed is replayed if the import fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _peek_command(argv: list[str]) -> str | None:
@@ -58,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
         return int(exc.code or 0)
+    if command in _TENSORFLOW_COMMANDS:
+        _import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

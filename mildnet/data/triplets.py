@@ -88,7 +88,9 @@ def parse_triplets(text: str, name: str = "<triplets>", path: Path | None = None
         if len(row) != 3:
             problems.append(Problem("malformed", name, line_no, f"expected 3 columns, found {len(row)}"))
             continue
-        cells = tuple(cell.strip() for cell in row)
+        # Windows-style separators name the same file as '/' ones; normalising here means the check,
+        # training and search all open exactly the path that was validated.
+        cells = tuple(cell.strip().replace("\\", "/") for cell in row)
         if not all(cells):
             problems.append(Problem("empty", name, line_no, "empty image name"))
             continue
@@ -241,7 +243,7 @@ def check_triplets(
     referenced = sorted(set().union(*(f.images for f in files))) if files else []
     image_problems: list[Problem] = []
     existing = _existing_files(root) if root.is_dir() else set()
-    missing = [name for name in referenced if name.replace("\\", "/") not in existing]
+    missing = [name for name in referenced if name not in existing]
     if root.is_dir():
         image_problems.extend(Problem("missing", name, None, "file not found under the image root") for name in missing)
     else:
