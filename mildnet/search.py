@@ -7,6 +7,7 @@ memory stays at about ``chunk_size x N`` distances however many queries arrive a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -231,7 +232,7 @@ def _open_file(path: Path, max_side: int) -> np.ndarray:
             return np.asarray(im)
     except FileNotFoundError:
         raise ImageError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise ImageError(f"cannot decode image {path}: {exc}") from None
 
 
@@ -302,9 +303,24 @@ def plot_results(
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
 
-    if isinstance(out_path, (str, os.PathLike)):
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, format="png", dpi=dpi)
+    if not isinstance(out_path, (str, os.PathLike)):
+        fig.savefig(out_path, format="png", dpi=dpi)
+        return out_path
+    # Atomic: a temp file beside the target renamed into place, so a failed write never leaves a
+    # truncated PNG (or destroys a previous good one); an unwritable path is a one-line DataError.
+    target = Path(out_path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise IsADirectoryError(21, "is a directory", str(target))
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise DataError(f"cannot write the plot to {target}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return out_path
 
 

@@ -102,6 +102,16 @@ def test_search_errors_are_one_line(capsys, run_dir, images, tmp_path):
     assert code == 2 and "exactly one" in err
 
 
+def test_search_plot_to_an_unwritable_path_is_one_line(capsys, run_dir, images, tmp_path):
+    store_dir = tmp_path / "store"
+    assert embed(capsys, run_dir, images, store_dir)[0] == 0
+    (tmp_path / "a_file").write_text("x")
+    for target in (tmp_path / "a_file" / "plot.png", tmp_path):
+        code, _, err = run(capsys, "search", "--run", run_dir, "--store", store_dir, "--id", "red/red_1.jpg",
+                           "--plot", target)
+        assert code == 1 and err.count("\n") == 1 and "cannot write the plot" in err, err
+
+
 def test_incremental_and_sharded_cli(capsys, run_dir, images, tmp_path):
     store_dir = tmp_path / "store"
     for index in (0, 1):
@@ -131,15 +141,20 @@ def test_redis_round_trip(capsys, run_dir, images, redis_url):  # noqa: F811
     assert [r["id"] for r in payload["results"]] == expected
 
 
-def test_redis_down_fails_clearly_or_falls_back(capsys, run_dir, images, tmp_path, fresh_redis_server):
+def test_redis_down_fails_clearly_or_falls_back(capsys, run_dir, images, tmp_path, fresh_redis_server, monkeypatch):
     url = fresh_redis_server.url
     fresh_redis_server.stop()
     code, _, err = embed(capsys, run_dir, images, url)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Redis" in err
 
     fallback = tmp_path / "fallback"
+    # As on a real command line: no logging handlers (pytest's capture handler would hide a logged copy).
+    import logging
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     code, out, err = embed(capsys, run_dir, images, url, "--fallback-local", fallback)
     assert code == 0 and "warning:" in err and str(fallback) in err
+    assert err.count("falling back") == 1, err  # once, not also through the logging module's last resort
     assert f"local store at {fallback}" in out
     code, out, _ = run(capsys, "search", "--run", run_dir, "--store", url, "--fallback-local", fallback,
                        "--id", "red/red_0.jpg", "--json")

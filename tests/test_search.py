@@ -195,6 +195,34 @@ def test_plot_results_bad_query_image(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_results_unwritable_path_is_a_one_line_error_and_keeps_the_old_plot(tmp_path):
+    from mildnet.errors import DataError
+
+    emb = random_set(6, 4)
+    _write_images(tmp_path, emb, 6)
+    hits = Searcher(emb).query_id(emb.ids[0], k=3)
+    query = np.zeros((8, 8, 3), np.uint8)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DataError, match="cannot write the plot"):
+        plot_results(query, hits, tmp_path, tmp_path / "file.txt" / "out.png")
+    with pytest.raises(DataError, match="cannot write the plot"):
+        plot_results(query, hits, tmp_path, tmp_path)  # a folder, not a file
+    out = tmp_path / "good.png"
+    plot_results(query, hits, tmp_path, out)
+    before = out.read_bytes()
+    with pytest.raises(ImageError):
+        plot_results(tmp_path / "missing.jpg", hits, tmp_path, out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+def test_plot_results_decompression_bomb_hit_is_a_blank_tile(tmp_path):
+    Image.new("RGB", (15000, 15000), (200, 10, 10)).save(tmp_path / "bomb.png")
+    buf = io.BytesIO()
+    plot_results(np.zeros((8, 8, 3), np.uint8), [Hit("bomb", "bomb.png", 0.9)], tmp_path, buf)
+    assert buf.getvalue()[:4] == b"\x89PNG"
+
+
 def test_plot_results_leaves_matplotlib_state_alone(tmp_path):
     import matplotlib
 

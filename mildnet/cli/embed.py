@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -82,9 +83,17 @@ def open_store_from_args(args: argparse.Namespace):
     from mildnet.store import DEFAULT_LOCAL_PATH, open_store
 
     default_local = Path(args.run) / "embeddings" if getattr(args, "run", None) else Path(DEFAULT_LOCAL_PATH)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        store = open_store(args.store, fallback_local=args.fallback_local, default_local=default_local)
+    store_log = logging.getLogger("mildnet.store")
+    level = store_log.level
+    # The fallback notice is both logged and warned; without logging configured the log copy would reach
+    # stderr through logging's last-resort handler, printing the line twice.
+    store_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            store = open_store(args.store, fallback_local=args.fallback_local, default_local=default_local)
+    finally:
+        store_log.setLevel(level)
     for warning in caught:
         # One line on stderr instead of Python's two-line warning format with a source excerpt.
         print(f"warning: {warning.message}", file=sys.stderr)
