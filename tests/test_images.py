@@ -131,3 +131,10 @@ def test_list_images_ignores_other_files(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     (tmp_path / ".hidden.png").write_bytes(b"")
     assert list_images(tmp_path) == ["a/x.JPG"]
+
+
+def test_decompression_bomb_is_an_image_error(monkeypatch):
+    # Pillow itself raises DecompressionBombError at open() for images over twice its limit.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_image(_encode(Image.new("RGB", (40, 40)), "PNG"))

@@ -64,6 +64,9 @@ def _open(source: ImageSource) -> Image.Image:
         image = Image.open(fp)
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image Pillow can read (JPEG, PNG, WebP, BMP, GIF)") from None
+    except Image.DecompressionBombError:
+        # Pillow refuses images far over its own pixel limit while opening, before our check below.
+        raise ImageError(f"{name} has too many pixels (more than the {MAX_PIXELS // 1_000_000} Mpx limit)") from None
     except OSError as exc:
         raise ImageError(f"cannot open {name}: {exc}") from None
     if image.width * image.height > MAX_PIXELS:
