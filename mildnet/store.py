@@ -841,8 +841,8 @@ def open_store(
         except StoreError as exc:
             if fallback_local is None:
                 raise
+            # One channel only: an unconfigured logger would print the same line a second time.
             msg = f"{exc}; falling back to the local store at {fallback_local}"
-            log.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             return LocalStore(fallback_local)
     if scheme == "file":
