@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# Reads of a set that writers keep replacing are retried this often (with a growing pause, ~2 s in all).
+_READ_ATTEMPTS = 50
 
 DEFAULT_LOCAL_PATH = ".mildnet/embeddings"
 REDIS_URL_ENV = "MILDNET_REDIS_URL"
@@ -498,8 +500,10 @@ class LocalStore(Store):
     def get(self, key: str) -> EmbeddingSet | None:
         folder = self._folder(key)
         # A concurrent writer may delete the version we just looked up; re-reading the pointer then
-        # finds the newer one. A few attempts suffice because writers publish before they delete.
-        for _attempt in range(5):
+        # finds the newer one (writers publish before they delete); a busy writer gets a growing pause.
+        for attempt in range(_READ_ATTEMPTS):
+            if attempt:
+                time.sleep(min(0.002 * attempt, 0.05))
             version = self._read_current(folder)
             if version is None:
                 return None
@@ -752,7 +756,10 @@ class RedisStore(Store):
         _check_key(key)
         where = f"{self._safe_url} key {key!r}"
         with self._errors(f"read {key!r} from"):
-            for _attempt in range(5):
+            for attempt in range(_READ_ATTEMPTS):
+                if attempt:
+                    # A writer replaced the set under us; back off a little so a busy writer cannot starve us.
+                    time.sleep(min(0.002 * attempt, 0.05))
                 version = self._r.get(self._k(key, "current"))
                 if version is None:
                     return None
