@@ -19,27 +19,29 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
 
 
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
+def _shared(*parts: str) -> Path:
+    """A path under ../shared, or a skip saying what is missing."""
     if not SHARED.is_dir():
         pytest.skip(f"../shared is not present beside the project ({SHARED}); real-data test skipped")
-    return SHARED
-
-
-@pytest.fixture(scope="session")
-def clothing_dir(shared_dir) -> Path:
-    path = shared_dir / "data" / "clothing-dataset-small"
-    if not path.is_dir():
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
         pytest.skip(f"{path} is missing")
     return path
 
 
 @pytest.fixture(scope="session")
-def squeezenet_weights(shared_dir) -> Path:
-    path = shared_dir / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    return path
+def shared_dir() -> Path:
+    return _shared()
+
+
+@pytest.fixture(scope="session")
+def clothing_dir() -> Path:
+    return _shared("data", "clothing-dataset-small")
+
+
+@pytest.fixture(scope="session")
+def squeezenet_weights() -> Path:
+    return _shared("weights", "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5")
 
 
 def make_labelled_folder(root: Path, classes=("red", "green", "blue"), per_class=4, size=32, seed=0) -> Path:
