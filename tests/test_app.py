@@ -312,6 +312,7 @@ def test_sidebar_training_runs_in_the_background_and_the_new_run_becomes_selecta
         time.sleep(0.5)
     else:
         pytest.fail("training did not finish in time")
+    assert any("is now selected" in s.value for s in at.sidebar.success)
     options = list(at.sidebar.selectbox[1].options)  # labels, newest run first
     assert len(options) == len(before) + 1 and options[0] not in before
     selected = Path(at.sidebar.selectbox[1].value)  # the finished run is selected

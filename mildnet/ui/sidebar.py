@@ -18,6 +18,7 @@ from mildnet.ui import jobs, resources, settings, widgets
 from mildnet.ui.runs import Run, describe_time
 
 DATASET_KEY = "mn_dataset"
+SELECTED_JOB_KEY = "mn_selected_job"  # id of the finished job whose run this session selected
 RUNS_KEY = "mn_runs"  # dataset name -> selected run path
 SEEN_JOB_KEY = "mn_seen_job"
 IMAGE_SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
@@ -210,8 +211,9 @@ def _job_panel_body(manager: jobs.JobManager) -> None:
             match = next((r for r in resources.runs(dataset or None) if r.path.resolve() == finished), None)
             if dataset and match is not None:
                 _select_run(dataset, match.key)
+                st.session_state[SELECTED_JOB_KEY] = s.job_id
         st.rerun(scope="app")
-    _finished_panel(s)
+    _finished_panel(s, selected=st.session_state.get(SELECTED_JOB_KEY) == s.job_id)
 
 
 def _running_panel(job: jobs.Job, s: jobs.JobState) -> None:
@@ -238,10 +240,12 @@ def _running_panel(job: jobs.Job, s: jobs.JobState) -> None:
             st.rerun(scope="fragment")
 
 
-def _finished_panel(s: jobs.JobState) -> None:
+def _finished_panel(s: jobs.JobState, selected: bool) -> None:
     where = s.run_dir.rsplit("/", 1)[-1] if s.run_dir else ""
     if s.state == jobs.COMPLETED:
-        st.success(f"Training finished in {_duration(s.elapsed)}: {where} is now selected.",
+        # Not selected when the user switched to a dataset the run was not trained on (or another session).
+        outcome = "is now selected" if selected else "is in the model list of the dataset it was trained on"
+        st.success(f"Training finished in {_duration(s.elapsed)}: {where} {outcome}.",
                    icon=":material/check_circle:")
     elif s.state == jobs.STOPPED:
         done = len(s.history)
