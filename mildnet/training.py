@@ -746,6 +746,7 @@ def resume(
     restarts the momentum / Adam moments from zero (with a warning)."""
     from mildnet import models
 
+    _recover_staged(Path(run_dir), len(read_run(run_dir).history))
     info = read_run(run_dir)
     run_dir = info.run_dir.resolve()
     config = info.config
@@ -825,15 +826,49 @@ def _prepare_data(config: TrainConfig, run_dir: Path, new_run: bool) -> dict:
     return {"train": train_df, "val": val_df, "heldout": heldout, "summary": summary}
 
 
-def _save_optimizer(optimizer, path: Path) -> None:
+def _save_optimizer(optimizer, path: Path, epoch: int) -> None:
     """Optimizer state (step count, momentum / Adam moments) beside last.keras, as a pickle-free .npz:
     the .keras files are inference models and carry none, and without it a resumed run would restart
-    its momentum from zero."""
+    its momentum from zero. ``epoch`` says which finished epoch the state belongs to."""
     arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
     names = np.array([v.path for v in optimizer.variables], dtype=str)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, names=names, **arrays)
+    np.savez(tmp, names=names, epoch=np.int64(epoch), **arrays)
     os.replace(tmp, path)
+
+
+# An epoch's best/last model and optimizer state are first written under staged names and renamed into
+# place only after history.csv records the epoch, so a crash at any moment leaves files that all belong to
+# the same finished epoch (``_recover_staged`` completes or discards an interrupted hand-over).
+_STAGED_FILES = (BEST_MODEL, LAST_MODEL, OPTIMIZER_FILE)  # the optimizer last: its epoch decides
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.next{path.suffix}")
+
+
+def _publish_staged(run_dir: Path) -> None:
+    for name in _STAGED_FILES:
+        staged = _staged(run_dir / name)
+        if staged.exists():
+            os.replace(staged, run_dir / name)
+
+
+def _recover_staged(run_dir: Path, epochs_in_history: int) -> None:
+    """After a crash: publish staged files of an epoch that history.csv recorded, discard the others."""
+    staged_optimizer = _staged(run_dir / OPTIMIZER_FILE)
+    committed = False
+    if staged_optimizer.is_file():
+        try:
+            with np.load(staged_optimizer, allow_pickle=False) as saved:
+                committed = int(saved["epoch"]) <= epochs_in_history
+        except (OSError, ValueError, KeyError):
+            committed = False  # a torn file cannot belong to a committed epoch: it was written before history
+    if committed:
+        _publish_staged(run_dir)
+        return
+    for name in _STAGED_FILES:
+        _staged(run_dir / name).unlink(missing_ok=True)
 
 
 def _restore_optimizer(optimizer, path: Path) -> None:
@@ -969,12 +1004,13 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         }
         if _is_better(row, best, monitor):
             row["best"] = True
-            models.save_model(model, run_dir / BEST_MODEL)
+            models.save_model(model, _staged(run_dir / BEST_MODEL))
             best = row
-        models.save_model(model, run_dir / LAST_MODEL)
-        _save_optimizer(optimizer, run_dir / OPTIMIZER_FILE)
+        models.save_model(model, _staged(run_dir / LAST_MODEL))
+        _save_optimizer(optimizer, _staged(run_dir / OPTIMIZER_FILE), epoch)  # staged last: see _recover
         rows.append(row)
         _write_history(run_dir / HISTORY_FILE, rows)  # the epoch's commit point
+        _publish_staged(run_dir)
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(row))
     result = TrainResult(

@@ -263,6 +263,34 @@ def test_stop_after_epoch_then_resume_continues_history(sample, tmp_path):
         resume(second.run_dir)
 
 
+def test_crash_during_the_epoch_hand_over_resumes_from_a_consistent_epoch(sample, tmp_path):
+    """An epoch's files are staged, history.csv commits, then they are renamed: a crash at either side of
+    the commit is completed (history has the epoch) or rolled back (it does not) by resume."""
+    from mildnet.training import _recover_staged
+
+    stop = threading.Event()
+    first = train(tiny_config(sample, tmp_path / "run", epochs=2, val_triplets=None, val_fraction=0.25),
+                  [Recorder(stop, stop_after_epoch=1)], stop_event=stop)
+    run = first.run_dir
+    assert not list(run.glob("*.next.*")), "staged files must be renamed once history commits"
+    last_bytes = (run / "last.keras").read_bytes()
+
+    def stage_epoch(epoch):
+        (run / "last.next.keras").write_bytes(b"a newer model")
+        with np.load(run / "optimizer.npz", allow_pickle=False) as saved:
+            arrays = {k: saved[k] for k in saved.files}
+        np.savez(run / "optimizer.next.npz", **{**arrays, "epoch": np.int64(epoch)})
+
+    # Crash before history.csv recorded epoch 2: the staged files are discarded.
+    stage_epoch(2)
+    _recover_staged(run, epochs_in_history=1)
+    assert not list(run.glob("*.next.*")) and (run / "last.keras").read_bytes() == last_bytes
+    # Crash after history.csv recorded the epoch but before the renames: they are completed.
+    stage_epoch(1)
+    _recover_staged(run, epochs_in_history=1)
+    assert not list(run.glob("*.next.*")) and (run / "last.keras").read_bytes() == b"a newer model"
+
+
 def test_stop_from_another_thread_mid_epoch_keeps_best(sample, tmp_path):
     """The app's use: training in a background thread, stopped from the UI thread."""
     stop, in_epoch_2 = threading.Event(), threading.Event()
