@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mildnet.data import read_text_file
 from mildnet.errors import DataError, DownloadError
 
 ENV_VAR = "MILDNET_MANIFEST"
@@ -87,12 +88,7 @@ def manifest_path(path: str | os.PathLike | None = None) -> Path:
 def load_manifest(path: str | os.PathLike | None = None) -> list[DatasetSplit]:
     """Read and validate a manifest; relative paths are resolved against the manifest's folder."""
     path = manifest_path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"dataset manifest not found: {path} (set {ENV_VAR} to use another file)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read dataset manifest {path}: {exc}") from None
+    text = read_text_file(path, "dataset manifest", hint=f" (set {ENV_VAR} to use another file)")
     return parse_manifest(text, base=path.parent.resolve(), name=str(path))
 
 

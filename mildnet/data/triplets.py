@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 
-from mildnet.errors import DataError
+from mildnet.data import read_text_file
 
 COLUMNS = ("query", "positive", "negative")
 
@@ -65,12 +65,7 @@ def read_triplets(path: str | os.PathLike) -> TripletFile:
     """Read a MILDNet triplet CSV; malformed, empty, unsafe, duplicate and degenerate rows are
     reported, not returned. Raises DataError only when the file itself cannot be read."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"triplet file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read triplet file {path}: {exc}") from None
+    text = read_text_file(path, "triplet file")
     return parse_triplets(text, name=str(path), path=path)
 
 
