@@ -529,9 +529,16 @@ def _jsonable(value: Any):
     return value
 
 
-def _default_run_dir(model: str) -> Path:
+def new_run_dir(runs_root: str | os.PathLike, name: str) -> Path:
+    """A fresh run folder name: ``name`` and local time, with a counter if two start within a second."""
+    runs_root = Path(runs_root)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{model}-{stamp}"
+    candidate = runs_root / f"{name}-{stamp}"
+    n = 2
+    while candidate.exists():
+        candidate = runs_root / f"{name}-{stamp}-{n}"
+        n += 1
+    return candidate
 
 
 def _lineage_entry(parent: RunInfo) -> dict:
@@ -689,7 +696,7 @@ def train(
     config = resolve_dataset(config).validate()
     parent = read_run(config.init_from) if config.init_from else None
     config = _resolve_model_settings(config, parent)
-    run_dir = (Path(config.out) if config.out else _default_run_dir(config.model)).resolve()
+    run_dir = (Path(config.out) if config.out else new_run_dir("runs", config.model)).resolve()
     if (run_dir / CONFIG_FILE).exists():
         raise TrainConfigError(f"{run_dir} already holds a training run: resume it or choose another output folder")
     if run_dir.exists() and not run_dir.is_dir():

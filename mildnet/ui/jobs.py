@@ -12,13 +12,11 @@ No streamlit here, so the manager is tested without an app.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import logging
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from mildnet.errors import MildnetError
@@ -173,14 +171,3 @@ class JobManager:
             return True
         job.thread.join(timeout)
         return not job.thread.is_alive()
-
-
-def new_run_dir(runs_root: Path, model: str) -> Path:
-    """A fresh run folder name: model and local time, with a counter if two start within a second."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate = runs_root / f"{model}-{stamp}"
-    n = 2
-    while candidate.exists():
-        candidate = runs_root / f"{model}-{stamp}-{n}"
-        n += 1
-    return candidate

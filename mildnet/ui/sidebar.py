@@ -161,7 +161,7 @@ def launch(manager: jobs.JobManager, dataset: str, *, model_name: str, weights: 
 
     ds = resources.dataset(dataset)
     val = ds.split("val").triplets if "val" in ds.split_names else None
-    out = jobs.new_run_dir(settings.runs_dir(), model_name if not init_from else "continued")
+    out = training.new_run_dir(settings.runs_dir(), model_name if not init_from else "continued")
     config = training.TrainConfig(
         images=str(ds.image_root),
         triplets=str(ds.split("train").triplets),
