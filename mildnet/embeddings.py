@@ -19,7 +19,6 @@ exactly the unsharded row order.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import logging
@@ -33,7 +32,7 @@ import numpy as np
 
 from mildnet.data.images import ImageSource, image_dataset, list_images, load_image, pipeline_error_reason
 from mildnet.errors import DataError, ImageError, ModelError, StoreError
-from mildnet.store import EmbeddingSet, Store
+from mildnet.store import EmbeddingSet, Store, utc_now_iso
 
 __all__ = [
     "EmbedResult",
@@ -351,10 +350,6 @@ class EmbedResult:
         return text
 
 
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _is_fresh(cached: EmbeddingSet | None, model_fp: str, catalog_fp: str, image_size: int) -> bool:
     return (
         cached is not None
@@ -477,7 +472,7 @@ def update_catalog(
         "model_name": model_name or model.name,
         "dataset": (dataset or dataset_name(root)) if key is None else base_key,
         "image_root": str(root.resolve()),
-        "created": _now_iso(),
+        "created": utc_now_iso(),
         "embedding_version": EMBEDDING_VERSION,
         "signatures": [sig_of[i] for i in out_ids],
         "skipped": sorted(skipped.values(), key=lambda e: e["id"]),
@@ -544,7 +539,7 @@ def merge_shards(store: Store, key: str, count: int, *, delete_shards: bool = Fa
         signatures=[sig for s in shards for sig in s.meta.get("signatures", [])],
         skipped=skipped,
         shards=count,
-        created=_now_iso(),
+        created=utc_now_iso(),
     )
     merged = EmbeddingSet.merge(shards, meta=meta)
     store.put(key, merged)

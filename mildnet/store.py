@@ -57,7 +57,7 @@ _FORMAT_VERSION = 1
 _REQUIRED_META = ("model_fingerprint", "catalog_fingerprint", "dim", "created")
 
 
-def _now_iso() -> str:
+def utc_now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -114,7 +114,7 @@ class EmbeddingSet:
         meta["dim"] = int(dim)
         meta.setdefault("model_fingerprint", "")
         meta.setdefault("catalog_fingerprint", "")
-        meta.setdefault("created", _now_iso())
+        meta.setdefault("created", utc_now_iso())
         try:
             json.dumps(meta, allow_nan=False)
         except (TypeError, ValueError) as exc:
