@@ -71,29 +71,7 @@ def prepare(name: str, progress=None) -> Dataset:
 
 def describe(name: str, splits=None) -> Dataset:
     splits = tuple(splits if splits is not None else manifest.dataset_splits(name))
-    return Dataset(name=name, splits=splits, image_root=_effective_root(splits))
-
-
-def _effective_root(splits) -> Path:
-    """The folder triplet paths resolve under.
-
-    The manifest names an image root; a generated sample writes triplet paths relative to its home folder
-    (``images/<id>/x.jpg``) while the manifest points at ``<home>/images``. Probing one path keeps the app
-    working with either convention.
-    """
-    root = splits[0].image_root
-    for row in splits:
-        if not row.triplets.is_file():
-            continue
-        first = read_triplets(row.triplets).triplets
-        if first.empty:
-            continue
-        name = first["query"].iloc[0]
-        for candidate in (root, root.parent, row.triplets.parent):
-            if (candidate / name).is_file():
-                return candidate
-        break
-    return root
+    return Dataset(name=name, splits=splits, image_root=splits[0].image_root)  # one root per dataset (manifest-checked)
 
 
 def read_split(dataset: Dataset, split: str) -> pd.DataFrame:
