@@ -4,9 +4,12 @@ The heavy part (running the network) is :func:`embed_paths`; everything after it
 an :class:`EmbeddingTable`, so the metrics are tested on hand-made embeddings and the training loop
 reuses the same code for its per-epoch validation.
 
-Two learning-free baselines, :class:`PixelFeatures` (tiny raw-pixel thumbnails) and
-:class:`ColourHistogram`, produce the same :class:`EmbeddingTable`, so every metric here scores them
-exactly like a network: a trained model is only worth its cost if it beats them.
+Four no-learning baselines, :class:`PixelFeatures` (tiny raw-pixel thumbnails), :class:`ColourHistogram`,
+:class:`ImageNetFeatures` (SqueezeNet ImageNet features, no training) and ImageNet features concatenated
+with the histogram, produce the same :class:`EmbeddingTable`, so every metric here scores them exactly
+like a network: a trained model is only worth its cost if it beats them. :func:`evaluate_baselines`
+scores them all on a run's triplets, reporting one it cannot compute (no weights offline) as unavailable
+with the reason instead of failing.
 
 :class:`ImageCache` holds decoded images in memory (decoded once, in parallel, through ``load_image``);
 training builds one so that its epochs and validation passes never decode an image twice.
@@ -29,7 +32,7 @@ import pandas as pd
 
 from mildnet.data.images import ImageCache, map_images, missing_message, pipeline_error_reason
 from mildnet.embeddings import model_image_size, normalize_rows
-from mildnet.errors import DataError
+from mildnet.errors import DataError, MildnetError, ModelError
 
 RETRIEVAL_KS = (1, 5, 10)
 HISTOGRAM_BINS = 20
@@ -222,15 +225,231 @@ class ColourHistogram(FeatureExtractor):
         return {"baseline": self.name, "bins": self.bins, "space": "rgb", "decode_size": self.decode_size}
 
 
-BASELINES: dict[str, type[FeatureExtractor]] = {"pixels": PixelFeatures, "histogram": ColourHistogram}
+# ImageNet's training resolution: the features are what the network learnt at that scale.
+IMAGENET_SIZE = 224
 
 
-def make_baseline(name: str) -> FeatureExtractor:
-    """A baseline by name (``pixels`` or ``histogram``), with its default settings."""
-    try:
-        return BASELINES[name]()
-    except KeyError:
-        raise ValueError(f"unknown baseline {name!r}; choose one of: {', '.join(BASELINES)}") from None
+class ImageNetFeatures(FeatureExtractor):
+    """SqueezeNet v1.1 ImageNet features, no training: the ``squeezenet_gap`` zoo model (global average of
+    fire9, 512-d) with the ImageNet weights.
+
+    This is where fine-tuning starts, so it is the baseline that says whether the triplet training itself
+    bought anything. ``weights`` is ``"imagenet"`` (the cached download, see
+    :func:`mildnet.models.squeezenet.resolve_weights`) or a path to a local copy of the weights file. The
+    network is built on first use; a missing or broken weights file raises :class:`ModelError` then.
+    """
+
+    name = "imagenet"
+
+    def __init__(self, weights: str | os.PathLike = "imagenet", image_size: int = IMAGENET_SIZE,
+                 batch_size: int = 32):
+        if not isinstance(image_size, int) or image_size < 32:
+            raise ValueError(f"ImageNet baseline image size must be an integer >= 32, got {image_size!r}")
+        if weights is None or str(weights).strip().lower() in ("", "none", "random"):
+            raise ValueError("the ImageNet baseline needs ImageNet weights: 'imagenet' or a weights file path")
+        self.weights = str(weights)
+        self.decode_size = image_size
+        self.batch_size = batch_size
+        self._model = None
+
+    @property
+    def dim(self) -> int:
+        return 512
+
+    def model(self):
+        if self._model is None:
+            import contextlib
+            import io
+            import sys
+
+            from mildnet.models import build_model
+
+            # Keras announces a weights download on stdout, where the CLI writes its report and JSON: the
+            # notice goes to stderr once the download worked, and is dropped when it failed (the
+            # ModelError then says what happened, in one line).
+            notice = io.StringIO()
+            with contextlib.redirect_stdout(notice):
+                model = build_model("squeezenet_gap", self.decode_size, weights=self.weights)
+            sys.stderr.write(notice.getvalue())
+            self._model = model
+        return self._model
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        batch = np.asarray(image, dtype=np.float32)[None]
+        return np.asarray(self.model()(batch, training=False), dtype=np.float32)[0]
+
+    def embed(self, image_root, rel_paths, progress=None, workers=None) -> EmbeddingTable:
+        return embed_paths(self.model(), image_root, rel_paths, self.decode_size, self.batch_size, progress)
+
+    def describe(self) -> dict:
+        return {"baseline": self.name, "model": "squeezenet_gap", "weights": self.weights,
+                "image_size": self.decode_size}
+
+
+def concat_tables(tables: Sequence[EmbeddingTable]) -> EmbeddingTable:
+    """Rows of several tables over the same paths, each L2-normalised then concatenated (and the result
+    normalised): every part weighs the same, so cosine similarity is the mean of the parts' cosines."""
+    if not tables:
+        raise ValueError("no tables to concatenate")
+    paths = tables[0].paths
+    for table in tables[1:]:
+        if table.paths != paths:
+            raise ValueError("tables to concatenate must hold the same paths in the same order")
+    return EmbeddingTable(list(paths), normalize_rows(np.hstack([normalize_rows(t.vectors) for t in tables])))
+
+
+class ConcatenatedFeatures(FeatureExtractor):
+    """Several baselines side by side with equal weight (see :func:`concat_tables`): ImageNet features know
+    shapes and textures but wash out colour, which the histogram adds back."""
+
+    decode_size = None  # each part decodes at its own size
+
+    def __init__(self, parts: Sequence[FeatureExtractor]):
+        if len(parts) < 2:
+            raise ValueError("a concatenated baseline needs at least two parts")
+        self.parts = list(parts)
+        self.name = "+".join(part.name for part in self.parts)
+
+    @property
+    def dim(self) -> int:
+        return sum(part.dim for part in self.parts)
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("the parts decode at different sizes: use embed()")
+
+    def embed(self, image_root, rel_paths, progress=None, workers=None) -> EmbeddingTable:
+        unique = list(dict.fromkeys(rel_paths))
+        return concat_tables([part.embed(image_root, unique, progress, workers) for part in self.parts])
+
+    def describe(self) -> dict:
+        return {"baseline": self.name, "parts": [part.describe() for part in self.parts]}
+
+
+# The order the CLI and the app list them in: cheapest first, strongest last.
+BASELINE_NAMES = ("pixels", "histogram", "imagenet", "imagenet+histogram")
+
+
+def make_baseline(name: str, weights: str | os.PathLike = "imagenet",
+                  image_size: int = IMAGENET_SIZE) -> FeatureExtractor:
+    """A baseline by name (one of :data:`BASELINE_NAMES`) with its default settings; ``weights`` and
+    ``image_size`` only concern the ImageNet ones."""
+    if name not in BASELINE_NAMES:
+        raise ValueError(f"unknown baseline {name!r}; choose one of: {', '.join(BASELINE_NAMES)}")
+    parts = [_component(part, weights, image_size) for part in name.split("+")]
+    return parts[0] if len(parts) == 1 else ConcatenatedFeatures(parts)
+
+
+def _component(name: str, weights, image_size: int) -> FeatureExtractor:
+    if name == "imagenet":
+        return ImageNetFeatures(weights, image_size)
+    return {"pixels": PixelFeatures, "histogram": ColourHistogram}[name]()
+
+
+def unavailable_reason(name: str, exc: MildnetError) -> str:
+    """Why a baseline could not be computed, with the fix where the user has one (local weights)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ModelError) and name == "imagenet":
+        from mildnet.models.squeezenet import CACHE_ENV, WEIGHTS_FILENAME
+
+        # The loader's own hint names its Python argument; the fix below names the CLI option instead.
+        text = text.split("; pass weights=PATH")[0]
+        cache = os.environ.get(CACHE_ENV) or "~/.keras"
+        return (f"SqueezeNet ImageNet weights unavailable: {text}. Fix: pass a local copy of {WEIGHTS_FILENAME} "
+                f"(evaluate --baseline-weights PATH), or put it in {cache}/models/ where it is found offline")
+    return text
+
+
+def evaluate_baselines(
+    images: str | os.PathLike,
+    triplets: pd.DataFrame,
+    catalog: pd.DataFrame | None = None,
+    weights: str | os.PathLike = "imagenet",
+    names: Sequence[str] = BASELINE_NAMES,
+    *,
+    image_size: int = IMAGENET_SIZE,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, "EvaluationReport | dict"]:
+    """Scores each baseline of ``names`` on ``triplets`` (images under the root ``images``), like a run.
+
+    Returns name -> :class:`EvaluationReport` (``source`` describes the baseline), or
+    ``{"unavailable": reason}`` for a baseline that could not be computed (e.g. ImageNet weights neither
+    cached nor downloadable: the reason says how to pass a local file). Every name asked for is in the
+    result. A concatenated baseline reuses its parts' features, so nothing is computed twice.
+    ``progress(done, total, name)`` follows each feature pass.
+    """
+    unknown = [n for n in names if n not in BASELINE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown baseline {unknown[0]!r}; choose from: {', '.join(BASELINE_NAMES)}")
+    if len(triplets) == 0:
+        raise DataError("no triplets to evaluate")
+    paths = list(dict.fromkeys(pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])))
+    features: dict[str, EmbeddingTable | str] = {}  # part name -> its table, or why it failed
+
+    def part_table(part: str) -> EmbeddingTable | str:
+        if part not in features:
+            step = None if progress is None else (lambda done, total: progress(done, total, part))
+            try:
+                features[part] = _component(part, weights, image_size).embed(images, paths, step)
+            except MildnetError as exc:
+                features[part] = unavailable_reason(part, exc)
+        return features[part]
+
+    results: dict[str, EvaluationReport | dict] = {}
+    for name in names:
+        tables = [part_table(part) for part in name.split("+")]
+        failed = [t for t in tables if isinstance(t, str)]
+        if failed:
+            results[name] = {"unavailable": failed[0]}
+            continue
+        report = evaluate_embeddings(tables[0] if len(tables) == 1 else concat_tables(tables), triplets, catalog)
+        report.source = make_baseline(name, weights, image_size).describe()
+        results[name] = report
+    return results
+
+
+def baseline_summary(results: dict, run_accuracy: float | None = None) -> dict[str, dict]:
+    """JSON-able form of :func:`evaluate_baselines`' result: per baseline its triplet accuracy, per-type
+    accuracies, retrieval and source, plus ``gain_points`` (run minus baseline, in percentage points)
+    when ``run_accuracy`` is given; an unavailable baseline stays ``{"unavailable": reason}``."""
+    summary = {}
+    for name, result in results.items():
+        if isinstance(result, dict):
+            summary[name] = {"unavailable": str(result["unavailable"])}
+            continue
+        data = result.to_dict()
+        entry = {key: data[key] for key in ("triplet_accuracy", "n_triplets", "by_type", "retrieval", "source")
+                 if key in data}
+        gain = _gain_points(run_accuracy, data["triplet_accuracy"])
+        if gain is not None:
+            entry["gain_points"] = gain
+        summary[name] = entry
+    return summary
+
+
+def _gain_points(run_accuracy, baseline_accuracy) -> float | None:
+    run, base = _json_float(run_accuracy), _json_float(baseline_accuracy)
+    return None if run is None or base is None else round(100.0 * (run - base), 2)
+
+
+def format_baseline_table(run_label: str, run_report: "EvaluationReport", summary: dict[str, dict]) -> str:
+    """The run and the baselines on the same triplets, one row each, with the run's gain over each."""
+    types = [t for t in run_report.by_type]
+    header = f"{'':<24}{'accuracy':>10}" + "".join(f"{t.replace('_', '-'):>14}" for t in types) + f"{'run gain':>12}"
+    lines = [f"no-learning baselines on the same {run_report.n_triplets} triplets:", header]
+
+    def row(label: str, accuracy, by_type: dict, gain: str) -> str:
+        cells = "".join(f"{_pct((by_type.get(t) or {}).get('accuracy')):>14}" for t in types)
+        return f"{label[:23]:<24}{_pct(accuracy):>10}{cells}{gain:>12}"
+
+    lines.append(row(run_label, run_report.triplet_accuracy, run_report.by_type, ""))
+    for name, entry in summary.items():
+        if "unavailable" in entry:
+            lines.append(f"{name:<24}unavailable: {entry['unavailable']}")
+            continue
+        gain = entry.get("gain_points")
+        lines.append(row(name, entry["triplet_accuracy"], entry.get("by_type", {}),
+                         "n/a" if gain is None else f"{gain:+.1f} pts"))
+    return "\n".join(lines)
 
 
 # --- triplet metrics -----------------------------------------------------------------------------

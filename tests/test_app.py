@@ -30,6 +30,14 @@ def _manifest_rows(name: str, folder: str, source: str = "generated") -> str:
                    for split in ("train", "val", "test"))
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed when the socket is: connections to it are refused
+
+
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory):
     """A 30-product, 48 px sample, a manifest naming it, and one trained tiny_cnn run."""
@@ -46,6 +54,11 @@ def tiny_env(tmp_path_factory):
         "MILDNET_PRETRAINED": str(root / "pretrained"),
         "MILDNET_DATASET": "tiny",
     }
+    # No ImageNet weights anywhere (an empty cache, a download URL on a closed port): the app's baselines never
+    # reach the network and the ImageNet ones are reported unavailable unless a test provides the weights.
+    (root / "weights").mkdir()
+    env["MILDNET_WEIGHTS_CACHE"] = str(root / "weights")
+    env["MILDNET_WEIGHTS_URL_SQUEEZENET"] = f"http://127.0.0.1:{_closed_port()}/squeezenet.h5"
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -284,6 +297,53 @@ def test_evaluation_page_scores_and_compares_runs(tiny_env):
     charts = at.get("vega_lite_chart")
     assert len(charts) >= 6  # per split, per type, two histograms, recall@k, loss, accuracy
     assert any(s.value == "Training history" for s in at.subheader)
+
+
+def test_evaluation_page_shows_the_no_learning_baselines(tiny_env, monkeypatch):
+    from mildnet import evaluation
+    from mildnet.ui import resources
+
+    calls = []
+    real = evaluation.evaluate_baselines
+    monkeypatch.setattr(evaluation, "evaluate_baselines", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resources._baselines.clear()
+    at = _app("evaluation")
+    _no_failure(at)
+    assert any(s.value.startswith("What training bought") for s in at.subheader)
+    scores, table = at.dataframe[0].value, at.dataframe[1].value
+    assert list(table["kind"]) == ["run", "baseline", "baseline"]
+    assert list(table["model"])[1:] == ["pixels 32×32", "colour histogram"]
+    run_accuracy = scores["triplet accuracy"].iloc[0]
+    assert table["triplet accuracy"].iloc[0] == pytest.approx(run_accuracy)
+    baselines = table.iloc[1:]
+    assert ((baselines["triplet accuracy"] > 0) & (baselines["triplet accuracy"] <= 1)).all()
+    np.testing.assert_allclose(baselines["gain (pts)"], 100 * (run_accuracy - baselines["triplet accuracy"]), atol=0.01)
+    assert {"in-class", "out-of-class"} <= set(table.columns)
+    # The ImageNet ones cannot be computed here: each says why and how to fix it, and none is dropped silently.
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("**ImageNet features** and **ImageNet + histogram** baselines unavailable: ")
+    assert "could not download" in warnings[0] and "--baseline-weights" in warnings[0]
+    assert any(m.label.endswith("vs the best baseline") and " pts over " in m.delta for m in at.metric)
+    assert len(calls) == 1
+    # Computed once per dataset and split: another session, or coming back to the page, reuses them.
+    _no_failure(_app("evaluation"))
+    assert len(calls) == 1
+
+
+def test_evaluation_page_imagenet_baselines_with_cached_weights(tiny_env, monkeypatch, tmp_path, squeezenet_weights):
+    from mildnet.models.squeezenet import WEIGHTS_FILENAME
+
+    # Where the app finds the weights offline (the fix the unavailable message gives); a link, not a copy.
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / WEIGHTS_FILENAME).symlink_to(squeezenet_weights)
+    monkeypatch.setenv("MILDNET_WEIGHTS_CACHE", str(tmp_path))
+    at = _app("evaluation")
+    _no_failure(at)
+    assert not at.warning
+    table = at.dataframe[1].value
+    assert list(table["model"])[1:] == ["pixels 32×32", "colour histogram", "ImageNet features", "ImageNet + histogram"]
+    assert table["triplet accuracy"].notna().all()
 
 
 # --- training from the sidebar -------------------------------------------------------------------

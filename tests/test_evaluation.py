@@ -9,10 +9,15 @@ import pytest
 from mildnet.data.images import ImageCache
 from mildnet.errors import DataError
 from mildnet.evaluation import (
+    BASELINE_NAMES,
     ColourHistogram,
     EmbeddingTable,
+    ImageNetFeatures,
     PixelFeatures,
+    baseline_summary,
+    concat_tables,
     embed_paths,
+    evaluate_baselines,
     evaluate_embeddings,
     evaluate_triplets,
     make_baseline,
@@ -249,3 +254,199 @@ def test_cli_unknown_split_is_a_bad_argument_before_any_download(capsys):
     assert main(["evaluate", "--baseline", "histogram", "--dataset", "clothing-small", "--split", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'nosuch'" in err and "cannot reach" not in err
+
+
+# --- baselines next to a run -----------------------------------------------------------------------
+
+
+def colour_catalog(root) -> pd.DataFrame:
+    """Catalog of the colour folder: one product per colour; red and green are tops, blue is bottoms, so
+    colour_triplets holds both in-class (red vs green) and out-of-class (vs blue) negatives."""
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    colour = [p.split("/")[0] for p in images]
+    return pd.DataFrame({"image": images, "product_id": colour, "split": "test",
+                         "category": ["bottoms" if c == "blue" else "tops" for c in colour]})
+
+
+@pytest.fixture
+def unreachable_weights(monkeypatch, tmp_path):
+    """No SqueezeNet weights anywhere: an empty cache and a download URL on a closed localhost port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the socket is: connections are refused
+    cache = tmp_path / "weights-cache"
+    cache.mkdir()
+    monkeypatch.setenv("MILDNET_WEIGHTS_CACHE", str(cache))
+    monkeypatch.setenv("MILDNET_WEIGHTS_URL_SQUEEZENET", f"http://127.0.0.1:{port}/squeezenet.h5")
+    return cache
+
+
+def test_cli_baseline_names_match_the_library():
+    from mildnet.cli.evaluate import BASELINE_CHOICES
+
+    assert BASELINE_CHOICES == BASELINE_NAMES == ("pixels", "histogram", "imagenet", "imagenet+histogram")
+
+
+def test_concat_tables_weighs_parts_equally():
+    a = EmbeddingTable(["x", "y"], np.array([[3.0, 0.0], [0.0, 1.0]]))
+    b = EmbeddingTable(["x", "y"], np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))
+    joined = concat_tables([a, b])
+    assert joined.vectors.shape == (2, 5)
+    np.testing.assert_allclose(np.linalg.norm(joined.vectors, axis=1), 1.0, atol=1e-6)
+    # cos(x, y) is 0 in a and 1 in b: equal weight makes it their mean, whatever the parts' scales.
+    assert float(joined.vectors[0] @ joined.vectors[1]) == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="same paths"):
+        concat_tables([a, EmbeddingTable(["y", "x"], a.vectors)])
+
+
+def test_evaluate_baselines_scores_each_on_the_same_triplets(tmp_path):
+    root = make_labelled_folder(tmp_path / "img", classes=("red", "green", "blue"), per_class=3, size=40)
+    triplets, catalog = colour_triplets(), colour_catalog(root)
+    steps = []
+    results = evaluate_baselines(root, triplets, catalog, names=("pixels", "histogram"),
+                                 progress=lambda done, total, name: steps.append((name, done, total)))
+    assert list(results) == ["pixels", "histogram"]
+    assert ("histogram", 9, 9) in steps and ("pixels", 9, 9) in steps
+    for name, report in results.items():
+        alone = evaluate_triplets(make_baseline(name), root, triplets, catalog=catalog)
+        assert report.n_triplets == 18
+        assert report.triplet_accuracy == alone.triplet_accuracy
+        np.testing.assert_allclose(report.d_pos, alone.d_pos, atol=1e-6)
+        assert report.source == make_baseline(name).describe()
+    hist = results["histogram"]
+    assert hist.triplet_accuracy == 1.0
+    assert hist.by_type["in_class"]["n"] == 6 and hist.by_type["out_of_class"]["n"] == 12
+
+    summary = baseline_summary(results, run_accuracy=0.75)
+    assert summary["histogram"]["gain_points"] == -25.0
+    assert summary["histogram"]["by_type"]["in_class"] == {"n": 6, "accuracy": 1.0}
+    assert summary["pixels"]["gain_points"] == pytest.approx(round(100 * (0.75 - results["pixels"].triplet_accuracy), 2))
+    assert "gain_points" not in baseline_summary(results)["pixels"]
+    with pytest.raises(ValueError, match="unknown baseline 'sift'"):
+        evaluate_baselines(root, triplets, names=("sift",))
+
+
+def test_imagenet_baselines_with_the_real_weights(tmp_path, squeezenet_weights):
+    from mildnet.models import build_model
+
+    root = make_labelled_folder(tmp_path / "img", classes=("red", "green", "blue"), per_class=3, size=40)
+    triplets, catalog = colour_triplets(), colour_catalog(root)
+    results = evaluate_baselines(root, triplets, catalog, weights=squeezenet_weights,
+                                 names=("histogram", "imagenet", "imagenet+histogram"), image_size=64)
+    imagenet, hist, both = results["imagenet"], results["histogram"], results["imagenet+histogram"]
+    assert imagenet.source == {"baseline": "imagenet", "model": "squeezenet_gap", "weights": str(squeezenet_weights),
+                               "image_size": 64}
+    assert [part["baseline"] for part in both.source["parts"]] == ["imagenet", "histogram"]
+    # Solid colours with noise: ImageNet features group them too, better than chance.
+    assert imagenet.triplet_accuracy > 0.5
+    # Equal weight: the concatenation's squared distance is the mean of its parts' distances.
+    np.testing.assert_allclose(both.d_pos, (imagenet.d_pos + hist.d_pos) / 2, atol=1e-5)
+    np.testing.assert_allclose(both.d_neg, (imagenet.d_neg + hist.d_neg) / 2, atol=1e-5)
+
+    # The features are squeezenet_gap's with the ImageNet weights, not a random network's.
+    paths = ["red/red_0.jpg", "blue/blue_1.jpg"]
+    table = ImageNetFeatures(squeezenet_weights, image_size=64).embed(root, paths)
+    pretrained = embed_paths(build_model("squeezenet_gap", 64, weights=str(squeezenet_weights)), root, paths)
+    random = embed_paths(build_model("squeezenet_gap", 64, weights=None), root, paths)
+    np.testing.assert_allclose(table.vectors, pretrained.vectors, atol=1e-5)
+    assert not np.allclose(table.vectors, random.vectors, atol=1e-3)
+
+
+def test_imagenet_baselines_unavailable_offline_are_reported_not_dropped(tmp_path, unreachable_weights):
+    from mildnet.models.squeezenet import WEIGHTS_FILENAME
+
+    root = make_labelled_folder(tmp_path / "img", classes=("red", "green", "blue"), per_class=3, size=32)
+    results = evaluate_baselines(root, colour_triplets(), colour_catalog(root))
+    assert list(results) == list(BASELINE_NAMES)
+    assert results["histogram"].triplet_accuracy == 1.0 and results["pixels"].n_triplets == 18
+    for name in ("imagenet", "imagenet+histogram"):
+        reason = results[name]["unavailable"]
+        assert "could not download" in reason and "127.0.0.1" in reason
+        assert WEIGHTS_FILENAME in reason and "--baseline-weights PATH" in reason
+        assert str(unreachable_weights) in reason  # where a copy would be found offline
+    summary = baseline_summary(results, 0.9)
+    assert summary["imagenet"] == {"unavailable": results["imagenet"]["unavailable"]}
+    assert not list(unreachable_weights.rglob("*.h5"))
+    # A weights file that is not SqueezeNet's is unavailable too, with the loader's reason.
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_bytes(b"not hdf5")
+    reason = evaluate_baselines(root, colour_triplets(), names=("imagenet",), weights=bogus)["imagenet"]["unavailable"]
+    assert "not an HDF5 weights file" in reason
+
+
+def _colour_data(tmp_path):
+    from mildnet.data.triplets import write_triplets
+
+    root = make_labelled_folder(tmp_path / "img", classes=("red", "green", "blue"), per_class=3, size=32)
+    write_triplets(tmp_path / "t.csv", colour_triplets())
+    colour_catalog(root).to_csv(tmp_path / "catalog.csv", index=False)
+    return ["--images", str(root), "--triplets", str(tmp_path / "t.csv"), "--catalog", str(tmp_path / "catalog.csv")]
+
+
+def test_cli_evaluate_shows_baselines_next_to_the_model(tmp_path, capsys, unreachable_weights):
+    import json
+
+    from mildnet.cli import main
+
+    data = _colour_data(tmp_path)
+    model = ["evaluate", "--model", "tiny_cnn", "--image-size", "32", *data]
+    assert main([*model, "--json", "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(lines[-1])
+    baselines = report["baselines"]
+    assert set(baselines) == set(BASELINE_NAMES)  # the JSON keys are sorted
+    hist = baselines["histogram"]
+    assert hist["triplet_accuracy"] == 1.0 and hist["n_triplets"] == report["n_triplets"] == 18
+    assert set(hist["by_type"]) == {"in_class", "out_of_class"}
+    assert hist["gain_points"] == round(100 * (report["triplet_accuracy"] - 1.0), 2)
+    assert "--baseline-weights" in baselines["imagenet"]["unavailable"]
+    text = "\n".join(lines[:-1])
+    assert "no-learning baselines on the same 18 triplets" in text
+    assert any(line.startswith("histogram") and line.endswith(" pts") for line in lines[:-1])
+    assert any(line.startswith("imagenet ") and "unavailable: SqueezeNet ImageNet weights" in line
+               for line in lines[:-1])
+
+    assert main([*model, "--json", "--quiet", "--baselines", "histogram, pixels"]) == 0
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["baselines"]) == {"histogram", "pixels"}
+    assert main([*model, "--json", "--quiet", "--no-baselines"]) == 0
+    out = capsys.readouterr().out
+    assert "baselines" not in json.loads(out.strip().splitlines()[-1]) and "no-learning" not in out
+    # --baseline NAME scores the baseline alone unless others are asked for.
+    assert main(["evaluate", "--baseline", "pixels", *data, "--json", "--quiet"]) == 0
+    assert "baselines" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["evaluate", "--baseline", "pixels", *data, "--json", "--quiet", "--baselines", "histogram"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["source"]["baseline"] == "pixels"
+    assert report["baselines"]["histogram"]["gain_points"] == round(100 * (report["triplet_accuracy"] - 1.0), 2)
+
+    for bad in (["--baselines", "sift"], ["--baselines", ","], ["--baselines", "pixels", "--no-baselines"],
+                ["--baseline-weights", str(tmp_path / "nope.h5")]):
+        assert main([*model, "--quiet", *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    # The ImageNet baseline alone, with no weights reachable: a data/model problem, one line, with the fix.
+    assert main(["evaluate", "--baseline", "imagenet", *data, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--baseline-weights PATH" in err
+
+
+def test_cli_evaluate_imagenet_baselines_with_local_weights(tmp_path, capsys, squeezenet_weights,
+                                                            unreachable_weights):
+    import json
+
+    from mildnet.cli import main
+
+    data = _colour_data(tmp_path)
+    assert main(["evaluate", "--model", "tiny_cnn", "--image-size", "32", *data, "--json", "--quiet",
+                 "--baselines", "imagenet,imagenet+histogram", "--baseline-weights", str(squeezenet_weights)]) == 0
+    baselines = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["baselines"]
+    for name in ("imagenet", "imagenet+histogram"):
+        assert 0.5 < baselines[name]["triplet_accuracy"] <= 1.0, baselines[name]
+        assert set(baselines[name]["by_type"]) == {"in_class", "out_of_class"}
+    assert baselines["imagenet"]["source"]["weights"] == str(squeezenet_weights)
+    assert main(["evaluate", "--baseline", "imagenet+histogram", "--baseline-weights", str(squeezenet_weights),
+                 *data, "--json", "--quiet"]) == 0
+    alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert alone["triplet_accuracy"] == baselines["imagenet+histogram"]["triplet_accuracy"]

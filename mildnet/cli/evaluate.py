@@ -8,6 +8,10 @@ from pathlib import Path
 
 from mildnet.cli.progress import ProgressBar
 
+# Kept literal (not imported from mildnet.evaluation) so `evaluate --help` does not import numpy/pandas;
+# test_evaluation checks it matches evaluation.BASELINE_NAMES.
+BASELINE_CHOICES = ("pixels", "histogram", "imagenet", "imagenet+histogram")
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,8 +30,18 @@ def register(subparsers) -> None:
     source.add_argument("--seed", type=int, default=0,
                         help="with --model: seed of the untrained layers (default 0, as training's default, so "
                         "this is the network a run with that seed starts from)")
-    source.add_argument("--baseline", choices=("pixels", "histogram"),
-                        help="a learning-free baseline instead of a model: 32x32 raw pixels or an 8x8x8 RGB histogram")
+    source.add_argument("--baseline", choices=BASELINE_CHOICES,
+                        help="a no-learning baseline instead of a model: 32x32 raw pixels, an 8x8x8 RGB histogram, "
+                        "SqueezeNet ImageNet features (no training), or those features plus the histogram")
+
+    compare = parser.add_argument_group("baselines (scored on the same triplets, next to the model)")
+    compare.add_argument("--baselines", metavar="LIST",
+                         help=f"comma-separated baselines to compare with (default with --run/--model: all of "
+                         f"{','.join(BASELINE_CHOICES)}; with --baseline: none)")
+    compare.add_argument("--no-baselines", action="store_true", help="score the model alone")
+    compare.add_argument("--baseline-weights", metavar="PATH",
+                         help="local SqueezeNet ImageNet weights for the imagenet baselines "
+                         "(default: the cached download; offline and uncached they are reported unavailable)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--images", metavar="DIR", help="image root the triplet paths are relative to")
@@ -47,13 +61,14 @@ def _load_model(args: argparse.Namespace):
     from mildnet.cli import UsageError
 
     if sum(bool(x) for x in (args.run, args.model, args.baseline)) != 1:
-        raise UsageError("give one of --run RUN_DIR, --model NAME or --baseline pixels|histogram")
+        raise UsageError(f"give one of --run RUN_DIR, --model NAME or --baseline {'|'.join(BASELINE_CHOICES)}")
     if args.baseline:
         if args.weights or args.embedding_dim or args.image_size:
-            raise UsageError("--weights/--embedding-dim/--image-size go with --model, not --baseline")
+            raise UsageError("--weights/--embedding-dim/--image-size go with --model, not --baseline "
+                             "(local ImageNet weights for a baseline: --baseline-weights PATH)")
         from mildnet.evaluation import make_baseline
 
-        baseline = make_baseline(args.baseline)
+        baseline = make_baseline(args.baseline, args.baseline_weights or "imagenet")
         return baseline, None, baseline.describe()
     if args.run:
         if args.weights or args.embedding_dim:
@@ -107,18 +122,44 @@ def _load_data(args: argparse.Namespace, run_info):
     return Path(config.images), _read_triplet_frame(val), args.catalog, f"{val} (the run's validation set)"
 
 
+def _baseline_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The baselines to compare with: bad names and contradictory options are usage errors (exit 2),
+    raised before anything is loaded."""
+    from mildnet.cli import UsageError
+
+    if args.baseline_weights and not Path(args.baseline_weights).expanduser().is_file():
+        raise UsageError(f"--baseline-weights: no such file: {args.baseline_weights}")
+    if args.no_baselines:
+        if args.baselines is not None:
+            raise UsageError("give either --baselines LIST or --no-baselines, not both")
+        return ()
+    if args.baselines is None:
+        # A baseline scored on its own is already the comparison; the others are asked for explicitly.
+        return () if args.baseline else BASELINE_CHOICES
+    names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BASELINE_CHOICES]
+    if unknown or not names:
+        problem = f"unknown baseline {unknown[0]!r}" if unknown else "empty list"
+        raise UsageError(f"--baselines: {problem}; choose from: {','.join(BASELINE_CHOICES)}")
+    return tuple(dict.fromkeys(names))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mildnet.cli import UsageError
     from mildnet.evaluation import (
         FeatureExtractor,
         embed_paths,
         evaluate_embeddings,
+        format_baseline_table,
         model_image_size,
         read_catalog_for,
+        unavailable_reason,
     )
+    from mildnet.errors import ModelError
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    baseline_names = _baseline_names(args)
     model, run_info, source = _load_model(args)
     image_root, triplets, catalog_path, described = _load_data(args, run_info)
     if triplets.empty:
@@ -127,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{described}: no triplets to evaluate")
     baseline = isinstance(model, FeatureExtractor)
     if baseline:
-        size = model.decode_size
+        size = model.decode_size  # None for a concatenated baseline: its parts decode at their own sizes
     else:
         size = model_image_size(model) or args.image_size or 224
         if args.image_size and args.image_size != size:
@@ -139,7 +180,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     def embed(progress=None):
         if baseline:
-            return model.embed(image_root, images, progress)
+            try:
+                return model.embed(image_root, images, progress)
+            except ModelError as exc:
+                # Only the ImageNet baselines load weights; say which option supplies a local copy.
+                raise ModelError(unavailable_reason("imagenet", exc)) from None
         return embed_paths(model, image_root, images, size, args.batch_size, progress=progress)
 
     if args.quiet:
@@ -152,6 +197,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     shown = source.get("run") or source.get("model") or f"{source['baseline']} baseline"
     print(f"model: {shown}   data: {described}")
     print(report.format())
+    result = report.to_dict()
+    if baseline_names:
+        summary = _score_baselines(args, baseline_names, image_root, triplets, catalog, report)
+        label = source.get("baseline") or Path(source.get("run") or source.get("model") or "model").name
+        print()
+        print(format_baseline_table(label, report, summary))
+        result["baselines"] = summary
     if args.json:
-        print(json.dumps(report.to_dict(), sort_keys=True))
+        print(json.dumps(result, sort_keys=True))
     return 0
+
+
+def _score_baselines(args, names, image_root, triplets, catalog, report) -> dict:
+    from mildnet.evaluation import baseline_summary, evaluate_baselines
+
+    weights = args.baseline_weights or "imagenet"
+    if args.quiet:
+        results = evaluate_baselines(image_root, triplets, catalog, weights, names)
+    else:
+        with ProgressBar("baselines", unit="") as bar:
+            results = evaluate_baselines(image_root, triplets, catalog, weights, names, progress=bar.update)
+    return baseline_summary(results, report.triplet_accuracy)

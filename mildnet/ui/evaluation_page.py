@@ -16,6 +16,8 @@ from mildnet.ui.runs import Run
 
 TYPE_LABELS = {"in_class": "in-class", "out_of_class": "out-of-class", "wild_query": "wild query",
                "catalog_query": "catalog query"}
+BASELINE_LABELS = {"pixels": "pixels 32×32", "histogram": "colour histogram", "imagenet": "ImageNet features",
+                   "imagenet+histogram": "ImageNet + histogram"}
 MAX_RUNS = 4
 
 
@@ -47,6 +49,8 @@ def render(ctx: Context) -> None:
                                                                          format="percent"),
                      **{c: st.column_config.NumberColumn(format="percent")
                         for c in ("in-class", "out-of-class", "recall@1", "recall@5", "recall@10", "mAP")}})
+    _baselines(ctx, runs, names, reports, split)
+
     left, right = st.columns(2, gap="large")
     with left:
         st.markdown("**Triplet accuracy per split**")
@@ -102,6 +106,83 @@ def _evaluate(ctx: Context, runs: list[Run], splits: list[str]) -> dict:
         with st.spinner(f"Scoring {run.label}…"):
             reports[run.key] = {s: resources.evaluation(run, ctx.dataset, s, searcher) for s in splits}
     return reports
+
+
+def _baselines(ctx: Context, runs: list[Run], names: dict[str, str], reports: dict, split: str) -> None:
+    st.subheader(f"What training bought ({split})")
+    st.caption("The same triplets scored with no learning at all: raw 32×32 pixels, a colour histogram, "
+               "SqueezeNet ImageNet features (no training), and those features plus the histogram. A run is "
+               "worth its training by what it adds above them.")
+    with st.spinner("Scoring the no-learning baselines (once per dataset and split)…"):
+        summary = resources.baselines(ctx.dataset, split)
+    # Both ImageNet baselines fail for the same reason (no weights): one message naming both, not two copies.
+    reasons: dict[str, list[str]] = {}
+    for name, entry in summary.items():
+        if "unavailable" in entry:
+            reasons.setdefault(entry["unavailable"], []).append(f"**{BASELINE_LABELS.get(name, name)}**")
+    for reason, labels in reasons.items():
+        st.warning(f"{' and '.join(labels)} baseline{'s' if len(labels) > 1 else ''} unavailable: {reason}",
+                   icon=":material/cloud_off:")
+    available = {n: e for n, e in summary.items() if "unavailable" not in e and e["triplet_accuracy"] is not None}
+    if not available:
+        return
+    best = max(available, key=lambda n: available[n]["triplet_accuracy"])
+    best_accuracy = available[best]["triplet_accuracy"]
+    cols = st.columns(len(runs))
+    for col, run in zip(cols, runs):
+        accuracy = _nan_none(reports[run.key][split].triplet_accuracy)
+        gain = None if accuracy is None else 100 * (accuracy - best_accuracy)
+        col.metric(f"{names[run.key]} vs the best baseline", "n/a" if accuracy is None else f"{accuracy:.1%}",
+                   delta=None if gain is None else f"{gain:+.1f} pts over {BASELINE_LABELS.get(best, best)}",
+                   help="Triplet accuracy of the run, and its gain in percentage points over the strongest "
+                   "no-learning baseline on the same triplets.")
+    table = baseline_table(runs, names, reports, split, available)
+    gains = [c for c in table.columns if c.startswith("gain")]
+    st.dataframe(table, hide_index=True, column_config={
+        "triplet accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
+        **{c: st.column_config.NumberColumn(format="percent") for c in ("in-class", "out-of-class")},
+        **{c: st.column_config.NumberColumn(format="%+.1f pts") for c in gains}})
+    st.altair_chart(_baseline_bars(table), width="stretch")
+
+
+def baseline_table(runs: list[Run], names: dict[str, str], reports: dict, split: str,
+                   baselines: dict[str, dict]) -> pd.DataFrame:
+    """Runs then baselines, one row each, on the same triplets; a gain column per run (its accuracy minus the
+    row's, in percentage points) filled on the baseline rows."""
+    rows = []
+    for run in runs:
+        report = reports[run.key][split]
+        rows.append({"model": names[run.key], "kind": "run", "triplet accuracy": _nan_none(report.triplet_accuracy),
+                     **_type_cells(report.by_type)})
+    for name, entry in baselines.items():
+        row = {"model": BASELINE_LABELS.get(name, name), "kind": "baseline",
+               "triplet accuracy": entry["triplet_accuracy"], **_type_cells(entry.get("by_type", {}))}
+        for run in runs:
+            column = "gain (pts)" if len(runs) == 1 else f"gain of {names[run.key]} (pts)"
+            accuracy = _nan_none(reports[run.key][split].triplet_accuracy)
+            row[column] = None if accuracy is None else round(100 * (accuracy - entry["triplet_accuracy"]), 2)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.dropna(axis=1, how="all") if len(frame) else frame
+
+
+def _type_cells(by_type: dict) -> dict:
+    return {TYPE_LABELS[t]: _nan_none((by_type.get(t) or {}).get("accuracy")) for t in ("in_class", "out_of_class")}
+
+
+def _baseline_bars(table: pd.DataFrame) -> alt.Chart:
+    frame = table[["model", "kind", "triplet accuracy"]].rename(columns={"triplet accuracy": "accuracy"})
+    frame = frame.assign(label=frame["accuracy"].map(lambda v: "" if v is None or v != v else f"{v:.1%}"))
+    base = alt.Chart(frame).encode(
+        y=alt.Y("model:N", sort=list(frame.sort_values("accuracy", ascending=False)["model"]), title=None,
+                axis=alt.Axis(labelLimit=240)),
+        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title="triplet accuracy"),
+        color=alt.Color("kind:N", title=None, scale=alt.Scale(domain=["run", "baseline"], range=["#1c7ed6", "#adb5bd"]),
+                        legend=alt.Legend(orient="top")),
+        tooltip=["model", "kind", alt.Tooltip("accuracy:Q", format=".1%")],
+    )
+    return (base.mark_bar() + base.mark_text(align="left", dx=3, fontSize=11).encode(text="label:N")).properties(
+        height=alt.Step(30))
 
 
 def _short_names(runs: list[Run]) -> dict[str, str]:

@@ -261,3 +261,32 @@ def _evaluation(run_dir: str, stamp: float, dataset_name: str, split: str, tripl
 def evaluation(run: uiruns.Run, ds: uidata.Dataset, split: str, searcher_obj):
     _, fp = _catalog_key(ds)
     return _evaluation(run.key, run.stamp, ds.name, split, _mtime(ds.split(split).triplets), fp, searcher_obj)
+
+
+# --- no-learning baselines -----------------------------------------------------------------------
+
+
+def _weights_stamp() -> tuple:
+    """Where the ImageNet weights are looked for, and whether a copy is there now: putting the file in the
+    cache (the fix an unavailable baseline suggests) changes the key, so the next rerun scores it."""
+    from mildnet.models.squeezenet import CACHE_ENV, URL_ENV, WEIGHTS_FILENAME
+
+    cache = os.environ.get(CACHE_ENV) or os.environ.get("KERAS_HOME") or str(Path.home() / ".keras")
+    return cache, os.environ.get(URL_ENV, ""), _mtime(Path(cache) / "models" / WEIGHTS_FILENAME)
+
+
+# cache_data: the value is plain JSON-like dicts (baseline_summary), cheap to copy and safe across reloads.
+@st.cache_data(show_spinner=False, max_entries=16)
+def _baselines(dataset_name: str, split: str, stamp: tuple, weights_stamp: tuple) -> dict:
+    from mildnet.evaluation import baseline_summary, evaluate_baselines
+
+    ds = dataset(dataset_name)
+    results = evaluate_baselines(ds.image_root, uidata.read_split(ds, split), uidata.read_catalog(ds))
+    return baseline_summary(results)
+
+
+def baselines(ds: uidata.Dataset, split: str) -> dict:
+    """The no-learning baselines scored on a split's triplets (``baseline_summary`` dicts, an unavailable one
+    as ``{"unavailable": reason}``): computed once per dataset, split and weights location."""
+    stamp = (_mtime(ds.split(split).triplets), _mtime(ds.catalog_path))
+    return _baselines(ds.name, split, stamp, _weights_stamp())
