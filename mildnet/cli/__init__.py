@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": "mildnet.cli.evaluate",
     "embed": "mildnet.cli.embed",
     "search": "mildnet.cli.search",
+    "calibrate": "mildnet.cli.calibrate",
 }
 
 
@@ -29,7 +30,7 @@ class UsageError(MildnetError):
 
 
 # Commands that run a model import TensorFlow; the others stay light.
-_TENSORFLOW_COMMANDS = ("train", "evaluate", "embed", "search")
+_TENSORFLOW_COMMANDS = ("train", "evaluate", "embed", "search", "calibrate")
 
 
 def _import_tensorflow_quietly() -> None:

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "search",
         help="find the catalog images most similar to an image file or a catalog id",
-        description="Query embeddings stored by `embed` (same model, same store).",
+        description="Query embeddings stored by `embed` (same model, same store). With a calibrated --run "
+        "(`calibrate`), each result also gets a match strength and the query a close-match verdict.",
     )
     add_model_arguments(parser)
     add_store_arguments(parser)
@@ -60,9 +61,27 @@ def _find_key(store, model_fp: str, args: argparse.Namespace, run_hint: str) -> 
     return candidates[0]
 
 
+def _calibration(args: argparse.Namespace, model_fp: str):
+    """``(calibration or None, note for text output)``: a run's calibration.json when it belongs to this model."""
+    from mildnet.calibration import load
+
+    if args.run is None:
+        return None, "a --model has no calibration: scores are raw cosines (a calibrated --run adds match strengths)"
+    calibration = load(args.run)
+    if calibration is None:
+        return None, (f"{args.run} has no calibration: scores are raw cosines; "
+                      f"run `python -m mildnet calibrate --run {args.run}` for match strengths")
+    if calibration.model_fingerprint not in (None, model_fp):
+        print(f"warning: {args.run}'s calibration was made for an earlier model; ignored until you run "
+              f"`python -m mildnet calibrate --run {args.run}` again", file=sys.stderr)
+        return None, "no valid calibration: scores are raw cosines"
+    return calibration, None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from mildnet.cli import UsageError
     from mildnet import embeddings as emb
+    from mildnet.calibration import assess, catalogue_reference
     from mildnet.search import Searcher
 
     if args.k < 1:
@@ -111,7 +130,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         query_info = {"id": args.item_id}
         query_picture = image_root / args.item_id
 
-    results = [{"id": h.id, "path": str(image_root / h.path), "score": round(h.score, 6)} for h in hits]
+    calibration, note = _calibration(args, model_fp)
+    verdict = assess([h.score for h in hits], calibration,
+                     catalogue_reference(embeddings.vectors) if calibration is not None else None)
+    results = [{"id": h.id, "path": str(image_root / h.path), "score": round(h.score, 6),
+                "match": None if m is None else round(m, 4)} for h, m in zip(hits, verdict.matches)]
     if args.plot is not None:
         from mildnet.search import plot_results
 
@@ -119,14 +142,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         plot_results(query_picture, hits, image_root, args.plot, title=title)
     if args.json:
         payload = {"query": query_info, "key": key, "model": config.get("model", model.name), "k": args.k,
-                   "n_catalog": len(embeddings), "results": results}
+                   "n_catalog": len(embeddings), "close_match": verdict.close_match,
+                   "close_match_reason": verdict.reason, "calibrated": calibration is not None, "results": results}
         if args.plot is not None:
             payload["plot"] = str(args.plot)
         print(json.dumps(payload))
     else:
         print(f"query: {next(iter(query_info.values()))}  ({len(embeddings)} catalog images, key {key})")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        # One row per result: rank, cosine, match strength (when calibrated), id last.
         for rank, r in enumerate(results, start=1):
-            print(f"{rank:3d}  {r['score']:.4f}  {r['id']}")
+            match = "" if r["match"] is None else f"  {r['match']:4.0%}"
+            print(f"{rank:3d}  {r['score']:.4f}{match}  {r['id']}")
+        if verdict.close_match is False:
+            print(f"no close match in this catalogue: {verdict.reason}")
+        elif verdict.close_match:
+            print("close match: yes")
         if args.plot is not None:
             print(f"plot saved to {args.plot}")
     return 0

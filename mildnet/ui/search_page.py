@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from mildnet.errors import ImageError
-from mildnet.ui import layout, resources, widgets
+from mildnet.ui import layout, matching, resources, widgets
 from mildnet.ui.layout import Context
 
 QUERY_KEY = "mn_query"  # {"kind": "upload"} or {"kind": "catalog", "id": image id}
@@ -100,10 +100,18 @@ def render(ctx: Context) -> None:
             hits = searcher.query(vector, k=int(k))[0]
         else:
             hits = searcher.query_id(query["id"], k=int(k))
+        verdict, calibrated = matching.assess(hits, ctx.run, bundle.fingerprint, searcher)
         st.html(f'<div class="mn-role">Top {len(hits)} similar products · {len(searcher):,} in the catalog · '
                 f'{html.escape(ctx.run.label)}</div>')
+        if verdict.close_match is False:
+            st.warning("**No close match in this catalogue.** The photo probably shows something this catalogue "
+                       "does not sell. The nearest products are listed below anyway, marked as weak.",
+                       icon=":material/search_off:")
+            st.caption(f"Why: {verdict.reason}.")
+        if calibrated.note:
+            st.caption(calibrated.note)
         query_product = _row(info, query["id"]).get("product_id") if query["kind"] == "catalog" else None
-        _results_grid(hits, info, ctx, query_product)
+        _results_grid(hits, info, ctx, query_product, verdict)
 
 
 def _set_query(query: dict) -> None:
@@ -133,7 +141,18 @@ def _row(info: pd.DataFrame, image_id: str) -> dict:
     return {}
 
 
-def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | None = None) -> None:
+def score_html(score: float, match: float | None, weak: bool = False) -> str:
+    """A result's score: the match strength ("92% match") with the raw cosine in its tooltip, or the cosine
+    itself for an uncalibrated model; ``weak`` greys it out (the query has no close match)."""
+    if match is None:
+        return f'<span class="mn-score" title="cosine similarity {score:.3f}">{score:.3f}</span>'
+    tip = f"cosine similarity {score:.3f}" + (" · no close match in this catalogue" if weak else "")
+    return f'<span class="mn-score{" mn-weak" if weak else ""}" title="{tip}">{match:.0%} match</span>'
+
+
+def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | None = None, verdict=None) -> None:
+    matches = verdict.matches if verdict is not None else [None] * len(hits)
+    weak = verdict is not None and verdict.close_match is False
     for start in range(0, len(hits), COLUMNS):
         columns = st.columns(COLUMNS)
         for offset, (column, hit) in enumerate(zip(columns, hits[start:start + COLUMNS])):
@@ -143,9 +162,10 @@ def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | N
                 with st.container(border=True, key=f"mn_hit_{rank}"):
                     widgets.image(ctx.dataset.image_root / hit.path)
                     title = (f'<span class="mn-rank">#{rank}</span> <b>{html.escape(row.get("product_id") or "")}</b>'
-                             f' <span class="mn-score" title="cosine similarity">{hit.score:.3f}</span>')
+                             f' {score_html(hit.score, matches[rank - 1], weak)}')
                     same = "same-product" if query_product and row.get("product_id") == query_product else ""
-                    meta = html.escape(widgets.describe_item(row)) + " " + widgets.tags(row.get("view", ""), same)
+                    meta = (html.escape(widgets.describe_item(row)) + " "
+                            + widgets.tags(row.get("view", ""), same, "weak" if weak else ""))
                     st.html(f"<div>{title}</div><div class='mn-meta mn-card-meta'>{meta}</div>")
                     st.button("Similar", key=f"mn_similar_{rank}", icon=":material/search:", width="stretch",
                               on_click=_set_query, args=({"kind": "catalog", "id": hit.id},),

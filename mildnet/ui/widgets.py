@@ -36,7 +36,8 @@ _CSS = """
 .mn-hero { padding: 0.2rem 0 0.6rem 0; }
 .mn-hero h1 { font-size: 2.1rem; margin: 0; }
 .mn-hero p { color: #5f6368; font-size: 1.05rem; margin: 0.2rem 0 0 0; }
-.mn-score { font-weight: 600; color: #d6336c; }
+.mn-score { font-weight: 600; color: #d6336c; cursor: help; white-space: nowrap; }
+.mn-score.mn-weak { color: #868e96; }
 .mn-meta { color: #6b7280; font-size: 0.82rem; line-height: 1.25; }
 .mn-rank { display: inline-block; min-width: 1.6rem; padding: 0 0.35rem; border-radius: 0.6rem;
            background: #fde2ec; color: #a61e4d; font-weight: 600; font-size: 0.8rem; text-align: center; }
@@ -45,6 +46,7 @@ _CSS = """
 .mn-tag.in-class { background: #fff3bf; color: #8a6100; }
 .mn-tag.out-of-class { background: #e7f5ff; color: #1864ab; }
 .mn-tag.same-product { background: #d3f9d8; color: #2b8a3e; }
+.mn-tag.weak { background: #f1f3f5; color: #868e96; font-style: italic; }
 /* Equal-height result cards whatever the length of the description. */
 .mn-card-meta { min-height: 4em; }
 .mn-role { font-size: 0.78rem; font-weight: 600; letter-spacing: 0.04em; text-transform: uppercase; color: #868e96; }
@@ -65,7 +67,7 @@ def tags(*values: str) -> str:
     out = []
     for value in values:
         if value and value != "unknown":
-            cls = value if value in ("in-class", "out-of-class", "same-product") else ""
+            cls = value if value in ("in-class", "out-of-class", "same-product", "weak") else ""
             out.append(f'<span class="mn-tag {cls}">{html.escape(str(value))}</span>')
     return "".join(out)
 
