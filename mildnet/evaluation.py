@@ -78,12 +78,14 @@ def embed_paths(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     cache: ImageCache | None = None,
+    normalize: bool = True,
 ) -> EmbeddingTable:
     """Embeds each distinct image of ``rel_paths`` once (first-seen order), last partial batch included.
 
     ``image_size`` defaults to the model's input size. ``progress(done, total)`` is called after
     each batch. A missing or undecodable image raises :class:`DataError` naming it. With a ``cache``
     of that size holding every image, no image is decoded (same pixels, so the same embeddings).
+    ``normalize=False`` keeps the model's raw outputs (intermediate features, not embeddings).
     """
     import tensorflow as tf
 
@@ -98,7 +100,7 @@ def embed_paths(
         dim = int(model.outputs[0].shape[-1])
         return EmbeddingTable([], np.zeros((0, dim), dtype=np.float32))
     if cache is not None and cache.size == image_size and all(p in cache for p in unique):
-        return _embed_cached(model, cache, unique, batch_size, progress)
+        return _embed_cached(model, cache, unique, batch_size, progress, normalize)
     root = Path(image_root)
     missing = [p for p in unique if not (root / p).is_file()]
     if missing:
@@ -114,10 +116,11 @@ def embed_paths(
                 progress(done, len(unique))
     except tf.errors.OpError as exc:
         raise DataError(f"could not read an image under {root}: {pipeline_error_reason(exc)}") from None
-    return EmbeddingTable(unique, normalize_rows(np.concatenate(chunks)))
+    vectors = np.concatenate(chunks)
+    return EmbeddingTable(unique, normalize_rows(vectors) if normalize else vectors)
 
 
-def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress) -> EmbeddingTable:
+def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress, normalize=True) -> EmbeddingTable:
     rows = cache.rows(unique)
     chunks = []
     for start in range(0, len(rows), batch_size):
@@ -125,7 +128,8 @@ def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, 
         chunks.append(np.asarray(model(batch, training=False), dtype=np.float32))
         if progress is not None:
             progress(min(start + batch_size, len(rows)), len(rows))
-    return EmbeddingTable(unique, normalize_rows(np.concatenate(chunks)))
+    vectors = np.concatenate(chunks)
+    return EmbeddingTable(unique, normalize_rows(vectors) if normalize else vectors)
 
 
 # --- learning-free baselines --------------------------------------------------------------------

@@ -164,7 +164,9 @@ def test_freeze_resolution_and_layers(tmp_path):
 
     resolve = training._resolve_model_settings
     base = TrainConfig(images="x", triplets="y")
-    assert resolve(base, None).freeze == training.FREEZE_THROUGH["mildnet_squeezenet"]  # from ImageNet weights
+    assert resolve(base, None).freeze == "features"  # the default model from ImageNet weights: all but its head
+    squeezenet = dataclasses.replace(base, model="mildnet_squeezenet")
+    assert resolve(squeezenet, None).freeze == "fire5"
     assert resolve(dataclasses.replace(base, weights="none"), None).freeze == "none"  # random init learns all
     assert resolve(dataclasses.replace(base, model="tiny_cnn", weights="none"), None).freeze == "none"
     assert resolve(dataclasses.replace(base, freeze="fire3"), None).freeze == "fire3"
@@ -200,6 +202,29 @@ def test_frozen_layers_keep_their_weights_in_training(sample, tmp_path):
     with pytest.raises(ModelError, match="no such layer"):
         train(tiny_config(sample, tmp_path / "bad", freeze="conv9"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_frozen_backbone_trains_the_head_on_cached_features(sample, tmp_path):
+    from mildnet.models import build_model, load_model
+
+    config = tiny_config(sample, tmp_path / "run", model="squeezenet_colour", weights="none", freeze="features",
+                         epochs=2, learning_rate=0.01)
+    start = build_model("squeezenet_colour", 32, None, None)
+    assert training.feature_head(start) is None  # nothing frozen yet: the whole network would train
+    training.freeze_layers(start, "features")
+    head = training.feature_head(start)
+    assert [layer.name for layer in head.layers if layer.weights] == ["embedding"]
+    result = train(config)
+    assert result.epochs_completed == 2 and 0.0 <= result.history[-1]["val_accuracy"] <= 1.0
+    assert (result.run_dir / "calibration.json").is_file()  # every run with a val set gets its match strength
+    first = load_model(result.run_dir / "last.keras")
+    resume(result.run_dir, epochs=3)
+    again = load_model(result.run_dir / "last.keras")
+    # The backbone never moves; the embedding layer does, and resume continues on the same features.
+    for name, same in (("conv1", True), ("fire9_expand3x3", True), ("embedding", False)):
+        before, after = first.get_layer(name).get_weights()[0], again.get_layer(name).get_weights()[0]
+        assert np.array_equal(before, after) == same, name
+    assert len(read_run(result.run_dir).history) == 3
 
 
 def test_streaming_and_cached_runs_train_identically(sample, base_run, tmp_path):

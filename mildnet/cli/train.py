@@ -43,17 +43,18 @@ def register(subparsers) -> None:
     model.add_argument("--embedding-dim", type=int, metavar="N", help="embedding size (default: the model's)")
     model.add_argument("--freeze", metavar="auto|none|LAYER",
                        help="freeze the layers up to this layer or block, e.g. fire3 (default auto: the model's "
-                       "early layers when starting from pretrained weights, e.g. conv1..fire5 of SqueezeNet)")
+                       "early layers when starting from pretrained weights: the whole backbone of the default squeezenet_colour, "
+                       "conv1..fire5 of mildnet_squeezenet)")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, metavar="N", help="epochs (default 6; with --resume: new total)")
-    opt.add_argument("--batch-size", type=int, metavar="N", help="triplets per step (default 16)")
+    opt.add_argument("--epochs", type=int, metavar="N", help="epochs (default 10; with --resume: new total)")
+    opt.add_argument("--batch-size", type=int, metavar="N", help="triplets per step (default 32)")
     opt.add_argument("--steps-per-epoch", type=int, metavar="N", help="cap on steps per epoch")
     opt.add_argument("--lr", type=float, metavar="LR", help="learning rate (default 0.001)")
-    opt.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (momentum 0.9, Nesterov; default) or adam")
+    opt.add_argument("--optimizer", choices=("sgd", "adam"), help="adam (default) or sgd (momentum 0.9, Nesterov)")
     opt.add_argument("--loss", choices=("hinge", "contrastive"), help="triplet loss (default hinge)")
-    opt.add_argument("--margin", type=float, metavar="M", help="loss margin (default 1.0)")
-    opt.add_argument("--no-augment", action="store_true", help="no flips/zoom/shear/rotation")
+    opt.add_argument("--margin", type=float, metavar="M", help="loss margin (default 0.3)")
+    opt.add_argument("--no-augment", action="store_true", help="no flips/zoom/shear/rotation (a model trained on cached features, like the default, never augments)")
     opt.add_argument("--seed", type=int, help="random seed (default 0)")
     data.add_argument("--cache-gb", type=float, metavar="GB",
                       help="memory for decoded images, each decoded once (default 2; 0: decode every epoch)")

@@ -69,3 +69,50 @@ class L2Normalize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="mildnet")
+class ColourHistogram(keras.layers.Layer):
+    """Centre-weighted joint RGB histogram of float pixels in [0, 255]: ``bins**3`` cells, square-rooted
+    and L2-normalised (Hellinger), so a cosine between two histograms is their Bhattacharyya coefficient.
+
+    Why it is in the model: ImageNet features are trained to ignore colour (a red and a blue shirt are
+    both "jersey"), while shoppers judge "similar" by colour first. On real photos, adding this 512-d
+    branch to SqueezeNet's features lifted type+colour triplet accuracy by 3-5 points
+    (docs/training-recipe.md). Pixels are weighted by a Gaussian around the centre (``sigma`` as a
+    fraction of the half-width) because product photos frame the product there; the border is
+    mostly background (a white studio sweep, a bed, a floor), which an unweighted histogram counts as
+    much as the garment. The image is first shrunk to ``grid`` px: colour proportions barely change
+    and the one-hot cost stays small. It has no weights; a Dense layer after it learns which cells matter.
+    """
+
+    def __init__(self, bins=8, grid=64, sigma=0.5, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(bins, int) or not 2 <= bins <= 16:
+            raise ValueError(f"bins must be an integer in [2, 16], got {bins!r}")
+        if not isinstance(grid, int) or grid < 4:
+            raise ValueError(f"grid must be an integer >= 4, got {grid!r}")
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        self.bins, self.grid, self.sigma = bins, grid, float(sigma)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        x = ops.image.resize(x, (self.grid, self.grid), interpolation="area")
+        level = ops.clip(ops.floor(x * (self.bins / 256.0)), 0, self.bins - 1)
+        cell = ops.cast((level[..., 0] * self.bins + level[..., 1]) * self.bins + level[..., 2], "int32")
+        centre = (self.grid - 1) / 2.0
+        coords = (ops.arange(self.grid, dtype="float32") - centre) / (self.grid / 2.0)
+        r2 = coords[:, None] ** 2 + coords[None, :] ** 2
+        weight = ops.exp(-r2 / (2.0 * self.sigma**2))
+        one_hot = ops.one_hot(ops.reshape(cell, (-1, self.grid * self.grid)), self.bins**3)
+        hist = ops.einsum("bpc,p->bc", one_hot, ops.reshape(weight, (-1,)))
+        hist = ops.sqrt(hist)
+        hist = hist * ops.rsqrt(ops.maximum(ops.sum(ops.square(hist), axis=-1, keepdims=True), 1e-12))
+        return ops.cast(hist, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.bins**3)
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins, "grid": self.grid, "sigma": self.sigma}

@@ -15,7 +15,7 @@ from keras import layers
 
 from mildnet.errors import ModelError
 from mildnet.models import squeezenet
-from mildnet.models.layers import L2Normalize, Preprocess
+from mildnet.models.layers import ColourHistogram, L2Normalize, Preprocess
 
 
 @dataclass(frozen=True)
@@ -300,9 +300,47 @@ def _build_squeezenet_gap(input_size, embedding_dim, weights):
 
 
 # ---------------------------------------------------------------------------------------------------
+# squeezenet_colour: the CPU default. ImageNet SqueezeNet's multi-scale features and a colour histogram,
+# kept as they are, under one linear embedding layer that triplet training fits.
+
+FEATURES_LAYER = "features"  # models whose layers up to this one are frozen train on cached features
+
+
+@_register(
+    "squeezenet_colour",
+    default_embedding_dim=256,
+    description="Default. SqueezeNet v1.1 ImageNet features (GAP of fire3/5/7/9) + centre-weighted colour "
+    "histogram, linear 256-d embedding: learns a real catalogue in minutes on CPU.",
+)
+def _build_squeezenet_colour(input_size, embedding_dim, weights):
+    # Why this shape (docs/training-recipe.md): on real photos a linear layer over frozen ImageNet taps
+    # learnt more from ~5k triplets than fine-tuning fire6..fire9 under the MILDNet MLP head (class
+    # triplets 0.94 vs 0.91) in a fraction of the time, and the histogram adds the colour that ImageNet
+    # features are trained to ignore. Each part is L2-normalised so none dominates by scale.
+    inputs = _image_input(input_size)
+    x = Preprocess("caffe", name="preprocess")(inputs)
+    fires = squeezenet.squeezenet_features(x)
+    parts = []
+    for tap in SQUEEZENET_TAPS:
+        pooled = layers.GlobalAveragePooling2D(name=f"gap_{tap}")(fires[tap])
+        parts.append(L2Normalize(name=f"l2_{tap}")(pooled))
+    parts.append(ColourHistogram(name="colour_histogram")(inputs))
+    features = layers.Concatenate(name=FEATURES_LAYER)(parts)
+    # Orthogonal and bias-free: at initialisation the embedding is a random rotation-like projection of
+    # the features, which keeps their cosine geometry, so an untrained model already searches like the
+    # features themselves and training starts from there instead of from a scrambled space.
+    x = layers.Dense(embedding_dim, use_bias=False, kernel_initializer="orthogonal", name="embedding")(features)
+    outputs = L2Normalize(name="l2_norm")(x)
+    model = keras.Model(inputs, outputs, name="squeezenet_colour")
+    if weights is not None:
+        squeezenet.load_keras2_weights(model, squeezenet.resolve_weights(weights))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
 # Public API
 
-DEFAULT_MODEL = "mildnet_squeezenet"
+DEFAULT_MODEL = "squeezenet_colour"
 
 
 # The default first: UIs list the names in this order.

@@ -1,0 +1,134 @@
+"""Real-photo triplet sets built from clothing-dataset-small, for the training ablations (docs/training-recipe.md).
+
+Three sets, each a folder with ``catalog.csv`` and ``train/val/test.csv`` over the dataset's own image root:
+
+- ``class``: the dataset's own labels (product = garment type); the negative is another type. Easy for
+  ImageNet features, blind to colour.
+- ``typecolour``: mirrors the kept-aside catalogue the issue measures on (positive = same article type AND
+  colour; half of the negatives the same type in another colour, half another type). clothing-small has no
+  colour labels, so each photo gets a colour name from its garment: the median hue/saturation/value of the
+  central 40% of the frame (the garment is centred in these photos), named with a fixed 11-colour palette.
+  The names are noisy (patterned garments, background bleeding in) and come from pixels, which flatters the
+  colour-histogram baseline a little; they are a proxy, not ground truth.
+- ``instance``: positive = another augmented view (crop, flip, small rotation, light jitter) of the same photo,
+  negative = another photo (half of the same type). Views are written as JPEGs under ``--out``.
+
+    python bench/real_sets.py --images ../shared/data/clothing-dataset-small --out /tmp/real
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageEnhance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mildnet.data.catalog import catalog_from_folder, generate_triplets, write_catalog  # noqa: E402
+from mildnet.data.images import load_image  # noqa: E402
+from mildnet.data.triplets import write_triplets  # noqa: E402
+
+# Hue boundaries in degrees (HSV); chroma-free colours are decided by saturation/value first.
+_HUES = ((15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (255, "blue"), (290, "purple"),
+         (340, "pink"), (361, "red"))
+
+
+def colour_name(image: np.ndarray) -> str:
+    """A coarse colour name for the garment in the centre of a uint8 RGB photo."""
+    h, w = image.shape[:2]
+    centre = image[int(h * 0.3): int(h * 0.7), int(w * 0.3): int(w * 0.7)]
+    hsv = np.asarray(Image.fromarray(centre).convert("HSV"), dtype=np.float32).reshape(-1, 3)
+    hue, sat, val = hsv[:, 0] * (360 / 255), hsv[:, 1] / 255, hsv[:, 2] / 255
+    s, v = float(np.median(sat)), float(np.median(val))
+    if v < 0.22:
+        return "black"
+    if s < 0.18:
+        return "white" if v > 0.72 else "grey"
+    chromatic = sat >= 0.18
+    # The circular mode of the hue of the coloured pixels (a median would average red's two ends).
+    counts, edges = np.histogram(hue[chromatic], bins=36, range=(0, 360))
+    peak = (edges[np.argmax(counts)] + 5.0) % 360
+    name = next(n for bound, n in _HUES if peak < bound)
+    if name in ("orange", "red") and v < 0.5:
+        return "brown"
+    return name
+
+
+def class_set(images: Path, out: Path, seed: int) -> pd.DataFrame:
+    catalog = catalog_from_folder(images)
+    _write_set(out / "class", catalog, seed)
+    return catalog
+
+
+def typecolour_set(images: Path, out: Path, catalog: pd.DataFrame, seed: int) -> pd.DataFrame:
+    colours = [colour_name(load_image(images / name, None)) for name in catalog["image"]]
+    frame = catalog.assign(category=catalog["product_id"], colour=colours)
+    frame["product_id"] = frame["category"] + "-" + frame["colour"]
+    _write_set(out / "typecolour", frame, seed)
+    return frame
+
+
+def instance_set(images: Path, out: Path, catalog: pd.DataFrame, seed: int, views: int = 2) -> None:
+    """Each photo plus ``views`` augmented copies form one product; the copies live under out/instance/views."""
+    rng = np.random.default_rng(seed)
+    dest = out / "instance"
+    rows = []
+    for image, category, split in zip(catalog["image"], catalog["product_id"], catalog["split"]):
+        product = Path(image).with_suffix("").as_posix()
+        rows.append({"image": f"orig/{image}", "product_id": product, "category": category, "split": split})
+        photo = Image.fromarray(load_image(images / image, None))
+        for k in range(views):
+            name = f"views/{product}-v{k}.jpg"
+            path = dest / "images" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _augment(photo, rng).save(path, quality=90)
+            rows.append({"image": name, "product_id": product, "category": category, "split": split})
+    link = dest / "images" / "orig"
+    if not link.exists():
+        link.symlink_to(images.resolve(), target_is_directory=True)
+    _write_set(dest, pd.DataFrame(rows), seed)
+
+
+def _augment(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = photo.size
+    scale = rng.uniform(0.65, 0.9)
+    cw, ch = int(w * scale), int(h * scale)
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    view = photo.crop((x, y, x + cw, y + ch)).rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
+    if rng.random() < 0.5:
+        view = view.transpose(Image.FLIP_LEFT_RIGHT)
+    view = ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.85, 1.15)))
+    return ImageEnhance.Contrast(view).enhance(float(rng.uniform(0.85, 1.15)))
+
+
+def _write_set(folder: Path, catalog: pd.DataFrame, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_catalog(folder / "catalog.csv", catalog)
+    for split, triplets in generate_triplets(catalog, per_query=2, seed=seed).items():
+        write_triplets(folder / f"{split}.csv", triplets)
+        print(f"{folder.name}: {split} {len(triplets)} triplets")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=Path, required=True, help="clothing-dataset-small folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sets", default="class,typecolour,instance")
+    args = parser.parse_args(argv)
+    wanted = set(args.sets.split(","))
+    catalog = class_set(args.images, args.out, args.seed)
+    if "typecolour" in wanted:
+        frame = typecolour_set(args.images, args.out, catalog, args.seed)
+        print(frame.groupby("colour").size().sort_values(ascending=False).to_string())
+    if "instance" in wanted:
+        instance_set(args.images, args.out, catalog, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
