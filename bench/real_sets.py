@@ -10,8 +10,12 @@ Three sets, each a folder with ``catalog.csv`` and ``train/val/test.csv`` over t
   central 40% of the frame (the garment is centred in these photos), named with a fixed 11-colour palette.
   The names are noisy (patterned garments, background bleeding in) and come from pixels, which flatters the
   colour-histogram baseline a little; they are a proxy, not ground truth.
+- ``mix``: what the shipped real-photo model (mildnet/pretrained/real) trains on: all ``typecolour``
+  training triplets plus a seeded 30% of the ``class`` ones (colour matters, but a garment type in another
+  colour is still closer than another type), validated on ``typecolour`` val.
 - ``instance``: positive = another augmented view (crop, flip, small rotation, light jitter) of the same photo,
-  negative = another photo (half of the same type). Views are written as JPEGs under ``--out``.
+  negative = another photo (half of the same type). Views and a copy of
+  the originals are written as JPEGs under ``--out``.
 
     python bench/real_sets.py --images ../shared/data/clothing-dataset-small --out /tmp/real
 """
@@ -19,6 +23,7 @@ Three sets, each a folder with ``catalog.csv`` and ``train/val/test.csv`` over t
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -72,6 +77,18 @@ def typecolour_set(images: Path, out: Path, catalog: pd.DataFrame, seed: int) ->
     return frame
 
 
+def mix_set(out: Path, seed: int, class_share: float = 0.3) -> None:
+    folder = out / "mix"
+    folder.mkdir(parents=True, exist_ok=True)
+    typecolour = pd.read_csv(out / "typecolour" / "train.csv", header=None, dtype=str)
+    classes = pd.read_csv(out / "class" / "train.csv", header=None, dtype=str).sample(frac=class_share, random_state=seed)
+    train = pd.concat([typecolour, classes], ignore_index=True)
+    train.to_csv(folder / "train.csv", header=False, index=False, lineterminator="\n")
+    for split in ("val", "test"):
+        (folder / f"{split}.csv").write_bytes((out / "typecolour" / f"{split}.csv").read_bytes())
+    print(f"mix: train {len(train)} triplets ({len(typecolour)} typecolour + {len(classes)} class)")
+
+
 def instance_set(images: Path, out: Path, catalog: pd.DataFrame, seed: int, views: int = 2) -> None:
     """Each photo plus ``views`` augmented copies form one product; the copies live under out/instance/views."""
     rng = np.random.default_rng(seed)
@@ -87,9 +104,12 @@ def instance_set(images: Path, out: Path, catalog: pd.DataFrame, seed: int, view
             path.parent.mkdir(parents=True, exist_ok=True)
             _augment(photo, rng).save(path, quality=90)
             rows.append({"image": name, "product_id": product, "category": category, "split": split})
-    link = dest / "images" / "orig"
-    if not link.exists():
-        link.symlink_to(images.resolve(), target_is_directory=True)
+    # Copies, not a symlink: image roots are confined, and a link leaving the root is refused on purpose.
+    for image in catalog["image"]:
+        target = dest / "images" / "orig" / image
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(images / image, target)
     _write_set(dest, pd.DataFrame(rows), seed)
 
 
@@ -118,13 +138,15 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=Path, required=True, help="clothing-dataset-small folder")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sets", default="class,typecolour,instance")
+    parser.add_argument("--sets", default="class,typecolour,mix,instance")
     args = parser.parse_args(argv)
     wanted = set(args.sets.split(","))
     catalog = class_set(args.images, args.out, args.seed)
     if "typecolour" in wanted:
         frame = typecolour_set(args.images, args.out, catalog, args.seed)
         print(frame.groupby("colour").size().sort_values(ascending=False).to_string())
+    if "mix" in wanted:
+        mix_set(args.out, args.seed)
     if "instance" in wanted:
         instance_set(args.images, args.out, catalog, args.seed)
     return 0

@@ -34,3 +34,53 @@ def test_default_model_triplet_accuracy_on_sample_test_split(default_sample):
     report = evaluate_triplets(model, default_sample, triplets, image_size=image_size, catalog=catalog)
     assert report.n_triplets > 300
     assert report.triplet_accuracy >= 0.90, report.format()
+
+
+# --- the shipped real-photo model: the default wherever no run is chosen ----------------------------------
+
+REAL = PRETRAINED.parent / "real"
+
+
+def test_real_photo_model_is_small_calibrated_and_documented():
+    run = read_run(REAL)
+    assert run.config.model == "squeezenet_colour"
+    assert (REAL / "best.keras").stat().st_size < 10 * 2**20
+    assert (REAL / "calibration.json").is_file() and (REAL / "README.md").is_file()
+    assert not any(Path(p).is_absolute() for p in (run.config.images, run.config.triplets, run.config.out))
+
+
+def test_real_photo_model_beats_the_no_learning_baselines_on_unseen_photos(clothing_dir, squeezenet_weights):
+    from mildnet.data.catalog import catalog_from_folder, generate_triplets
+    from mildnet.evaluation import make_baseline, triplet_accuracy, triplet_distances
+
+    # Garment-type triplets over the test split, which the model never saw (it trained on train only).
+    test = generate_triplets(catalog_from_folder(clothing_dir), per_query=1, seed=1)["test"]
+    assert len(test) > 300
+    report = evaluate_triplets(load_run_model(REAL), clothing_dir, test, image_size=224)
+    for name in ("pixels", "histogram", "imagenet"):
+        table = make_baseline(name, str(squeezenet_weights)).embed(clothing_dir, pd_paths(test))
+        baseline = triplet_accuracy(*triplet_distances(table, test))
+        assert report.triplet_accuracy > baseline + 0.03, (name, baseline, report.triplet_accuracy)
+
+
+def pd_paths(triplets):
+    return list(dict.fromkeys([*triplets["query"], *triplets["positive"], *triplets["negative"]]))
+
+
+def test_cli_uses_the_real_photo_model_when_no_run_is_given(tmp_path, capsys):
+    import json
+
+    from mildnet.cli import main
+    from tests.conftest import make_labelled_folder
+
+    images = make_labelled_folder(tmp_path / "images", per_class=3)
+    store = tmp_path / "store"
+    assert main(["embed", "--images", str(images), "--store", str(store)]) == 0
+    out, err = capsys.readouterr()
+    assert "pretrained/real" in err and "images: 9  dim: 256" in out
+    query = next(images.glob("red/*.jpg"))
+    assert main(["search", "--image", str(query), "--store", str(store), "--json", "-k", "3"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["results"][0]["id"] == query.relative_to(images).as_posix()
+    assert all(r["id"].startswith("red/") for r in result["results"])
+    assert result["results"][0]["match"] >= 0.99 and result["close_match"] is True

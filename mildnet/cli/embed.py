@@ -37,8 +37,9 @@ def register(subparsers) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (one of --run or --model)")
-    group.add_argument("--run", type=Path, help="training run folder (best.keras + config.json)")
+    group = parser.add_argument_group("model (--run or --model; default: the shipped real-photo model)")
+    group.add_argument("--run", type=Path, help="training run folder (best.keras + config.json; default: "
+                       "mildnet/pretrained/real, or the shipped run of --dataset when there is one)")
     group.add_argument("--model", help="zoo model name, for an untrained or ImageNet-initialised network")
     group.add_argument("--weights", help="with --model: 'imagenet', a backbone weights file, or none (random)")
     group.add_argument("--image-size", type=int, help="with --model: input side in pixels (default 224)")
@@ -59,8 +60,12 @@ def load_model_from_args(args: argparse.Namespace):
     """``(model, config)`` from --run or --model/--weights/--image-size/--embedding-dim."""
     from mildnet.cli import UsageError
 
-    if (args.run is None) == (args.model is None):
-        raise UsageError("give exactly one of --run RUN_DIR or --model NAME")
+    if args.run is not None and args.model is not None:
+        raise UsageError("give one of --run RUN_DIR or --model NAME, not both")
+    if args.run is None and args.model is None:
+        if args.weights or args.image_size or args.embedding_dim:
+            raise UsageError("--weights/--image-size/--embedding-dim go with --model NAME")
+        args.run = use_default_run(args)
     if args.run is not None:
         if args.weights or args.image_size or args.embedding_dim:
             raise UsageError("--weights/--image-size/--embedding-dim go with --model, not --run (the run has its own)")
@@ -77,6 +82,15 @@ def load_model_from_args(args: argparse.Namespace):
     keras.utils.set_random_seed(0)
     model = build_model(args.model, input_size=size, embedding_dim=args.embedding_dim, weights=args.weights)
     return model, {"model": args.model, "image_size": size, "weights": args.weights or "none"}
+
+
+def use_default_run(args: argparse.Namespace) -> Path:
+    """The shipped run used when neither --run nor --model is given, said on stderr (stdout may be JSON)."""
+    from mildnet.pretrained import default_run_dir
+
+    run = default_run_dir(getattr(args, "dataset", None))
+    print(f"model: {run} (the shipped default; choose another with --run or --model)", file=sys.stderr)
+    return run
 
 
 def open_store_from_args(args: argparse.Namespace):

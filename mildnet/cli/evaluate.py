@@ -21,8 +21,9 @@ def register(subparsers) -> None:
         "distributions, and recall@1/5/10 + mAP when a catalog with product ids is known. "
         "With --run and no data options, the run's own validation triplets are used.",
     )
-    source = parser.add_argument_group("model (one of)")
-    source.add_argument("--run", metavar="RUN_DIR", help="a training run folder")
+    source = parser.add_argument_group("model (one of; default: the shipped real-photo model)")
+    source.add_argument("--run", metavar="RUN_DIR", help="a training run folder (default: mildnet/pretrained/real, "
+                        "or the shipped run of --dataset when there is one)")
     source.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which model of the run")
     source.add_argument("--model", metavar="NAME", help="a zoo model, untrained or pretrained (baseline)")
     source.add_argument("--weights", metavar="imagenet|none|PATH", default=None, help="with --model (default none)")
@@ -60,8 +61,16 @@ def register(subparsers) -> None:
 def _load_model(args: argparse.Namespace):
     from mildnet.cli import UsageError
 
-    if sum(bool(x) for x in (args.run, args.model, args.baseline)) != 1:
+    if sum(bool(x) for x in (args.run, args.model, args.baseline)) > 1:
         raise UsageError(f"give one of --run RUN_DIR, --model NAME or --baseline {'|'.join(BASELINE_CHOICES)}")
+    if not (args.run or args.model or args.baseline):
+        if not (args.images or args.triplets or args.dataset):
+            # The shipped run's own validation files live on the machine that trained it, not here.
+            raise UsageError("give the triplets to score (--images DIR --triplets CSV, or --dataset NAME); "
+                             "the model defaults to the shipped real-photo run")
+        from mildnet.cli.embed import use_default_run
+
+        args.run = use_default_run(args)
     if args.baseline:
         if args.weights or args.embedding_dim or args.image_size:
             raise UsageError("--weights/--embedding-dim/--image-size go with --model, not --baseline "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from mildnet.pretrained import REAL_PHOTOS
 from mildnet.ui import data as uidata
 from mildnet.ui import runs as uiruns
 from mildnet.ui import settings
@@ -126,6 +127,7 @@ def _runs_stamp(dataset_name: str | None) -> tuple:
         folders.extend(p for p in root.iterdir() if p.is_dir())
     if dataset_name:
         folders.append(settings.pretrained_dir() / dataset_name)
+    folders.append(settings.pretrained_dir() / REAL_PHOTOS)
     return tuple(sorted((str(p), _mtime(p / uiruns.MODEL_FILE), _mtime(p / "metrics.json")) for p in folders))
 
 

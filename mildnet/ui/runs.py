@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mildnet.pretrained import REAL_PHOTOS
 from mildnet.ui import settings
 
 MODEL_FILE = "best.keras"
@@ -69,13 +70,18 @@ class Run:
 
     @property
     def label(self) -> str:
-        parts = [("★ default model" if self.pretrained else self.name)]
+        parts = [(("★ real-photo model" if self.is_real_photo_default else "★ default model")
+                  if self.pretrained else self.name)]
         if self.model_name and (self.pretrained or not self.name.startswith(self.model_name)):
             parts.append(self.model_name)
         accuracy = headline_accuracy(self.metrics)
         if accuracy is not None:
             parts.append(f"{accuracy:.0%} acc")
         return " · ".join(parts)
+
+    @property
+    def is_real_photo_default(self) -> bool:
+        return self.pretrained and self.path.name == REAL_PHOTOS
 
     def history(self) -> pd.DataFrame | None:
         path = self.path / "history.csv"
@@ -130,7 +136,8 @@ def read_run(path: Path, pretrained: bool = False) -> Run | None:
 
 
 def list_runs(dataset: str | None) -> list[Run]:
-    """The runs usable with ``dataset``: its committed default first, then user runs, newest first.
+    """The runs usable with ``dataset``: its committed default first, then the shipped real-photo model
+    (the default of every dataset without one of its own), then user runs, newest first.
 
     A user run whose config names another dataset is left out (its embeddings would search the wrong
     catalog's style); a run that names none is kept.
@@ -140,6 +147,9 @@ def list_runs(dataset: str | None) -> list[Run]:
         default = read_run(settings.pretrained_dir() / dataset, pretrained=True)
         if default is not None:
             found.append(default)
+    real = read_run(settings.pretrained_dir() / REAL_PHOTOS, pretrained=True)
+    if real is not None and real not in found:
+        found.append(real)
     root = settings.runs_dir()
     user: list[Run] = []
     if root.is_dir():
