@@ -99,7 +99,7 @@ def test_search_errors_are_one_line(capsys, run_dir, images, tmp_path):
     code, _, err = run(capsys, "search", "--run", run_dir, "--store", store_dir, "--id", "nope.jpg")
     assert code == 1 and err.count("\n") == 1 and "nope.jpg" in err
     code, _, err = run(capsys, "embed", "--run", run_dir, "--model", "tiny_cnn", "--images", images)
-    assert code == 2 and "exactly one" in err
+    assert code == 2 and "not both" in err
 
 
 def test_search_plot_to_an_unwritable_path_is_one_line(capsys, run_dir, images, tmp_path):

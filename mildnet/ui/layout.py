@@ -92,7 +92,7 @@ def build_embeddings(run: Run, ds: uidata.Dataset):
 def no_model_message(ctx: Context) -> None:
     st.info(
         f"There is no trained model for **{ctx.dataset.name}** yet. Open **Train a model** in the sidebar: "
-        "`tiny_cnn` at 64 px trains in about a minute on a CPU. The default model for the sample dataset "
-        "ships in `mildnet/pretrained/sample/` once it has been committed.",
+        "`tiny_cnn` at 64 px trains in about a minute on a CPU. The shipped real-photo model "
+        "(`mildnet/pretrained/real/`), the default for every dataset, is missing from this installation.",
         icon=":material/info:",
     )

@@ -115,6 +115,7 @@ def _training_section(dataset: str, runs: list[Run], active: Run | None) -> None
 
 def _training_form(dataset: str, runs: list[Run], active: Run | None, manager: jobs.JobManager) -> None:
     from mildnet.models import MODEL_NAMES, describe_model
+    from mildnet.training import TrainConfig
 
     with st.form("mn_train_form", border=False):
         start_options = ["new"] + [r.key for r in runs]
@@ -139,9 +140,10 @@ def _training_form(dataset: str, runs: list[Run], active: Run | None, manager: j
         default_size = active.image_size if active and active.image_size in IMAGE_SIZES else 64
         image_size = st.select_slider("Image size (px)", IMAGE_SIZES, value=default_size, key="mn_train_size")
         c1, c2 = st.columns(2)
-        epochs = c1.number_input("Epochs", 1, 500, 3, key="mn_train_epochs")
-        batch_size = c2.number_input("Batch size", 1, 512, 16, key="mn_train_batch")
-        learning_rate = st.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", step=1e-4,
+        defaults = TrainConfig()
+        epochs = c1.number_input("Epochs", 1, 500, defaults.epochs, key="mn_train_epochs")
+        batch_size = c2.number_input("Batch size", 1, 512, defaults.batch_size, key="mn_train_batch")
+        learning_rate = st.number_input("Learning rate", 1e-6, 1.0, defaults.learning_rate, format="%.5f", step=1e-4,
                                         key="mn_train_lr")
         submitted = st.form_submit_button("Start training", icon=":material/play_arrow:", type="primary",
                                           width="stretch")
