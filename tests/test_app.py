@@ -466,7 +466,7 @@ def test_selection_is_kept_across_pages_and_default_model_listed_first(tiny_env,
     monkeypatch.setenv("MILDNET_PRETRAINED", str(pretrained))
     at = _app()
     model_box = at.sidebar.selectbox[1]
-    assert model_box.options[0].startswith("★ default model")
+    assert model_box.options[0].startswith("★ tiny model")
     assert model_box.value == str(pretrained / "tiny")  # the default model is the default choice
     other = str(tiny_env / "runs" / "first")
     model_box.set_value(other).run()
@@ -496,3 +496,21 @@ def test_a_failing_job_reports_one_line_and_frees_the_slot():
     assert manager.current().snapshot().error == "ValueError: boom"
     manager.start("fine", lambda callbacks, stop_event: None)
     assert manager.wait(5) and manager.current().snapshot().state == COMPLETED
+
+
+def test_the_real_photo_model_is_listed_first_and_is_the_training_start(tiny_env, monkeypatch, tmp_path):
+    import shutil
+
+    from mildnet.ui import runs as uiruns
+
+    pretrained = tmp_path / "pretrained"
+    for name in ("real", "tiny"):
+        shutil.copytree(tiny_env / "runs" / "first", pretrained / name)
+    monkeypatch.setenv("MILDNET_PRETRAINED", str(pretrained))
+    listed = uiruns.list_runs("tiny")
+    assert [r.path for r in listed[:2]] == [pretrained / "real", pretrained / "tiny"]
+    assert listed[0].label.startswith("★ real-photo model") and listed[1].label.startswith("★ tiny model")
+    assert uiruns.list_runs("other")[0].path == pretrained / "real"  # every dataset gets it
+    at = _app()
+    assert at.sidebar.selectbox[1].value == str(pretrained / "real")
+    assert at.selectbox(key="mn_train_start").value == str(pretrained / "real")

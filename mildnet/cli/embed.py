@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from mildnet.cli.progress import ProgressBar
+from mildnet.errors import MildnetError
 
 
 def register(subparsers) -> None:
@@ -21,10 +22,12 @@ def register(subparsers) -> None:
         "images were added/removed/changed, just those are (re-)embedded.",
     )
     add_model_arguments(parser)
-    parser.add_argument("--images", required=True, type=Path, help="catalog image folder (ids are paths relative to it)")
+    parser.add_argument("--images", type=Path, help="catalog image folder (ids are paths relative to it); "
+                        "default: the image folder of --dataset NAME")
     parser.add_argument("--include", action="append", metavar="PREFIX",
                         help="only images whose relative path starts with PREFIX (repeatable), e.g. validation/")
-    parser.add_argument("--dataset", help="dataset name in the store key (default: the image folder's name)")
+    parser.add_argument("--dataset", help="a registered dataset (`data list`): its images and catalogue when --images "
+                        "is not given; always the name in the store key (default: the image folder's name)")
     add_store_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     parser.add_argument("--shard", metavar="I/N", help="embed only slice I of N (0-based) under a shard key")
@@ -39,7 +42,7 @@ def register(subparsers) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (--run or --model; default: the shipped real-photo model)")
     group.add_argument("--run", type=Path, help="training run folder (best.keras + config.json; default: "
-                       "mildnet/pretrained/real, or the shipped run of --dataset when there is one)")
+                       "the shipped real-photo model, mildnet/pretrained/real)")
     group.add_argument("--model", help="zoo model name, for an untrained or ImageNet-initialised network")
     group.add_argument("--weights", help="with --model: 'imagenet', a backbone weights file, or none (random)")
     group.add_argument("--image-size", type=int, help="with --model: input side in pixels (default 224)")
@@ -88,7 +91,7 @@ def use_default_run(args: argparse.Namespace) -> Path:
     """The shipped run used when neither --run nor --model is given, said on stderr (stdout may be JSON)."""
     from mildnet.pretrained import default_run_dir
 
-    run = default_run_dir(getattr(args, "dataset", None))
+    run = default_run_dir()
     print(f"model: {run} (the shipped default; choose another with --run or --model)", file=sys.stderr)
     return run
 
@@ -112,6 +115,52 @@ def open_store_from_args(args: argparse.Namespace):
         # One line on stderr instead of Python's two-line warning format with a source excerpt.
         print(f"warning: {warning.message}", file=sys.stderr)
     return store
+
+
+def registered_catalog(name: str) -> tuple[Path, list[str]]:
+    """``(image root, searchable ids)`` of registered dataset ``name``: its catalogue's images without the
+    augmented views of an instance-level dataset (the app searches the same ids), else every image."""
+    from mildnet.data import manifest
+    from mildnet.data.catalog import gallery
+    from mildnet.embeddings import catalog_ids
+    from mildnet.errors import DataError
+    from mildnet.evaluation import read_catalog_for
+
+    splits = manifest.dataset_splits(name)
+    missing = manifest.missing_files(splits)
+    if missing:
+        raise DataError(f"dataset {name} is not ready (missing {missing[0]}); "
+                        f"run `python -m mildnet data fetch {name}` first")
+    root = splits[0].image_root
+    catalog = read_catalog_for(root, splits[0].catalog) if splits[0].catalog is not None else None
+    if catalog is None:
+        return root, catalog_ids(root)
+    return root, list(gallery(catalog)["image"])
+
+
+def is_registered(name: str | None) -> bool:
+    from mildnet.data import manifest
+
+    return bool(name) and name in manifest.datasets()
+
+
+def catalog_from_args(args: argparse.Namespace) -> tuple[Path, list[str] | None]:
+    """``(image folder, ids or None for "every image")``: --images as given (--dataset then only names the
+    store key, as before), else the folder and catalogue of the registered dataset --dataset NAME."""
+    from mildnet.cli import UsageError
+
+    if args.images is not None:
+        return args.images, None
+    if not args.dataset:
+        raise UsageError("give --images DIR (a catalog folder) or --dataset NAME (a registered dataset, see "
+                         "`python -m mildnet data list`)")
+    if not is_registered(args.dataset):
+        from mildnet.data import manifest
+
+        raise UsageError(f"--dataset {args.dataset!r} is not a registered dataset (registered: "
+                         f"{', '.join(manifest.datasets())}); give --images DIR, or register the folder with "
+                         f"`python -m mildnet data add {args.dataset} --images DIR`")
+    return registered_catalog(args.dataset)
 
 
 def print_skipped(skipped: list[dict], limit: int = 5) -> None:
@@ -145,11 +194,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if args.merge_shards < 1:
             raise UsageError("--merge-shards needs the number of shards (at least 1)")
 
+    # The catalogue is resolved before the model loads, so a wrong name fails at once.
+    images, registered_ids = catalog_from_args(args)
     model, config = load_model_from_args(args)
     store = open_store_from_args(args)
     try:
         model_fp = emb.model_fingerprint(model)
-        dataset = args.dataset or emb.dataset_name(args.images)
+        dataset = args.dataset or emb.dataset_name(images)
         if args.include:
             dataset += "+" + "+".join(p.strip("/") for p in args.include)
         key = emb.cache_key(dataset, model_fp)
@@ -161,10 +212,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
             print(f"cache: merged {args.merge_shards} shard(s)")
             print_skipped(merged.meta.get("skipped", []))
             return 0
-        ids = emb.catalog_ids(args.images, include=args.include)
+        if registered_ids is None:
+            ids = emb.catalog_ids(images, include=args.include)
+        else:
+            ids = [i for i in registered_ids if not args.include or i.startswith(tuple(args.include))]
+            if not ids:
+                raise MildnetError(f"no images of {args.dataset} match --include {', '.join(args.include)}")
         with ProgressBar("embedding") as bar:
             result = emb.update_catalog(
-                model, args.images, store, ids, dataset=dataset, image_size=config.get("image_size"),
+                model, images, store, ids, dataset=dataset, image_size=config.get("image_size"),
                 batch_size=args.batch_size, progress=bar.update, shard=shard, rebuild=args.rebuild,
                 model_fp=model_fp, model_name=config.get("model"),
                 extra_meta={"include": list(args.include or []), "source": _source(args, config)},

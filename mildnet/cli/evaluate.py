@@ -22,8 +22,8 @@ def register(subparsers) -> None:
         "With --run and no data options, the run's own validation triplets are used.",
     )
     source = parser.add_argument_group("model (one of; default: the shipped real-photo model)")
-    source.add_argument("--run", metavar="RUN_DIR", help="a training run folder (default: mildnet/pretrained/real, "
-                        "or the shipped run of --dataset when there is one)")
+    source.add_argument("--run", metavar="RUN_DIR", help="a training run folder (default: the shipped real-photo "
+                        "model, mildnet/pretrained/real)")
     source.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which model of the run")
     source.add_argument("--model", metavar="NAME", help="a zoo model, untrained or pretrained (baseline)")
     source.add_argument("--weights", metavar="imagenet|none|PATH", default=None, help="with --model (default none)")

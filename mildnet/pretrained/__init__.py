@@ -3,7 +3,9 @@
 - ``real/``: squeezenet_colour fine-tuned on real CC0 clothing photos. The default model wherever no trained
   run is chosen: ``embed``/``search``/``evaluate`` without ``--run``, any app dataset without a run of its
   own (a user's folder, clothing-small), and the starting point of training from the app's sidebar.
-- ``sample/``: trained from scratch on the synthetic sample catalogue; the app's default for ``sample``.
+- ``sample/``: trained from scratch on the synthetic sample catalogue; offered by the app as the sample's
+  own model, after the real-photo one (which ranks the sample as well and also spots real photos that are
+  not in it: see ``mildnet/ui/runs.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ PRETRAINED_DIR = Path(__file__).resolve().parent
 REAL_PHOTOS = "real"
 
 
-def default_run_dir(dataset: str | None = None, root: str | os.PathLike | None = None) -> Path:
-    """The shipped run for ``dataset`` when one was trained for it, else the real-photo model."""
-    root = Path(root) if root is not None else PRETRAINED_DIR
-    if dataset and (root / dataset / "best.keras").is_file():
-        return root / dataset
-    return root / REAL_PHOTOS
+def default_run_dir(root: str | os.PathLike | None = None) -> Path:
+    """The run used wherever no run is chosen: the real-photo model."""
+    return (Path(root) if root is not None else PRETRAINED_DIR) / REAL_PHOTOS

@@ -186,7 +186,7 @@ def _baseline_bars(table: pd.DataFrame) -> alt.Chart:
 
 
 def _short_names(runs: list[Run]) -> dict[str, str]:
-    return {r.key: ("default model" if r.pretrained else r.name) for r in runs}
+    return {r.key: r.short_name for r in runs}
 
 
 def _score_table(runs, names, reports, split) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Training runs as the app lists them: the committed default model of a dataset plus the user's runs.
+"""Training runs as the app lists them: the shipped real-photo model, a dataset's own shipped model, the user's runs.
 
 A run is a folder holding ``best.keras`` and, when written by :mod:`mildnet.training`, ``config.json``,
 ``metrics.json`` and ``history.csv``. Reading never raises for a damaged side file: the app still lists
@@ -70,14 +70,20 @@ class Run:
 
     @property
     def label(self) -> str:
-        parts = [(("★ real-photo model" if self.is_real_photo_default else "★ default model")
-                  if self.pretrained else self.name)]
+        parts = [f"★ {self.short_name}" if self.pretrained else self.name]
         if self.model_name and (self.pretrained or not self.name.startswith(self.model_name)):
             parts.append(self.model_name)
         accuracy = headline_accuracy(self.metrics)
         if accuracy is not None:
             parts.append(f"{accuracy:.0%} acc")
         return " · ".join(parts)
+
+    @property
+    def short_name(self) -> str:
+        """What the app calls the run: a shipped one by what it was trained on, a user's by its folder."""
+        if not self.pretrained:
+            return self.name
+        return "real-photo model" if self.is_real_photo_default else f"{self.name} model"
 
     @property
     def is_real_photo_default(self) -> bool:
@@ -136,20 +142,24 @@ def read_run(path: Path, pretrained: bool = False) -> Run | None:
 
 
 def list_runs(dataset: str | None) -> list[Run]:
-    """The runs usable with ``dataset``: its committed default first, then the shipped real-photo model
-    (the default of every dataset without one of its own), then user runs, newest first.
+    """The runs usable with ``dataset``: the shipped real-photo model first (the default everywhere), then
+    the dataset's own shipped model if it has one, then user runs, newest first.
+
+    The real-photo model leads even on the synthetic sample, which has a model of its own: there it ranks
+    as well (triplet accuracy 0.939 vs 0.947, recall@1 0.61 vs 0.46) and, unlike the sample's model, it
+    tells a real photo from the sample's renderings ("no close match" for 94% of real photos vs 58%).
 
     A user run whose config names another dataset is left out (its embeddings would search the wrong
     catalog's style); a run that names none is kept.
     """
     found: list[Run] = []
-    if dataset:
-        default = read_run(settings.pretrained_dir() / dataset, pretrained=True)
-        if default is not None:
-            found.append(default)
     real = read_run(settings.pretrained_dir() / REAL_PHOTOS, pretrained=True)
-    if real is not None and real not in found:
+    if real is not None:
         found.append(real)
+    if dataset and dataset != REAL_PHOTOS:
+        own = read_run(settings.pretrained_dir() / dataset, pretrained=True)
+        if own is not None:
+            found.append(own)
     root = settings.runs_dir()
     user: list[Run] = []
     if root.is_dir():

@@ -88,7 +88,8 @@ def _run_selector(dataset: str, runs: list[Run]) -> Run | None:
         "Model", keys, key=widget_key,
         format_func=lambda k: by_key[k].label,
         on_change=lambda: _select_run(dataset, st.session_state[widget_key]),
-        help="The committed default model of the dataset, then your training runs (newest first).",
+        help="The shipped real-photo model (the default), the dataset's own shipped model if any, then your "
+             "training runs (newest first).",
     )
     run = by_key[st.session_state[RUNS_KEY][dataset]]
     details = [run.model_name or "", f"{run.image_size}px" if run.image_size else "", describe_time(run)]
