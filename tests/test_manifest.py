@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zipfile
 from pathlib import Path
@@ -34,7 +35,8 @@ def _sha(path: Path) -> str:
 
 
 def test_project_manifest_lists_the_three_datasets():
-    rows = mf.load_manifest(PROJECT_ROOT / "data_manifest.csv")
+    # Without the developer's own registry (data_manifest.user.csv), which may list more.
+    rows = mf.load_manifest(PROJECT_ROOT / "data_manifest.csv", include_user=False)
     assert mf.datasets(rows) == ["sample", "clothing-small", "mildnet-tops"]
     for name, source in [("sample", "generated"), ("clothing-small", "class-folders"), ("mildnet-tops", "download")]:
         splits = mf.dataset_splits(name, rows)
@@ -73,6 +75,64 @@ def test_default_and_env_override(tmp_path, monkeypatch):
 
 
 GOOD = _row(dataset="d", split="train", triplets="t.csv", image_root="img", source="local")
+
+
+# --- the user registry merged on read ----------------------------------------------------------------------------
+
+
+def test_user_registry_is_merged_from_beside_the_manifest_or_the_env(tmp_path, monkeypatch):
+    monkeypatch.delenv(mf.USER_ENV_VAR, raising=False)
+    tracked = _write_manifest(tmp_path / "m.csv", [GOOD])
+    assert mf.user_manifest_path(tracked) == tmp_path / "m.user.csv"
+    assert mf.datasets(mf.load_manifest(tracked)) == ["d"]  # no user file yet: fine
+    mine = _row(dataset="mine", split="val", triplets="data/mine/val.csv", image_root="/photos", source="local",
+                kind="instance", origin="/photos")
+    _write_manifest(tmp_path / "m.user.csv", [mine])
+    rows = mf.load_manifest(tracked)
+    assert mf.datasets(rows) == ["d", "mine"]
+    split = mf.get_split("mine", "val", rows)
+    assert split.triplets == tmp_path / "data" / "mine" / "val.csv" and split.image_root == Path("/photos")
+    assert split.kind == "instance" and split.origin == "/photos"
+    assert mf.datasets(mf.load_manifest(tracked, include_user=False)) == ["d"]
+
+    (tmp_path / "other").mkdir()
+    elsewhere = _write_manifest(tmp_path / "other" / "reg.csv", [], header="# nothing registered yet\n" + HEADER)
+    monkeypatch.setenv(mf.USER_ENV_VAR, str(elsewhere))
+    assert mf.user_manifest_path(tracked) == elsewhere
+    assert mf.datasets(mf.load_manifest(tracked)) == ["d"]  # an empty user registry is allowed
+
+
+def test_a_name_in_both_files_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.delenv(mf.USER_ENV_VAR, raising=False)
+    tracked = _write_manifest(tmp_path / "m.csv", [GOOD])
+    _write_manifest(tmp_path / "m.user.csv", [GOOD])
+    with pytest.raises(DataError, match=r"'d' is registered both in .*m\.csv and in .*m\.user\.csv.*data remove d"):
+        mf.load_manifest(tracked)
+
+
+def test_save_user_manifest_round_trip_is_atomic(tmp_path):
+    path = tmp_path / "reg" / "data_manifest.user.csv"
+    home = tmp_path / "reg" / "data" / "shop"
+    rows = [mf.DatasetSplit(dataset="shop", split=s, triplets=home / f"{s}.csv", image_root=Path("/srv/photos"),
+                            source="local", catalog=home / "catalog.csv", kind="labelled", origin="/srv/photos",
+                            notes="labels, with a comma") for s in ("train", "test")]
+    mf.save_user_manifest(rows, path)
+    text = path.read_text()
+    assert "data/shop/train.csv" in text and "/srv/photos" in text  # inside: relative; outside: absolute
+    assert mf.load_user_manifest(path) == rows
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+    mf.save_user_manifest([], path)
+    assert mf.load_user_manifest(path) == [] and mf.load_user_manifest(tmp_path / "absent.csv") == []
+    with pytest.raises(DataError, match="different 'image_root'"):
+        mf.save_user_manifest([rows[0], dataclasses.replace(rows[1], image_root=Path("/elsewhere"))], path)
+    assert mf.load_user_manifest(path) == []
+
+
+def test_unknown_kind_is_refused(tmp_path):
+    path = _write_manifest(tmp_path / "m.csv", [_row(dataset="d", split="train", triplets="t.csv",
+                                                     image_root="img", source="local", kind="guessed")])
+    with pytest.raises(DataError, match="unknown kind 'guessed'"):
+        mf.load_manifest(path)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
-"""``python -m mildnet data ...``: sample, check, triplets, fetch."""
+"""``python -m mildnet data ...``: sample, check, triplets, fetch, and your own catalogue: add, list, remove."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mildnet.cli.progress import ProgressBar
@@ -41,6 +42,29 @@ def register(subparsers) -> None:
     fetch.add_argument("--to", type=Path, help="destination folder (default: the manifest's paths)")
     fetch.add_argument("--from", dest="source", help="local file or folder to use instead of downloading")
     fetch.set_defaults(func=cmd_fetch)
+
+    add = commands.add_parser(
+        "add", help="register your own image folder as a dataset (searchable at once; triplets generated)",
+        description="Register a folder of product photos without editing data_manifest.csv: class sub-folders, "
+        "a folder plus a labels CSV, or a flat folder with no labels (then triplets are instance-level: the "
+        "positive is an augmented view of the query's own photo). Derived files go to data/NAME/, never into "
+        "your folder; splits are assigned by product, seeded.",
+    )
+    add.add_argument("name", help="dataset name (letters, digits, '.', '_', '-')")
+    add.add_argument("--images", required=True, type=Path, help="your image folder (only read)")
+    add.add_argument("--labels", type=Path, help="CSV: image, product_id/label, optional category, split")
+    add.add_argument("--copy", action="store_true", help="copy the images into data/NAME/images first")
+    add.add_argument("--seed", type=int, default=0, help="seed of the split assignment, triplets and views")
+    add.set_defaults(func=cmd_add)
+
+    listing = commands.add_parser("list", help="registered datasets: source, images, triplets, embeddings, state")
+    listing.add_argument("--store", help="embedding store to look in (default: the app's and the shipped runs')")
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    listing.set_defaults(func=cmd_list)
+
+    remove = commands.add_parser("remove", help="unregister a dataset added with `data add` (your images stay)")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_remove)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -104,4 +128,94 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         splits = prepare(args.name, progress=progress, source_override=args.source, dest=args.to)
     for split in splits:
         print(f"{split.dataset}/{split.split}: triplets {split.triplets}, images {split.image_root}")
+    return 0
+
+
+# --- your own catalogue -----------------------------------------------------------------------------------------
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from mildnet.cli import UsageError
+    from mildnet.data.manifest import name_problem
+    from mildnet.data.user_datasets import add_dataset
+
+    problem = name_problem(args.name)
+    if problem:
+        raise UsageError(problem)
+    with ProgressBar("adding") as bar:
+        result = add_dataset(args.name, args.images, labels=args.labels, copy=args.copy, seed=args.seed,
+                             progress=lambda done, total, message="": bar.update(done, total, message))
+    counts = ", ".join(f"{split} {n}" for split, n in result.triplets.items())
+    kind = (f"instance-level triplets (no labels: positives are {result.views} augmented views of each photo)"
+            if result.kind == "instance" else f"{result.products} products")
+    print(f"added {result.name}: {result.photos} images, {kind}; triplets: {counts} ({result.seconds:.1f} s)")
+    print(f"images: {result.origin} ({result.placement}); image root {result.image_root}; files in {result.home}")
+    if not any(result.triplets.values()):
+        print("warning: too few images for triplets; the catalogue is searchable, but not trainable", file=sys.stderr)
+    if result.left_out:
+        first = next(iter(result.left_out.items()))
+        print(f"warning: {len(result.left_out)} image(s) left out, e.g. {first[0]}: {first[1]}", file=sys.stderr)
+    print(f"search it: python -m mildnet embed --dataset {result.name} && "
+          f"python -m mildnet search --dataset {result.name} --image PHOTO")
+    return 0
+
+
+def _list_stores(args: argparse.Namespace) -> list:
+    """The stores `data list` looks in: --store, else the app's ($MILDNET_STORE / $MILDNET_REDIS_URL, else
+    .mildnet/embeddings) and, locally, the caches of the shipped runs (where `embed` without --run writes)."""
+    import os
+
+    from mildnet.pretrained import PRETRAINED_DIR
+    from mildnet.store import LocalStore, open_store
+
+    spec = args.store or os.environ.get("MILDNET_STORE", "").strip() or os.environ.get("MILDNET_REDIS_URL", "").strip()
+    if spec:
+        return [open_store(spec)]
+    project = PRETRAINED_DIR.parents[1]
+    folders = [project / ".mildnet" / "embeddings", *sorted(PRETRAINED_DIR.glob("*/embeddings"))]
+    return [LocalStore(folder) for folder in folders if folder.is_dir()]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import json
+
+    from mildnet.data.user_datasets import overview
+
+    stores = _list_stores(args)
+    try:
+        infos = overview(stores=stores)
+    finally:
+        for store in stores:
+            store.close()
+    if args.json:
+        print(json.dumps({"datasets": [
+            {"name": i.name, "source": i.source, "kind": i.kind, "added": i.added, "images": i.images,
+             "triplets": i.triplets, "embedded": i.embedded, "state": i.state} for i in infos]}))
+        return 0
+
+    def cell(value) -> str:
+        return "-" if value is None else str(value)
+
+    header = ("name", "source", "images", "triplets train/val/test", "embedded with", "state")
+    rows = []
+    for info in infos:
+        triplets = "/".join(cell(info.triplets.get(split)) for split in ("train", "val", "test"))
+        if info.kind == "instance":
+            triplets += " (instance-level)"
+        rows.append((info.name, info.source, cell(info.images), triplets, "; ".join(info.embedded) or "-", info.state))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from mildnet.data.user_datasets import remove_dataset
+
+    result = remove_dataset(args.name)
+    print(f"unregistered {result.name}; your images in {result.origin} were not touched")
+    if result.removed is not None:
+        print(f"deleted its derived files: {result.removed}")
+    elif result.kept:
+        print(f"note: {result.kept}", file=sys.stderr)
     return 0

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from mildnet.cli.embed import add_model_arguments, add_store_arguments, load_model_from_args, open_store_from_args
+from mildnet.cli.embed import (
+    add_model_arguments,
+    add_store_arguments,
+    is_registered,
+    load_model_from_args,
+    open_store_from_args,
+    registered_catalog,
+)
 from mildnet.errors import ImageError, MildnetError
 
 
@@ -32,7 +39,8 @@ def register(subparsers) -> None:
                         help="catalog image folder (picks the set when several catalogs are embedded with this "
                         "model; default for finding result images: the folder recorded at embed time)")
     parser.add_argument("--include", action="append", metavar="PREFIX", help="as given to embed")
-    parser.add_argument("--dataset", help="dataset name as given to embed")
+    parser.add_argument("--dataset", help="dataset name as given to embed; a registered dataset (`data list`) also "
+                        "supplies the image folder when --images is not given")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object (last line)")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="save the query and results as a PNG grid")
     parser.set_defaults(func=cmd_search)
@@ -88,6 +96,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError("-k must be at least 1")
     if args.image is not None and not args.image.is_file():
         raise ImageError(f"query image not found: {args.image}")
+    registered_ids = None
+    if args.images is None and is_registered(args.dataset):
+        args.images, registered_ids = registered_catalog(args.dataset)
 
     model, config = load_model_from_args(args)
     run_hint = f"--run {args.run}" if args.run is not None else f"--model {args.model}"
@@ -108,7 +119,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     image_root = Path(args.images or embeddings.meta.get("image_root") or ".")
     if args.images is not None and args.images.is_dir():
-        ids = emb.catalog_ids(args.images, include=embeddings.meta.get("include") or None)
+        include = embeddings.meta.get("include") or None
+        if registered_ids is None:
+            ids = emb.catalog_ids(args.images, include=include)
+        else:
+            ids = [i for i in registered_ids if not include or i.startswith(tuple(include))]
         if emb.catalog_fingerprint(args.images, ids) != embeddings.catalog_fingerprint:
             print("warning: the catalog's images changed since they were embedded; run `embed` again to update",
                   file=sys.stderr)

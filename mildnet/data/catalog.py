@@ -21,6 +21,9 @@ from mildnet.data.triplets import unsafe_reason
 from mildnet.errors import DataError
 
 CATALOG_COLUMNS = ("image", "product_id", "category", "split")
+# Set on the rows of augmented views (instance-level datasets, mildnet.data.instance): the photo the view was
+# made from. Such rows feed triplets but are not products a shopper should be shown.
+AUGMENTED_COLUMN = "augmented_from"
 SPLITS = ("train", "val", "test")
 # Folder names that mean a split rather than a class.
 _SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -219,6 +222,13 @@ def _split_triplets(part: pd.DataFrame, per_query: int, rng: np.random.Generator
     if not rows:
         return empty
     return pd.DataFrame(rows, columns=list(TRIPLET_COLUMNS)).drop_duplicates().reset_index(drop=True)
+
+
+def gallery(catalog: pd.DataFrame) -> pd.DataFrame:
+    """The searchable rows of a catalog: real photos, without the augmented views of an instance-level dataset."""
+    if AUGMENTED_COLUMN not in catalog.columns:
+        return catalog
+    return catalog[catalog[AUGMENTED_COLUMN].fillna("").astype(str).str.strip().eq("")].reset_index(drop=True)
 
 
 def triplet_types(triplets: pd.DataFrame, catalog: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,14 @@ Manifest columns (header row; ``#`` lines are comments; paths are relative to th
 - ``images_url`` / ``images_sha256``: the image archive (zip or tar) and its checksum.
 - ``archive_dir``: the folder inside the archive (a name or glob) that becomes ``image_root``.
 - ``licence``, ``notes``: free text shown to users.
+- ``kind`` (optional): how the triplets were made, one of ``KINDS``: empty (as the files say), ``labelled``
+  (positives share a product/class label), ``instance`` (no labels: each positive is an augmented view of the
+  query's own photo, see :mod:`mildnet.data.instance`), so the app can say what the triplets mean.
+- ``origin`` (optional): the folder the user registered with ``data add`` (their images; never written to).
+
+The tracked ``data_manifest.csv`` is merged on read with a user registry beside it (``<stem>.user.csv``,
+git-ignored, or ``$MILDNET_USER_MANIFEST``), which ``python -m mildnet data add/remove`` edit
+(:mod:`mildnet.data.user_datasets`), so registering a folder never touches a tracked file.
 
 Dataset-level columns (everything but split, triplets, url, sha256, notes) must agree across a
 dataset's rows, because ``prepare`` treats the dataset as one unit.
@@ -24,6 +32,7 @@ dataset's rows, because ``prepare`` treats the dataset as one unit.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import shutil
@@ -36,14 +45,18 @@ from mildnet.data import read_text_file
 from mildnet.errors import DataError, DownloadError
 
 ENV_VAR = "MILDNET_MANIFEST"
+USER_ENV_VAR = "MILDNET_USER_MANIFEST"
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "data_manifest.csv"
 SPLITS = ("train", "val", "test")
 SOURCES = ("generated", "class-folders", "download", "local")
 REQUIRED_COLUMNS = ("dataset", "split", "triplets", "image_root", "source")
-OPTIONAL_COLUMNS = ("catalog", "url", "sha256", "images_url", "images_sha256", "archive_dir", "licence", "notes")
+OPTIONAL_COLUMNS = ("catalog", "url", "sha256", "images_url", "images_sha256", "archive_dir", "licence", "notes",
+                    "kind", "origin")
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+KINDS = ("", "labelled", "instance")
 # Columns that describe the whole dataset rather than one split.
-_DATASET_COLUMNS = ("image_root", "catalog", "source", "images_url", "images_sha256", "archive_dir", "licence")
+_DATASET_COLUMNS = ("image_root", "catalog", "source", "images_url", "images_sha256", "archive_dir", "licence",
+                    "kind", "origin")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -67,6 +80,8 @@ class DatasetSplit:
     archive_dir: str = ""
     licence: str = ""
     notes: str = ""
+    kind: str = ""
+    origin: str = ""
 
     @property
     def ready(self) -> bool:
@@ -85,18 +100,86 @@ def manifest_path(path: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_MANIFEST
 
 
-def load_manifest(path: str | os.PathLike | None = None) -> list[DatasetSplit]:
-    """Read and validate a manifest; relative paths are resolved against the manifest's folder."""
+def user_manifest_path(manifest: str | os.PathLike | None = None) -> Path:
+    """The user registry merged with ``manifest``: ``$MILDNET_USER_MANIFEST``, else ``<stem>.user.csv`` beside
+    the manifest in use (``data_manifest.user.csv`` for the project's, git-ignored)."""
+    env = os.environ.get(USER_ENV_VAR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    base = manifest_path(manifest)
+    return base.with_name(f"{base.stem}.user{base.suffix or '.csv'}")
+
+
+def load_manifest(path: str | os.PathLike | None = None, include_user: bool = True) -> list[DatasetSplit]:
+    """Read and validate a manifest; relative paths are resolved against the manifest's folder.
+
+    With ``include_user`` the user registry (:func:`user_manifest_path`) is appended when it exists; a name
+    in both files is an error rather than one silently hiding the other.
+    """
     path = manifest_path(path)
     text = read_text_file(path, "dataset manifest", hint=f" (set {ENV_VAR} to use another file)")
-    return parse_manifest(text, base=path.parent.resolve(), name=str(path))
+    splits = parse_manifest(text, base=path.parent.resolve(), name=str(path))
+    if not include_user:
+        return splits
+    user_path = user_manifest_path(path)
+    user = load_user_manifest(user_path)
+    clash = sorted(set(datasets(splits)) & set(datasets(user))) if user else []
+    if clash:
+        raise DataError(
+            f"dataset {clash[0]!r} is registered both in {path} and in {user_path}; "
+            f"unregister the second with `python -m mildnet data remove {clash[0]}` or rename it in one file"
+        )
+    return splits + user
 
 
-def parse_manifest(text: str, base: Path, name: str = "manifest") -> list[DatasetSplit]:
+def load_user_manifest(path: str | os.PathLike | None = None) -> list[DatasetSplit]:
+    """The rows of the user registry (``[]`` when it does not exist yet or lists nothing)."""
+    path = Path(path) if path is not None else user_manifest_path()
+    if not path.is_file():
+        return []
+    text = read_text_file(path, "user dataset registry")
+    return parse_manifest(text, base=path.parent.resolve(), name=str(path), allow_empty=True)
+
+
+def save_user_manifest(splits: list[DatasetSplit], path: str | os.PathLike | None = None) -> Path:
+    """Write the user registry atomically (temp file + rename): a reader sees the old or the new file, never
+    half of one. Paths under the registry's folder are stored relative to it, others absolute."""
+    path = Path(path) if path is not None else user_manifest_path()
+    base = path.parent.resolve()
+    _check_dataset_consistency(list(splits), str(path))
+
+    def cell(value: Path | str | None) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, Path):
+            return value.relative_to(base).as_posix() if value.is_relative_to(base) else value.as_posix()
+        return value
+
+    buffer = io.StringIO()
+    buffer.write("# Datasets registered with `python -m mildnet data add` (not tracked by git); merged with the\n"
+                 "# tracked manifest on read. Edit with `data add` / `data remove`; columns as in data_manifest.csv.\n")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for split in splits:
+        writer.writerow([cell(getattr(split, column)) for column in COLUMNS])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write the dataset registry {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def parse_manifest(text: str, base: Path, name: str = "manifest", allow_empty: bool = False) -> list[DatasetSplit]:
     # Keep physical line numbers for messages while dropping comments and blank lines.
     lines = [(no, line) for no, line in enumerate(text.splitlines(), 1)
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
+        if allow_empty:
+            return []
         raise DataError(f"{name}: empty manifest (needs a header row: {','.join(COLUMNS)})")
     reader = csv.reader([line for _, line in lines])
     header = [h.strip().lower() for h in next(reader)]
@@ -121,10 +204,17 @@ def parse_manifest(text: str, base: Path, name: str = "manifest") -> list[Datase
             raise DataError(f"{where}: duplicate {split.dataset}/{split.split} (first on line {seen[key]})")
         seen[key] = line_no
         splits.append(split)
-    if not splits:
+    if not splits and not allow_empty:
         raise DataError(f"{name}: the manifest has a header but no datasets")
     _check_dataset_consistency(splits, name)
     return splits
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a dataset (it becomes a folder and a store key), or None."""
+    if not _NAME_RE.match(name or ""):
+        return f"dataset name {name!r} may use only letters, digits, '.', '_', '-' (starting with a letter or digit)"
+    return None
 
 
 def _row_to_split(row: dict[str, str], base: Path, where: str) -> DatasetSplit:
@@ -140,6 +230,9 @@ def _row_to_split(row: dict[str, str], base: Path, where: str) -> DatasetSplit:
     for column in ("sha256", "images_sha256"):
         if row.get(column) and not _SHA_RE.match(row[column]):
             raise DataError(f"{where}: {column} must be 64 hexadecimal characters or empty")
+    if row.get("kind", "") not in KINDS:
+        known = ", ".join(k for k in KINDS if k)
+        raise DataError(f"{where}: unknown kind {row['kind']!r} (use {known} or leave empty)")
     if row["source"] == "download" and not row.get("url"):
         raise DataError(f"{where}: a 'download' dataset needs the triplet file's url")
     return DatasetSplit(
@@ -156,6 +249,8 @@ def _row_to_split(row: dict[str, str], base: Path, where: str) -> DatasetSplit:
         archive_dir=row.get("archive_dir", ""),
         licence=row.get("licence", ""),
         notes=row.get("notes", ""),
+        kind=row.get("kind", ""),
+        origin=row.get("origin", ""),
     )
 
 

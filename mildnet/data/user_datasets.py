@@ -1,0 +1,446 @@
+"""Your own catalogue: register a folder of product photos as a dataset, list the datasets, unregister one.
+
+``add_dataset`` (``python -m mildnet data add``) accepts three layouts:
+
+- class sub-folders (optionally under ``train/``, ``validation/``, ``test/``): the class is the product;
+- any folder plus a labels CSV (``image``, ``product_id``/``label``, optional ``category``, ``split``);
+- a flat folder with no labels: each photo is its own product and the triplets are instance-level
+  (:mod:`mildnet.data.instance`), so the catalogue is searchable at once and can still be trained and
+  evaluated on. Labels where no product has two photos are treated the same way (keeping their categories).
+
+The user's folder is only read. What we derive (``catalog.csv``, ``train/val/test.csv``, augmented views, and
+with ``copy`` the images) goes to ``<user data dir>/<NAME>/``: ``data/<NAME>/`` beside the user registry
+(:func:`mildnet.data.manifest.user_manifest_path`), never inside the user's folder. The registry row points
+at it; the tracked ``data_manifest.csv`` is never edited. Every failure leaves the registry as it was: the
+files are built in a staging folder, moved into place, and only then is the registry rewritten (atomically,
+under a lock).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mildnet.data import manifest as mf
+from mildnet.data.catalog import (
+    assign_splits,
+    catalog_from_folder,
+    gallery,
+    generate_triplets,
+    normalise_catalog,
+    read_catalog,
+    write_catalog,
+)
+from mildnet.data.images import list_images
+from mildnet.data.instance import DEFAULT_VIEWS, PHOTOS_DIR, instance_catalog, write_views
+from mildnet.data.triplets import COLUMNS as TRIPLET_COLUMNS
+from mildnet.data.triplets import write_triplets
+from mildnet.errors import DataError, StoreError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; registry writes stay atomic, only concurrent `data add`s may race
+    fcntl = None
+
+USER_DATA_DIR = "data"
+_LOCK_FILE = ".user-registry.lock"
+# How many offending files an error message names.
+_EXAMPLES = 3
+
+# progress(done, total_or_None, message), as mildnet.cli.progress.ProgressBar.update
+Progress = Callable[[int, "int | None", str], None]
+
+
+def user_data_dir(manifest: str | os.PathLike | None = None) -> Path:
+    """Where registered datasets keep their derived files: ``data/`` beside the user registry."""
+    return mf.user_manifest_path(manifest).expanduser().resolve().parent / USER_DATA_DIR
+
+
+# --- add -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddResult:
+    name: str
+    kind: str  # "labelled" or "instance"
+    origin: Path  # the user's folder (resolved)
+    home: Path  # our derived files
+    image_root: Path  # what triplet and catalog paths are relative to
+    photos: int  # photos in the catalogue (searchable)
+    views: int  # augmented views per photo (instance-level), else 0
+    products: int
+    triplets: dict[str, int]
+    placement: str  # how the images reach image_root: "in place", "copied", "hard-linked", ...
+    left_out: dict[str, str] = field(default_factory=dict)  # image -> why it is not in the catalogue
+    seconds: float = 0.0
+
+
+def add_dataset(
+    name: str,
+    images: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    copy: bool = False,
+    seed: int = 0,
+    views: int = DEFAULT_VIEWS,
+    manifest: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> AddResult:
+    """Register the folder ``images`` as dataset ``name`` (see the module docstring); one-line DataError on
+    bad input (unknown or empty folder, taken name, labels naming missing files, links leaving the folder)."""
+    start = time.perf_counter()
+    report = progress or (lambda done, total, message="": None)
+    problem = mf.name_problem(name)
+    if problem:
+        raise DataError(problem)
+    _refuse_taken(name, manifest)
+    folder = Path(images).expanduser()
+    if not folder.exists():
+        raise DataError(f"image folder not found: {folder}")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder (give the folder that holds the photos)")
+    root = folder.resolve()
+    data_dir = user_data_dir(manifest)
+    home = data_dir / name
+    _refuse_overlap(root, home)
+    if home.exists() or home.is_symlink():
+        raise DataError(f"{home} already exists (left from an earlier dataset?); delete it or choose another name")
+    labels_path = None
+    if labels is not None:
+        labels_path = Path(labels).expanduser()
+        if not labels_path.is_file():
+            raise DataError(f"labels CSV not found: {labels_path}")
+
+    photos = list_images(root)
+    if not photos:
+        raise DataError(f"no images (jpg, png, webp, bmp, gif) found under {root}")
+    escaping = escaping_links(root)
+    if escaping:
+        shown = ", ".join(f"{link} -> {target}" for link, target in escaping[:_EXAMPLES])
+        more = f" and {len(escaping) - _EXAMPLES} more" if len(escaping) > _EXAMPLES else ""
+        raise DataError(f"{root} holds links to files outside it ({shown}{more}); images must stay inside the "
+                        "folder you give: copy them in, or give the folder that holds them")
+    catalog = _user_catalog(root, photos, labels_path, seed)
+    left_out = {image: "not in the labels CSV" for image in sorted(set(photos) - set(catalog["image"]))}
+    kind = "labelled" if _has_positives(catalog) else "instance"
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = data_dir / f".{name}.adding-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+        if kind == "instance":
+            report(0, len(catalog), "writing augmented views")
+            unreadable = write_views(root, list(catalog["image"]), staging / "images", views=views, seed=seed,
+                                     progress=lambda done, total: report(done, total, "writing augmented views"))
+            left_out.update({image: f"unreadable: {why}" for image, why in unreadable.items()})
+            kept = [image for image in catalog["image"] if image not in unreadable]
+            if not kept:
+                first, why = next(iter(unreadable.items()))
+                raise DataError(f"none of the {len(unreadable)} images under {root} can be read, e.g. {first}: {why}")
+            placement = _place(root, kept, staging / "images" / PHOTOS_DIR, copy, report)
+            catalog = instance_catalog(catalog, views=views, leave_out=list(unreadable))
+            image_root = home / "images"
+        elif copy:
+            placement = _place(root, list(catalog["image"]), staging / "images", True, report)
+            image_root = home / "images"
+        else:
+            placement, image_root = "in place", root
+        report(0, None, "generating triplets")
+        tables = _triplets(catalog, seed)
+        write_catalog(staging / "catalog.csv", catalog)
+        # Splits without triplets are left out, so training holds out part of train rather than failing on an
+        # empty validation file; a catalogue too small for any triplet keeps an empty train file (searchable).
+        wanted = [s for s in mf.SPLITS if len(tables[s])] or ["train"]
+        for split in wanted:
+            write_triplets(staging / f"{split}.csv", tables[split])
+        rows = [
+            mf.DatasetSplit(dataset=name, split=split, triplets=home / f"{split}.csv", image_root=image_root,
+                            source="local", catalog=home / "catalog.csv", kind=kind, origin=root.as_posix(),
+                            notes=_notes(kind, labels_path, placement, views))
+            for split in wanted
+        ]
+        _commit(name, staging, home, rows, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shown = gallery(catalog)
+    return AddResult(
+        name=name, kind=kind, origin=root, home=home, image_root=image_root, photos=len(shown),
+        views=views if kind == "instance" else 0, products=int(shown["product_id"].nunique()),
+        triplets={s: len(tables[s]) for s in mf.SPLITS}, placement=placement, left_out=left_out,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def escaping_links(root: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(link, target)`` for every symbolic link under ``root`` (file or folder, hidden ones aside, as
+    :func:`list_images` skips them) that resolves outside ``root`` or to nothing."""
+    root = Path(root).resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for entry in [*dirnames, *filenames]:
+            path = Path(dirpath, entry)
+            if entry.startswith(".") or not path.is_symlink():
+                continue
+            target = path.resolve()
+            if not target.is_relative_to(root) or not target.exists():
+                found.append((path.relative_to(root).as_posix(), str(target)))
+    return sorted(found)
+
+
+def _refuse_taken(name: str, manifest) -> None:
+    rows = [s for s in mf.load_manifest(manifest) if s.dataset == name]
+    if not rows:
+        return
+    if rows[0].origin:
+        raise DataError(f"dataset {name!r} already exists (added from {rows[0].origin}); choose another name "
+                        f"or unregister it first with `python -m mildnet data remove {name}`")
+    raise DataError(f"dataset {name!r} already exists in {mf.manifest_path(manifest)}; choose another name")
+
+
+def _refuse_overlap(root: Path, home: Path) -> None:
+    # Our files must never land inside the user's folder, and `data remove` deletes home: the user's photos
+    # must never be inside it.
+    home = home.resolve()
+    if root == home or root.is_relative_to(home) or home.is_relative_to(root):
+        raise DataError(f"{root} overlaps {home}, where the dataset's own files go; give a folder outside it")
+
+
+def _user_catalog(root: Path, photos: list[str], labels: Path | None, seed: int) -> pd.DataFrame:
+    if labels is not None:
+        return catalog_from_folder(root, labels_csv=labels, seed=seed)
+    if all("/" not in image for image in photos):
+        # Flat, no labels: each photo is its own product. The file name, extension included, is the product
+        # id (the stem alone would pair a.jpg with a.png as two photos of one product).
+        frame = pd.DataFrame({"image": photos, "product_id": photos, "category": "", "split": ""})
+        return assign_splits(normalise_catalog(frame, source=str(root)), seed=seed)
+    return catalog_from_folder(root, seed=seed)
+
+
+def _has_positives(catalog: pd.DataFrame) -> bool:
+    """Whether some product has two images in one split (else only augmented views can give positives)."""
+    return bool(catalog.groupby(["split", "product_id"]).size().ge(2).any())
+
+
+def _triplets(catalog: pd.DataFrame, seed: int) -> dict[str, pd.DataFrame]:
+    # generate_triplets refuses a catalog where no split can make one (too few photos); such a catalogue is
+    # still registered and searchable, with empty triplet files.
+    possible = any(part["product_id"].nunique() >= 2 and part.groupby("product_id").size().ge(2).any()
+                   for _, part in catalog.groupby("split"))
+    if not possible:
+        return {s: pd.DataFrame(columns=list(TRIPLET_COLUMNS)) for s in mf.SPLITS}
+    return generate_triplets(catalog, per_query=2, seed=seed)
+
+
+def _place(root: Path, images: list[str], dest: Path, copy: bool, report: Progress) -> str:
+    """Put each ``root/image`` at ``dest/image``: copied with ``copy``, else hard-linked (no extra disk, and
+    not a symbolic link, which would leave the image root), copied where the file system refuses links."""
+    linked = copied = 0
+    total = len(images)
+    message = "copying images" if copy else "linking images"
+    for done, image in enumerate(images, start=1):
+        source, target = (root / image).resolve(), dest / image
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if copy or not _hard_link(source, target):
+            shutil.copy2(source, target)
+            copied += 1
+        else:
+            linked += 1
+        if done % 64 == 0:
+            report(done, total, message)
+    report(total, total, message)
+    if copy or not linked:
+        return "copied"
+    return "hard-linked" if not copied else f"hard-linked ({copied} copied)"
+
+
+def _hard_link(source: Path, target: Path) -> bool:
+    try:
+        os.link(source, target)
+    except OSError:
+        return False  # another file system, or no permission to link: the caller copies instead
+    return True
+
+
+def _notes(kind: str, labels: Path | None, placement: str, views: int) -> str:
+    if kind == "instance":
+        what = (f"instance-level triplets: the positive is one of {views} augmented views of the query's own "
+                "photo, negatives are other photos")
+    elif labels is not None:
+        what = f"labels from {labels.resolve().as_posix()}"
+    else:
+        what = "class folders: class = product"
+    return f"{what}; images {placement}"
+
+
+@contextmanager
+def _registry_lock(data_dir: Path) -> Iterator[None]:
+    # Two `data add` at once would each rewrite the registry from what they read: the second would drop the
+    # first's rows. The lock serialises the read-modify-write.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(data_dir / _LOCK_FILE, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _commit(name: str, staging: Path, home: Path, rows: list[mf.DatasetSplit], manifest) -> None:
+    user_path = mf.user_manifest_path(manifest)
+    with _registry_lock(home.parent):
+        _refuse_taken(name, manifest)  # again: another `data add` may have taken it meanwhile
+        if home.exists():
+            raise DataError(f"{home} already exists; delete it or choose another name")
+        os.replace(staging, home)
+        try:
+            mf.save_user_manifest(mf.load_user_manifest(user_path) + rows, user_path)
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+
+
+# --- remove ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    name: str
+    origin: str  # the user's folder, untouched
+    removed: Path | None  # our derived files, deleted
+    kept: str = ""  # why derived files were left in place
+
+
+def remove_dataset(name: str, manifest: str | os.PathLike | None = None) -> RemoveResult:
+    """Unregister a dataset added with :func:`add_dataset` and delete its derived files; the user's images
+    are never touched (hard links to them are only names: removing one leaves the photo)."""
+    user_path = mf.user_manifest_path(manifest)
+    home = user_data_dir(manifest) / name
+    with _registry_lock(home.parent):
+        user = mf.load_user_manifest(user_path)
+        rows = [s for s in user if s.dataset == name]
+        if not rows:
+            tracked = mf.datasets(mf.load_manifest(manifest, include_user=False))
+            if name in tracked:
+                raise DataError(f"{name} is listed in {mf.manifest_path(manifest)}, not added with `data add`; "
+                                "`data remove` only unregisters datasets you added")
+            mine = ", ".join(mf.datasets(user)) or "none"
+            raise DataError(f"no dataset {name!r} was added with `data add` (added: {mine})")
+        mf.save_user_manifest([s for s in user if s.dataset != name], user_path)
+    first = rows[0]
+    kept = _why_keep(home, first)
+    if kept:
+        return RemoveResult(name, first.origin, None, kept)
+    shutil.rmtree(home)
+    return RemoveResult(name, first.origin, home)
+
+
+def _why_keep(home: Path, row: mf.DatasetSplit) -> str:
+    if not home.is_dir() or home.is_symlink():
+        return f"{home} is not a folder" if home.exists() or home.is_symlink() else ""
+    if row.catalog is None or row.catalog.parent.resolve() != home.resolve():
+        return f"{home} is not where this dataset's files are ({row.catalog}); left in place"
+    origin = Path(row.origin).resolve() if row.origin else None
+    if origin is not None and (origin == home.resolve() or origin.is_relative_to(home.resolve())
+                               or home.resolve().is_relative_to(origin)):
+        return f"{home} overlaps your folder {origin}; left in place"
+    return ""
+
+
+# --- list ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    source: str  # the user's folder for an added dataset, else the manifest's source kind
+    kind: str  # labelled | instance | "" (as the files say)
+    added: bool  # registered with `data add`
+    images: int | None  # searchable images (catalog rows without augmented views); None without a catalog
+    triplets: dict[str, int | None]  # per split; None where the file is missing, absent splits left out
+    embedded: list[str]  # one label per embedding set found in the stores
+    state: str
+
+
+def overview(manifest: str | os.PathLike | None = None, stores: Iterable = ()) -> list[DatasetInfo]:
+    """One :class:`DatasetInfo` per registered dataset (tracked and added). Cheap: counts lines and reads
+    catalogs, never decodes an image; ``stores`` (opened :class:`mildnet.store.Store` objects) are asked for
+    keys of each dataset's name."""
+    rows = mf.load_manifest(manifest)
+    stores = list(stores)
+    infos = []
+    for name in mf.datasets(rows):
+        splits = mf.dataset_splits(name, rows)
+        first = splits[0]
+        infos.append(DatasetInfo(
+            name=name,
+            source=first.origin or first.source,
+            kind=first.kind,
+            added=bool(first.origin),
+            images=_count_images(first),
+            triplets={s.split: _count_lines(s.triplets) for s in splits},
+            embedded=[label for store in stores for label in embedded_with(store, name)],
+            state=_state(name, splits),
+        ))
+    return infos
+
+
+def _count_images(split: mf.DatasetSplit) -> int | None:
+    if split.catalog is None or not split.catalog.is_file():
+        return None
+    try:
+        return len(gallery(read_catalog(split.catalog)))
+    except DataError:
+        return None  # a broken catalog shows in the state column through `data check`, not here
+
+
+def _count_lines(path: Path) -> int | None:
+    try:
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except FileNotFoundError:
+        return None
+
+
+def _state(name: str, splits: list[mf.DatasetSplit]) -> str:
+    missing = mf.missing_files(splits)
+    if not missing:
+        return "ready"
+    source = splits[0].source
+    if source == "generated":
+        return "made on first use"
+    if source in ("class-folders", "download"):
+        return f"not fetched (python -m mildnet data fetch {name})"
+    return f"missing {missing[0]}"
+
+
+def embedded_with(store, name: str) -> list[str]:
+    """Labels (run or model, fingerprint, image count) of the embedding sets stored for dataset ``name``."""
+    try:
+        keys = [k for k in store.keys() if k.startswith(f"{name}/") and k.count("/") == 1]
+        labels = []
+        for key in keys:
+            embedded = store.get(key)
+            if embedded is not None:
+                labels.append(_embedding_label(key, embedded.meta, len(embedded)))
+        return labels
+    except StoreError as exc:
+        return [f"? ({store.describe()}: {exc})"]
+
+
+def _embedding_label(key: str, meta: dict, count: int) -> str:
+    source = str(meta.get("source") or "")
+    # `embed --run` records the run folder; show its name, which says more than the architecture.
+    who = Path(source).name if source and os.path.isabs(source) else (meta.get("model_name") or "?")
+    return f"{who} [{key.rsplit('/', 1)[1][:8]}] {count} images"
