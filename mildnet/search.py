@@ -1,8 +1,10 @@
 """Cosine nearest-neighbour search over a catalog's embeddings, and the results plot.
 
-The searcher follows the product design: scikit-learn ``NearestNeighbors(metric="cosine",
-algorithm="brute")`` fitted on the catalog matrix. Queries are answered in chunks of ``chunk_size`` rows, so
-memory stays at about ``chunk_size x N`` distances however many queries arrive at once.
+The default path is the hardware floor: one float32 BLAS product of a chunk of queries with the catalog
+matrix and an ``argpartition``, then an exact float64 re-scoring of the few candidates near the k-th, so the
+results equal a float64 brute force (and scikit-learn ``NearestNeighbors(metric="cosine")``, the design's
+reference, still available as ``backend="sklearn"``). Chunks are sized so the working memory stays a
+fraction of the catalog matrix however many queries arrive at once.
 """
 
 from __future__ import annotations
@@ -39,26 +41,70 @@ def _check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+_BACKENDS = ("blas", "sklearn")
+# Unit-norm rows are used as they are (no normalised copy of the matrix) when every norm is this close to 1;
+# the deviation is folded into the candidate tolerance below.
+_UNIT_NORM_SLACK = 1e-4
+# Extra candidates taken beyond k from the float32 scores: with them the k-th/candidate boundary is usually
+# clear of float32 rounding, so the exact check below rarely needs a full row scan.
+_MARGIN = 4
+
+
 class Searcher:
     """Top-k cosine neighbours among ``embeddings``.
 
-    Results are ordered by decreasing score; equal scores are ordered by catalog row, so results are
-    deterministic. ``k`` larger than the catalog returns every (non-excluded) item.
+    Order: decreasing exact cosine (computed per pair in float64 from the stored vectors), then catalog row
+    (the lower row first) for equal scores. This is scikit-learn ``NearestNeighbors(metric="cosine")``'s
+    order wherever its float32 distances separate the neighbours; where they tie, sklearn's own tie order is
+    whatever its partial sort leaves (scrambled beyond 16 neighbours), so ours is the row order, which is
+    what sklearn returns for exact duplicates up to 16 neighbours. Results do not depend on the batch or
+    chunk a query was answered in. ``k`` larger than the catalog returns every (non-excluded) item.
+
+    ``backend="blas"`` (default): one float32 matrix product per chunk of queries over the catalog matrix
+    (as stored: float32, or float16 upcast block by block) and an ``argpartition``; candidates within the
+    float32 rounding bound of the k-th are re-scored exactly, so the result equals a float64 brute force.
+    ``backend="sklearn"``: scikit-learn's brute-force ``kneighbors`` (the design's reference), then the same
+    exact re-scoring and order.
+
+    ``chunk_size``: queries answered per block; None sizes blocks so that the working memory (scores and
+    their partition indices) stays within ~1/4 of the catalog matrix (at least 16 MiB), however many
+    queries arrive.
     """
 
-    def __init__(self, embeddings: EmbeddingSet, chunk_size: int = 1024) -> None:
-        from sklearn.neighbors import NearestNeighbors
-
+    def __init__(
+        self, embeddings: EmbeddingSet, chunk_size: int | None = None, *, backend: str = "blas"
+    ) -> None:
         if not isinstance(embeddings, EmbeddingSet):
             raise DataError(f"Searcher needs an EmbeddingSet, got {type(embeddings).__name__}")
         if len(embeddings) == 0:
             raise DataError("the embedding set is empty: embed a catalog with at least one image first")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}; got {backend!r}")
         self.embeddings = embeddings
-        self.chunk_size = _check_positive_int("chunk_size", chunk_size)
-        self._nn = NearestNeighbors(metric="cosine", algorithm="brute").fit(embeddings.vectors)
-        norms = np.linalg.norm(embeddings.vectors.astype(np.float64), axis=1)
+        self.backend = backend
+        vectors = embeddings.vectors
+        n, dim = vectors.shape
+        norms = _row_norms(vectors)
         # Zero rows stay zero (score 0 against everything), as in sklearn's cosine distance.
         self._inv_norms = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        slack = float(np.max(np.abs(norms - 1.0)))
+        # Scores of unit rows need no per-row scaling; other rows are scaled after the product (no copy).
+        self._scale = None if slack <= _UNIT_NORM_SLACK else self._inv_norms.astype(np.float32)
+        # Bound on |float32 score - exact cosine|: a float32 dot product of D terms errs by at most ~D units
+        # in the last place times sum|x_i q_i| <= 1 (Higham 3.1), doubled for the normalisations and
+        # upcasts, plus the norm slack of rows used unscaled.
+        self._tol = 2.0 * (dim + 8) * float(np.finfo(np.float32).eps) + (slack if self._scale is None else 0.0)
+        row_bytes = n * (4 + 8)  # one query's float32 scores + argpartition's int64 indices
+        budget = max(vectors.nbytes // 4, 16 << 20)
+        auto = max(1, min(4096, budget // row_bytes))
+        self.chunk_size = auto if chunk_size is None else _check_positive_int("chunk_size", chunk_size)
+        # float16 rows are upcast this many at a time for the product (a ~8 MiB float32 block).
+        self._upcast_rows = max(1, (8 << 20) // (4 * dim))
+        self._nn = None
+        if backend == "sklearn":
+            from sklearn.neighbors import NearestNeighbors
+
+            self._nn = NearestNeighbors(metric="cosine", algorithm="brute").fit(vectors)
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -68,7 +114,8 @@ class Searcher:
         return self.embeddings.dim
 
     def __repr__(self) -> str:
-        return f"Searcher(n={len(self)}, dim={self.dim}, chunk_size={self.chunk_size})"
+        return (f"Searcher(n={len(self)}, dim={self.dim}, dtype={self.embeddings.vectors.dtype}, "
+                f"backend={self.backend!r}, chunk_size={self.chunk_size})")
 
     # -- queries --------------------------------------------------------------------------------------------
 
@@ -163,38 +210,119 @@ class Searcher:
             )
         return [rows(i) for i in items]
 
-    def _query_chunk(self, q: np.ndarray, k: int, excluded: list[np.ndarray]) -> list[list[Hit]]:
+    def _scores(self, q32: np.ndarray) -> np.ndarray:
+        """float32 cosine scores (Qc, N) of unit queries against every catalog row."""
+        x = self.embeddings.vectors
+        if x.dtype == np.float32:
+            # One query: a matrix-vector product (what the floor does), not a 1-row GEMM.
+            s = (x @ q32[0])[None, :] if len(q32) == 1 else q32 @ x.T
+        else:
+            s = np.empty((len(q32), len(x)), dtype=np.float32)
+            step = self._upcast_rows
+            for b0 in range(0, len(x), step):
+                block = x[b0:b0 + step].astype(np.float32)
+                s[:, b0:b0 + step] = (block @ q32.T).T
+        if self._scale is not None:
+            s *= self._scale
+        return s
+
+    def _candidates_blas(self, q32: np.ndarray, k: int, excluded: list[np.ndarray]):
+        n = len(self)
+        s = self._scores(q32)
+        for r, ex in enumerate(excluded):
+            if len(ex):
+                s[r, ex] = -np.inf
+        m = min(n, k + _MARGIN)
+        if m == n:
+            part = np.broadcast_to(np.arange(n), s.shape)
+            return part, s, None, lambda r: s[r]
+        part = np.argpartition(s, n - m, axis=1)[:, n - m:]
+        top = np.take_along_axis(s, part, axis=1)
+        # Every row outside the partition scores at most the partition's minimum.
+        return part, top, top.min(axis=1), lambda r: s[r]
+
+    def _candidates_sklearn(self, q32: np.ndarray, k: int, excluded: list[np.ndarray]):
         n = len(self)
         extra = max((len(e) for e in excluded), default=0)
-        # Asking for k + (largest exclusion) candidates guarantees k survivors after filtering.
-        n_neighbors = min(n, k + extra)
-        idx = self._nn.kneighbors(q, n_neighbors=n_neighbors, return_distance=False)
-        scores = self._exact_scores(q, idx)
-        ids, paths = self.embeddings.ids, self.embeddings.paths
-        out = []
-        for row_s, row_i, ex in zip(scores, idx, excluded):
-            # Deterministic order: score, then catalog row (sklearn's partial sort leaves ties in any order).
-            order = np.lexsort((row_i, -row_s))
-            row_s, row_i = row_s[order], row_i[order]
+        m = min(n, k + extra + _MARGIN)
+        dist, part = self._nn.kneighbors(q32, n_neighbors=m, return_distance=True)
+        top = (1.0 - dist).astype(np.float32)
+        low = None if m == n else top.min(axis=1)
+        for r, ex in enumerate(excluded):
             if len(ex):
-                keep = ~np.isin(row_i, ex)
-                row_s, row_i = row_s[keep], row_i[keep]
-            out.append([Hit(ids[r], paths[r], float(sc)) for r, sc in zip(row_i[:k], row_s[:k])])
-        return out
+                top[r, np.isin(part[r], ex)] = -np.inf
 
-    def _exact_scores(self, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """Cosine similarity of each query with its candidates, recomputed row by row in float64.
+        def full_row(r: int) -> np.ndarray:
+            row = self._scores(q32[r:r + 1])[0]
+            row[excluded[r]] = -np.inf
+            return row
 
-        sklearn's float32 GEMM distances differ in the last bits with the batch size (BLAS blocking), so a
-        product's scores and near-tie order would depend on which other queries shared its batch; this
-        per-pair computation does not, and is cheap (k candidates per query).
-        """
+        return part, top, low, full_row
+
+    def _query_chunk(self, q: np.ndarray, k: int, excluded: list[np.ndarray]) -> list[list[Hit]]:
         q64 = q.astype(np.float64)
         qn = np.linalg.norm(q64, axis=1)
         q64 *= np.divide(1.0, qn, out=np.zeros_like(qn), where=qn > 0)[:, None]
-        cand = self.embeddings.vectors[idx].astype(np.float64)  # (Qc, m, D)
-        sims = np.einsum("qmd,qd->qm", cand, q64) * self._inv_norms[idx]
-        return np.clip(sims, -1.0, 1.0)
+        q32 = q64.astype(np.float32)
+        if self.backend == "sklearn":
+            part, top, low, full_row = self._candidates_sklearn(q32, k, excluded)
+        else:
+            part, top, low, full_row = self._candidates_blas(q32, k, excluded)
+
+        # Only candidates within twice the float32 error bound of the k-th float32 score can be in the exact
+        # top k. If a row outside the partition could be too (its bound reaches that far), scan the full row.
+        kk = min(k, top.shape[1])
+        kth = -np.partition(-top, kk - 1, axis=1)[:, kk - 1]
+        thr = kth - np.float32(2.0 * self._tol)
+        keep = (top >= thr[:, None]) & (top > -np.inf)
+        widen = np.zeros(len(q), bool) if low is None else low >= thr
+        rows_r, cols = np.nonzero(keep & ~widen[:, None])
+        pair_q, pair_x = [rows_r], [part[rows_r, cols]]
+        for r in np.flatnonzero(widen):
+            row = full_row(r)
+            cand = np.flatnonzero((row >= thr[r]) & (row > -np.inf))
+            pair_q.append(np.full(len(cand), r, dtype=np.intp))
+            pair_x.append(cand)
+        pair_q = np.concatenate(pair_q)
+        pair_x = np.concatenate(pair_x).astype(np.intp, copy=False)
+        score = self._exact_scores(q64, pair_q, pair_x)
+        # Deterministic order: query, exact score (descending), catalog row.
+        order = np.lexsort((pair_x, -score, pair_q))
+        pair_q, pair_x, score = pair_q[order], pair_x[order], score[order]
+        bounds = np.searchsorted(pair_q, np.arange(len(q) + 1))
+        ids, paths = self.embeddings.ids, self.embeddings.paths
+        out = []
+        for r in range(len(q)):
+            a, b = bounds[r], min(bounds[r + 1], bounds[r] + k)
+            out.append([Hit(ids[j], paths[j], float(sc)) for j, sc in zip(pair_x[a:b].tolist(), score[a:b])])
+        return out
+
+    def _exact_scores(self, q64: np.ndarray, pair_q: np.ndarray, pair_x: np.ndarray) -> np.ndarray:
+        """Cosine of each (query, catalog row) pair, recomputed in float64 one pair at a time.
+
+        BLAS results differ in the last bits with the batch shape, so the float32 scores would make a
+        product's score and near-tie order depend on the other queries of its chunk; each pair here is one
+        contiguous float64 dot product of the stored values, the same whichever chunk it came from. Pairs
+        go in blocks of ~4 MiB so the float64 copies stay in cache and memory stays flat.
+        """
+        x = self.embeddings.vectors
+        out = np.empty(len(pair_x), dtype=np.float64)
+        step = max(1, (4 << 20) // (16 * self.dim))
+        for a in range(0, len(pair_x), step):
+            cx = pair_x[a:a + step]
+            sims = np.einsum("pd,pd->p", x[cx].astype(np.float64), q64[pair_q[a:a + step]])
+            out[a:a + step] = sims * self._inv_norms[cx]
+        return np.clip(out, -1.0, 1.0, out=out)
+
+
+def _row_norms(vectors: np.ndarray) -> np.ndarray:
+    """float64 L2 norm of each row, a block at a time (a whole float64 copy would double the memory)."""
+    out = np.empty(len(vectors), dtype=np.float64)
+    step = max(1, (8 << 20) // (8 * max(1, vectors.shape[1])))
+    for a in range(0, len(vectors), step):
+        block = vectors[a:a + step].astype(np.float64)
+        out[a:a + step] = np.sqrt(np.einsum("nd,nd->n", block, block))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
