@@ -8,7 +8,7 @@ Both stores publish a set atomically: a writer first writes a complete new *vers
 pointer (a file replaced with ``os.replace`` / a Redis key set inside MULTI/EXEC) and only then deletes the
 previous version. A crash mid-write therefore leaves the old set readable, and a reader sees either the old
 set or the new one, never a mix. Data is written as ``.npy`` (``allow_pickle=False``), JSON and raw float32
-bytes; nothing is ever pickled.
+(or float16, with a store's ``dtype="float16"``) bytes; nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "RedisStore",
     "open_store",
     "DEFAULT_LOCAL_PATH",
+    "DTYPES",
     "REDIS_URL_ENV",
 ]
 
@@ -68,12 +69,13 @@ def utc_now_iso() -> str:
 
 @dataclasses.dataclass(eq=False)
 class EmbeddingSet:
-    """Row-aligned ``ids``, ``paths`` and float32 ``vectors`` (N, D) plus JSON-serialisable ``meta``.
+    """Row-aligned ``ids``, ``paths`` and float32 (or float16) ``vectors`` (N, D) plus JSON-serialisable ``meta``.
 
     ``meta`` always ends up holding ``model_fingerprint``, ``catalog_fingerprint`` (``""`` when unknown),
     ``dim`` (= D) and ``created`` (ISO-8601 UTC); any other JSON-serialisable entries are kept as they are.
-    Floating vectors of another precision are converted to float32; non-float or non-finite vectors are
-    refused, because a NaN row would silently poison every cosine search.
+    float16 vectors stay float16 (half the memory; see :meth:`astype` and the stores' ``dtype`` option);
+    other floating precisions are converted to float32. Non-float or non-finite vectors are refused,
+    because a NaN row would silently poison every cosine search.
     """
 
     ids: list[str]
@@ -93,8 +95,8 @@ class EmbeddingSet:
             raise DataError(f"EmbeddingSet vectors must be 2-D (N, D), got shape {vec.shape}")
         if not np.issubdtype(vec.dtype, np.floating):
             raise DataError(f"EmbeddingSet vectors must be float32, got dtype {vec.dtype}")
-        # Stores write raw little-endian float32; normalising the layout here keeps every writer simple.
-        self.vectors = np.ascontiguousarray(vec, dtype=np.float32)
+        # Stores write raw little-endian rows; normalising the layout here keeps every writer simple.
+        self.vectors = np.ascontiguousarray(vec, dtype=_HALF if vec.dtype == np.float16 else np.float32)
         n, dim = self.vectors.shape
         if len(self.ids) != n or len(self.paths) != n:
             raise DataError(
@@ -130,6 +132,26 @@ class EmbeddingSet:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    @property
+    def dtype(self) -> str:
+        """``"float32"`` or ``"float16"``: the precision the vectors are held in."""
+        return _dtype_name(self.vectors.dtype)
+
+    def astype(self, dtype: str | np.dtype) -> EmbeddingSet:
+        """This set with its vectors held as ``"float32"`` or ``"float16"`` (itself when already so).
+
+        float16 halves memory and store bytes; values round to ~3 significant digits (relative error
+        <= 2**-11), and a float16 set cannot hold values beyond +-65504 (refused, not turned into inf).
+        """
+        name = _check_dtype(dtype)
+        if name == self.dtype:
+            return self
+        if name == "float16":
+            big = float(np.max(np.abs(self.vectors), initial=0.0))
+            if big > float(np.finfo(np.float16).max):
+                raise DataError(f"vectors up to {big:g} do not fit float16 (max 65504); keep them float32")
+        return EmbeddingSet(self.ids, self.paths, self.vectors.astype(name), self.meta)
 
     @property
     def model_fingerprint(self) -> str:
@@ -303,6 +325,24 @@ def _preview(items: Sequence[str], n: int = 5) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
+_HALF = np.dtype("<f2")
+DTYPES = ("float32", "float16")
+
+
+def _dtype_name(dtype: Any) -> str:
+    return "float16" if np.dtype(dtype) == np.float16 else "float32"
+
+
+def _check_dtype(dtype: Any) -> str:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}; got {dtype!r}")
+    return name
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
@@ -314,6 +354,15 @@ def _check_key(key: str) -> str:
     if any(ord(c) < 32 for c in key):
         raise StoreError(f"store key must not contain control characters: {key!r}")
     return key
+
+
+def _as_store_dtype(s: EmbeddingSet, dtype: str | None) -> EmbeddingSet:
+    if dtype is None:
+        return s
+    try:
+        return s.astype(dtype)
+    except DataError as exc:
+        raise StoreError(f"cannot store the set as {dtype}: {exc}") from None
 
 
 def _items_payload(s: EmbeddingSet) -> bytes:
@@ -398,9 +447,11 @@ class LocalStore(Store):
     hence the pointer file.
     """
 
-    def __init__(self, root: str | os.PathLike, *, fsync: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, *, fsync: bool = True, dtype: str | None = None) -> None:
         self.root = Path(root).expanduser()
         self.fsync = bool(fsync)
+        # None keeps each set's own precision; "float16" / "float32" converts on put (reads return as stored).
+        self.dtype = None if dtype is None else _check_dtype(dtype)
 
     def describe(self) -> str:
         return f"local store at {self.root}"
@@ -443,6 +494,7 @@ class LocalStore(Store):
         if not isinstance(s, EmbeddingSet):
             raise StoreError(f"put expects an EmbeddingSet, got {type(s).__name__}")
         folder = self._folder(key)
+        s = _as_store_dtype(s, self.dtype)
         version = f"v-{uuid.uuid4().hex}"
         tmp = folder / f".tmp-{version[2:]}"
         try:
@@ -541,10 +593,10 @@ class LocalStore(Store):
             raise
         except (OSError, ValueError, EOFError) as exc:
             raise StoreError(f"corrupt embedding matrix {vec_path}: {exc}") from None
-        if vectors.ndim != 2 or vectors.shape[0] != n or vectors.dtype != np.float32:
+        if vectors.ndim != 2 or vectors.shape[0] != n or vectors.dtype not in (np.float32, np.float16):
             raise StoreError(
                 f"corrupt embedding matrix {vec_path}: shape {vectors.shape} dtype {vectors.dtype}, "
-                f"expected ({n}, D) float32"
+                f"expected ({n}, D) float32 or float16"
             )
         return _build_set(ids, paths, vectors, meta, str(vdir))
 
@@ -607,9 +659,10 @@ class RedisStore(Store):
     Layout for a key ``K`` (``P`` = prefix, default ``mildnet:emb:``)::
 
         P{K}:current          -> version id (the only key readers start from)
-        P{K}:v:{ver}:meta     -> JSON {format, key, n, dim, chunk_rows, chunks, meta}
+        P{K}:v:{ver}:meta     -> JSON {format, key, n, dim, chunk_rows, chunks, meta, dtype}
         P{K}:v:{ver}:ids      -> JSON {ids, paths}
-        P{K}:v:{ver}:vec:{i}  -> rows [i*chunk_rows, (i+1)*chunk_rows) as raw little-endian float32
+        P{K}:v:{ver}:vec:{i}  -> rows [i*chunk_rows, (i+1)*chunk_rows) as raw little-endian float32 (or
+                                 float16 when ``dtype`` says so; a header without ``dtype`` is float32)
         P__keys__             -> set of all K (so ``keys()`` needs no SCAN over the whole database)
 
     ``put`` writes a new version in pipelined batches with a TTL (so a crashed writer's leftovers expire),
@@ -630,6 +683,7 @@ class RedisStore(Store):
         socket_timeout_s: float = 60.0,
         retries: int = 2,
         client: Any = None,
+        dtype: str | None = None,
     ) -> None:
         if not isinstance(url, str) or urlsplit(url).scheme not in REDIS_SCHEMES:
             raise StoreError(f"not a Redis URL: {url!r} (expected redis://host:port/db or rediss://...)")
@@ -644,6 +698,8 @@ class RedisStore(Store):
         self.chunk_rows = chunk_rows
         self.batch_bytes = batch_bytes
         self.pending_ttl_s = pending_ttl_s
+        # None keeps each set's own precision; "float16" / "float32" converts on put (reads return as stored).
+        self.dtype = None if dtype is None else _check_dtype(dtype)
         self._safe_url = _redact_url(url)
         try:
             import redis
@@ -707,13 +763,14 @@ class RedisStore(Store):
         _check_key(key)
         if not isinstance(s, EmbeddingSet):
             raise StoreError(f"put expects an EmbeddingSet, got {type(s).__name__}")
+        s = _as_store_dtype(s, self.dtype)
         n, dim = s.vectors.shape
-        vec = s.vectors.astype("<f4", copy=False)
+        vec = s.vectors
         chunks = -(-n // self.chunk_rows)
         version = uuid.uuid4().hex
         header = {
             "format": _FORMAT_VERSION, "key": key, "n": n, "dim": dim,
-            "chunk_rows": self.chunk_rows, "chunks": chunks, "meta": s.meta,
+            "chunk_rows": self.chunk_rows, "chunks": chunks, "meta": s.meta, "dtype": s.dtype,
         }
         names = self._version_keys(key, version, chunks)
         with self._errors(f"write {key!r} to"):
@@ -770,7 +827,8 @@ class RedisStore(Store):
                 try:
                     header = json.loads(raw_meta)
                     n, dim, chunks, meta = int(header["n"]), int(header["dim"]), int(header["chunks"]), header["meta"]
-                    if not isinstance(meta, dict) or n < 0 or dim < 0 or chunks < 0:
+                    dtype = header.get("dtype", "float32")
+                    if not isinstance(meta, dict) or n < 0 or dim < 0 or chunks < 0 or dtype not in DTYPES:
                         raise ValueError("bad header values")
                 except (ValueError, TypeError, KeyError) as exc:
                     raise StoreError(f"corrupt embedding metadata at {where}: {exc}") from None
@@ -784,11 +842,13 @@ class RedisStore(Store):
                     continue
                 ids, paths = _parse_items(values[0], n, where)
                 blob = b"".join(values[1:])
-                if len(blob) != n * dim * 4:
+                raw_dtype = _HALF if dtype == "float16" else np.dtype("<f4")
+                if len(blob) != n * dim * raw_dtype.itemsize:
                     raise StoreError(
-                        f"corrupt embedding matrix at {where}: {len(blob)} bytes, expected {n}x{dim} float32"
+                        f"corrupt embedding matrix at {where}: {len(blob)} bytes, expected {n}x{dim} {dtype}"
                     )
-                vectors = np.frombuffer(blob, dtype="<f4").reshape(n, dim).astype(np.float32)
+                # frombuffer views the joined bytes read-only; the set gets its own writable array.
+                vectors = np.frombuffer(blob, dtype=raw_dtype).reshape(n, dim).copy()
                 return _build_set(ids, paths, vectors, meta, where)
         raise StoreError(f"embedding set {key!r} at {self._safe_url} keeps changing while being read; try again")
 
@@ -820,6 +880,7 @@ def open_store(
     fallback_local: str | os.PathLike | None = None,
     *,
     default_local: str | os.PathLike = DEFAULT_LOCAL_PATH,
+    dtype: str | None = None,
     **redis_options: Any,
 ) -> Store:
     """The store a user asked for.
@@ -828,6 +889,8 @@ def open_store(
     path -> :class:`LocalStore` there; None -> the URL in ``$MILDNET_REDIS_URL`` if set, else a local store
     at ``default_local`` (relative to the working directory).
 
+    ``dtype`` (``"float16"`` / ``"float32"``, None = as given) is the precision sets are stored in.
+
     If Redis cannot be reached, a StoreError is raised, unless ``fallback_local`` was given: then a
     warning says so and a LocalStore at ``fallback_local`` is returned. The fallback is opt-in because
     silently caching per replica would hide a broken shared cache.
@@ -835,25 +898,25 @@ def open_store(
     if spec is None:
         spec = os.environ.get(REDIS_URL_ENV) or None
         if spec is None:
-            return LocalStore(default_local)
+            return LocalStore(default_local, dtype=dtype)
     if isinstance(spec, os.PathLike):
-        return LocalStore(spec)
+        return LocalStore(spec, dtype=dtype)
     if not isinstance(spec, str) or not spec.strip():
         raise StoreError(f"store must be a Redis URL or a folder path, got {spec!r}")
     spec = spec.strip()
     scheme = urlsplit(spec).scheme.lower() if "://" in spec else ""
     if scheme in REDIS_SCHEMES:
         try:
-            return RedisStore(spec, **redis_options)
+            return RedisStore(spec, dtype=dtype, **redis_options)
         except StoreError as exc:
             if fallback_local is None:
                 raise
             # One channel only: an unconfigured logger would print the same line a second time.
             msg = f"{exc}; falling back to the local store at {fallback_local}"
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            return LocalStore(fallback_local)
+            return LocalStore(fallback_local, dtype=dtype)
     if scheme == "file":
-        return LocalStore(urlsplit(spec).path)
+        return LocalStore(urlsplit(spec).path, dtype=dtype)
     if scheme:
         raise StoreError(f"unsupported store {spec!r}: use a folder path or a redis:// / rediss:// URL")
-    return LocalStore(spec)
+    return LocalStore(spec, dtype=dtype)

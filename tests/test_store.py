@@ -398,3 +398,59 @@ def test_local_readers_never_see_a_mix(tmp_path):
 
 def test_redis_readers_never_see_a_mix(redis_url):
     _readers_never_see_a_mix(lambda: RedisStore(redis_url, chunk_rows=8))
+
+
+# ---------------------------------------------------------------------------------------------- float16 option
+
+
+def test_float16_set_halves_memory_and_refuses_overflow():
+    s = make_set(40, 16)
+    half = s.astype("float16")
+    assert half.dtype == "float16" and half.vectors.dtype == np.float16
+    assert half.vectors.nbytes * 2 == s.vectors.nbytes
+    assert np.abs(half.vectors.astype(np.float32) - s.vectors).max() <= 2.0**-11  # unit rows: |x| <= 1
+    assert half.astype("float16") is half and half.astype("float32").dtype == "float32"
+    assert half.ids == s.ids and half.meta == s.meta
+    with pytest.raises(DataError, match="do not fit float16"):
+        EmbeddingSet(["a"], ["a"], np.array([[7e4, 0]], np.float32)).astype("float16")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        s.astype("int8")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        LocalStore("x", dtype="float64")
+
+
+def test_local_store_float16_round_trip_and_half_the_bytes(tmp_path):
+    s = make_set(300, 32)
+    full, half = LocalStore(tmp_path / "f32"), LocalStore(tmp_path / "f16", dtype="float16")
+    full.put("ds/m", s)
+    half.put("ds/m", s)
+    got = half.get("ds/m")
+    assert got.dtype == "float16" and got.equals(s.astype("float16"))
+    # A plain store reads back what it was given, float16 included.
+    assert LocalStore(tmp_path / "f16").get("ds/m").dtype == "float16"
+    assert full.get("ds/m").equals(s)
+    size = {name: sum(p.stat().st_size for p in (tmp_path / name).rglob("vectors.npy")) for name in ("f32", "f16")}
+    assert size["f16"] - 128 <= (size["f32"] - 128) / 2 + 1  # .npy header aside, half the bytes
+
+
+def test_redis_store_float16_round_trip_and_half_the_bytes(redis_url):
+    s = make_set(50, 6)
+    store = RedisStore(redis_url, chunk_rows=7, dtype="float16", prefix="half:")
+    store.put("ds/m", s)
+    got = store.get("ds/m")
+    assert got.dtype == "float16" and got.equals(s.astype("float16"))
+    got.vectors[0, 0] = 0  # the set owns a writable array, not a view of the reply bytes
+    r = redis.Redis.from_url(redis_url)
+    version = r.get(b"half:ds/m:current").decode()
+    stored = sum(r.strlen(k) for k in r.keys(f"half:ds/m:v:{version}:vec:*".encode()))
+    assert stored == 50 * 6 * 2
+    # A float32 set written by an older version (no dtype in the header) still reads as float32.
+    plain = RedisStore(redis_url, prefix="plain:")
+    plain.put("ds/m", s)
+    key = r.get(b"plain:ds/m:current").decode()
+    header = json.loads(r.get(f"plain:ds/m:v:{key}:meta".encode()))
+    header.pop("dtype")
+    r.set(f"plain:ds/m:v:{key}:meta".encode(), json.dumps(header).encode())
+    assert plain.get("ds/m").equals(s)
+    assert isinstance(open_store(redis_url, dtype="float16"), RedisStore)
+    assert open_store(redis_url, dtype="float16").dtype == "float16"
