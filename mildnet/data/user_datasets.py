@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -309,6 +309,162 @@ def _commit(name: str, staging: Path, home: Path, rows: list[mf.DatasetSplit], m
         except BaseException:
             shutil.rmtree(home, ignore_errors=True)
             raise
+
+
+# --- refresh (the user's folder changed) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderChanges:
+    """How the user's folder differs from the registered catalogue (image names relative to the folder)."""
+    new: list[str]
+    removed: list[str]
+    changed: list[str]  # same name, other file (size or modification time differ)
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.removed or self.changed)
+
+    def describe(self) -> str:
+        parts = [f"{len(self.new):,} new", f"{len(self.removed):,} removed"]
+        if self.changed:
+            parts.append(f"{len(self.changed):,} replaced")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    name: str
+    changes: FolderChanges
+    photos: int  # searchable photos after the refresh
+    triplets: dict[str, int]
+    left_out: dict[str, str] = field(default_factory=dict)  # new photo -> why it was not added
+    seconds: float = 0.0
+
+
+def _added_row(name: str, manifest) -> mf.DatasetSplit:
+    rows = [s for s in mf.load_user_manifest(mf.user_manifest_path(manifest)) if s.dataset == name]
+    if not rows:
+        raise DataError(f"{name!r} was not added from a folder (with `data add` or the app): nothing to refresh")
+    return rows[0]
+
+
+def _photo_of(row: mf.DatasetSplit, image: str) -> str:
+    """An image id of the catalogue -> its name in the user's folder."""
+    prefix = f"{PHOTOS_DIR}/"
+    return image[len(prefix):] if row.kind == "instance" and image.startswith(prefix) else image
+
+
+def folder_changes(name: str, manifest: str | os.PathLike | None = None) -> FolderChanges:
+    """New, removed and replaced photos in the folder dataset ``name`` was added from (stat calls only).
+
+    A dataset added with a labels CSV follows the CSV, not the folder: it reports no changes."""
+    row = _added_row(name, manifest)
+    origin = Path(row.origin)
+    if not origin.is_dir():
+        raise DataError(f"the folder {name!r} was added from is gone: {origin}")
+    if row.catalog is None or not row.catalog.is_file():
+        raise DataError(f"{name}: catalog missing ({row.catalog}); remove the dataset and add it again")
+    if row.notes.startswith("labels from"):
+        return FolderChanges([], [], [])
+    known = {_photo_of(row, image): image for image in gallery(read_catalog(row.catalog))["image"]}
+    now = set(list_images(origin))
+    changed = []
+    for photo in sorted(now & set(known)):
+        ours = row.image_root / known[photo]
+        if ours.resolve() == (origin / photo).resolve():
+            continue  # in place: the catalogue uses the user's file itself
+        try:
+            a, b = (origin / photo).stat(), ours.stat()
+        except OSError:
+            changed.append(photo)
+            continue
+        # A hard link is the same file (always equal); a copy keeps the mtime (copy2).
+        if (a.st_size, a.st_mtime_ns) != (b.st_size, b.st_mtime_ns) and not os.path.samefile(origin / photo, ours):
+            changed.append(photo)
+    return FolderChanges(sorted(now - set(known)), sorted(set(known) - now), changed)
+
+
+def refresh_dataset(name: str, manifest: str | os.PathLike | None = None, progress: Progress | None = None,
+                    seed: int = 0) -> RefreshResult:
+    """Bring dataset ``name`` in line with the folder it was added from: views written and photos linked only
+    for new or replaced photos, removed ones dropped, existing photos keep their split; triplets regenerated.
+
+    The embeddings are not touched here: :func:`mildnet.embeddings.update_catalog` then embeds only the new
+    images. Works for flat (instance-level) and class-folder datasets; one added with a labels CSV follows
+    its CSV (add it again to change it)."""
+    start = time.perf_counter()
+    report = progress or (lambda done, total, message="": None)
+    row = _added_row(name, manifest)
+    changes = folder_changes(name, manifest)
+    origin = Path(row.origin)
+    home = row.catalog.parent
+    if not changes:
+        catalog = read_catalog(row.catalog)
+        return RefreshResult(name, changes, len(gallery(catalog)), {}, {}, time.perf_counter() - start)
+    escaping = escaping_links(origin)
+    if escaping:
+        link, target = escaping[0]
+        raise DataError(f"{origin} now holds links to files outside it ({link} -> {target}); remove them first")
+    old = read_catalog(row.catalog)
+    left_out: dict[str, str] = {}
+    with _registry_lock(home.parent):
+        if row.kind == "instance":
+            catalog, left_out = _refresh_instance(row, old, changes, report, seed)
+        else:
+            if row.image_root.resolve() != origin.resolve():
+                raise DataError(f"{name} keeps a copy of your photos; remove it and add the folder again")
+            report(0, None, "reading the class folders")
+            photos = list_images(origin)
+            catalog = _user_catalog(origin, photos, None, seed)
+        report(0, None, "generating triplets")
+        tables = _triplets(catalog, seed)
+        write_catalog(row.catalog, catalog)
+        wanted = [s for s in mf.SPLITS if len(tables[s])] or ["train"]
+        registered = [s.split for s in mf.load_user_manifest(mf.user_manifest_path(manifest)) if s.dataset == name]
+        for split in sorted(set(wanted) | set(registered)):
+            write_triplets(home / f"{split}.csv", tables.get(split, pd.DataFrame(columns=list(TRIPLET_COLUMNS))))
+        if set(wanted) - set(registered):
+            # A split that had no triplets before has some now: list it, so training and evaluation see it.
+            user_path = mf.user_manifest_path(manifest)
+            rows = [s for s in mf.load_user_manifest(user_path) if s.dataset != name]
+            template = next(s for s in mf.load_user_manifest(user_path) if s.dataset == name)
+            mine = [replace(template, split=s, triplets=home / f"{s}.csv") for s in mf.SPLITS
+                    if s in set(wanted) | set(registered)]
+            mf.save_user_manifest(rows + mine, user_path)
+    return RefreshResult(name, changes, len(gallery(catalog)), {s: len(tables.get(s, ())) for s in mf.SPLITS},
+                         left_out, time.perf_counter() - start)
+
+
+def _refresh_instance(row: mf.DatasetSplit, old: pd.DataFrame, changes: FolderChanges, report: Progress,
+                      seed: int) -> tuple[pd.DataFrame, dict[str, str]]:
+    from mildnet.data.catalog import AUGMENTED_COLUMN
+    from mildnet.data.instance import photo_name
+
+    origin, root = Path(row.origin), row.image_root
+    augmented = old[AUGMENTED_COLUMN].fillna("").astype(str) if AUGMENTED_COLUMN in old else pd.Series("", index=old.index)
+    views = int(augmented[augmented.ne("")].value_counts().max()) if augmented.ne("").any() else DEFAULT_VIEWS
+    gone = set(changes.removed) | set(changes.changed)
+    gone_ids = {photo_name(p) for p in gone}
+    drop = old["image"].isin(gone_ids) | augmented.isin(gone_ids)
+    for image in old.loc[drop, "image"]:
+        (root / image).unlink(missing_ok=True)  # our link or copy, or our view: never the user's file
+    kept = old[~drop]
+    added = sorted(set(changes.new) | set(changes.changed))
+    left_out: dict[str, str] = {}
+    if added:
+        report(0, len(added), "writing augmented views")
+        unreadable = write_views(origin, added, root, views=views, seed=seed,
+                                 progress=lambda done, total: report(done, total, "writing augmented views"))
+        left_out = {image: f"unreadable: {why}" for image, why in unreadable.items()}
+        readable = [image for image in added if image not in unreadable]
+        copy = "copied" in row.notes and "hard-linked" not in row.notes
+        if readable:
+            _place(origin, readable, root / PHOTOS_DIR, copy, report)
+        # Existing photos keep their split (their triplets, and a model trained on them, stay valid).
+        frame = pd.DataFrame({"image": readable, "product_id": readable, "category": "", "split": ""})
+        fresh = instance_catalog(assign_splits(normalise_catalog(frame, source=str(origin)), seed=seed), views=views)
+        kept = pd.concat([kept, fresh.reindex(columns=kept.columns, fill_value="")], ignore_index=True)
+    return kept.reset_index(drop=True), left_out
 
 
 # --- remove ----------------------------------------------------------------------------------------------------

@@ -48,6 +48,16 @@ class Dataset:
     def source(self) -> str:
         return self.splits[0].source
 
+    @property
+    def kind(self) -> str:
+        """``instance`` when the triplets are instance-level (positives are augmented views), else as registered."""
+        return self.splits[0].kind
+
+    @property
+    def origin(self) -> str:
+        """The user's folder of a dataset added with ``data add`` (or from the app), else empty."""
+        return self.splits[0].origin
+
 
 def dataset_names() -> list[str]:
     return manifest.datasets()
@@ -91,10 +101,13 @@ def read_catalog(dataset: Dataset) -> pd.DataFrame | None:
 
 
 def gallery(dataset: Dataset) -> pd.DataFrame:
-    """Every image the app can search: the catalog, else the distinct images of the triplet files."""
+    """Every image the app can search: the catalog (real photos only: an instance-level dataset's augmented
+    views feed its triplets, never its results), else the distinct images of the triplet files."""
+    from mildnet.data.catalog import gallery as searchable
+
     catalog = read_catalog(dataset)
     if catalog is not None:
-        return catalog
+        return searchable(catalog)
     images: dict[str, str] = {}
     for row in dataset.splits:
         if row.triplets.is_file():
@@ -124,6 +137,17 @@ def annotate(triplets: pd.DataFrame, catalog: pd.DataFrame | None) -> pd.DataFra
     category = catalog.drop_duplicates("image").set_index("image")["category"] if "category" in catalog else None
     out["category"] = out["query"].map(category).fillna("") if category is not None else ""
     return out
+
+
+INSTANCE_NOTE = ("Instance-level triplets: this catalogue has no product labels, so each photo is its own product and "
+                 "the positive is an augmented view (crop, flip, small rotation, lighting) of the query's own photo. "
+                 "They teach invariance to framing and lighting, not \"same product, other photo\"; search shows "
+                 "only the real photos.")
+
+
+def kind_note(dataset: Dataset) -> str | None:
+    """What the app says about how a dataset's triplets were made, where that is not the usual labels."""
+    return INSTANCE_NOTE if dataset.kind == "instance" else None
 
 
 def split_counts(dataset: Dataset) -> pd.DataFrame:

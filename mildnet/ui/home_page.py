@@ -6,6 +6,7 @@ import random
 
 import streamlit as st
 
+from mildnet.ui import data as uidata
 from mildnet.ui import layout, resources, widgets
 from mildnet.ui.layout import Context
 from mildnet.ui.runs import headline_accuracy
@@ -17,6 +18,8 @@ PAGES = (
      "Browse the training triplets, their types and the data-check report."),
     ("pages/evaluation.py", "Evaluation", ":material/monitoring:",
      "Triplet accuracy, distance distributions, retrieval metrics; compare runs."),
+    ("pages/add.py", "Add a catalogue", ":material/add_photo_alternate:",
+     "Your own photos: a folder on this machine or a zip, searchable in minutes."),
 )
 
 
@@ -32,7 +35,8 @@ def render(ctx: Context) -> None:
     c1, c2, c3, c4 = st.columns([1, 1, 1.3, 1])
     c1.metric("Dataset", ctx.dataset.name, border=True, help=ctx.dataset.notes or None)
     c2.metric("Catalog images", f"{len(gallery):,}", border=True,
-              help=f"{products:,} products" if products else None)
+              help=(f"{products:,} products" if products else None) if ctx.dataset.kind != "instance"
+              else "No product labels: each photo is its own product (instance-level triplets).")
     if ctx.run is None:
         c3.metric("Model", "none yet", border=True, help="Train one from the sidebar")
     else:
@@ -78,7 +82,10 @@ def render(ctx: Context) -> None:
     with st.expander("About this dataset"):
         counts = resources.split_counts(ctx.dataset)
         st.dataframe(counts, hide_index=True)
-        st.caption(f"Images: `{ctx.dataset.image_root}` · source: {ctx.dataset.source}"
+        note = uidata.kind_note(ctx.dataset)
+        if note:
+            st.caption(note)
+        st.caption(f"Images: `{ctx.dataset.image_root}` · source: {ctx.dataset.origin or ctx.dataset.source}"
                    + (f" · licence: {ctx.dataset.licence}" if ctx.dataset.licence else ""))
         if ctx.dataset.notes:
             st.caption(ctx.dataset.notes)

@@ -25,15 +25,59 @@ class Context:
     runs: list[Run]
 
 
-def run_page(body: Callable[[Context], None]) -> None:
+def run_page(body: Callable, needs_dataset: bool = True) -> None:
+    """Draws the page frame and calls ``body(Context)``; with ``needs_dataset=False`` it calls
+    ``body(selection)`` without preparing the selected dataset (the page that adds a catalogue must work
+    while the selected one is unavailable)."""
     from mildnet.ui import navigation
 
     navigation.ensure_entrypoint()
     widgets.page_style()
     with widgets.error_boundary():
         selection = sidebar.render()
+        if not needs_dataset:
+            body(selection)
+            return
         ds = ensure_dataset(selection.dataset)
+        ds = refresh_if_changed(ds)
         body(Context(dataset=ds, run=selection.run, runs=selection.runs))
+
+
+def refresh_if_changed(ds: uidata.Dataset) -> uidata.Dataset:
+    """A catalogue added from a folder follows the folder: new, removed or replaced photos are taken in (views
+    and triplets for those only) before the page uses it; the embeddings then update incrementally."""
+    from mildnet.data.user_datasets import refresh_dataset
+
+    try:
+        changes = resources.folder_changes(ds.name)
+    except MildnetError as exc:
+        # The catalogue still works from our copy of the photos: say why it cannot follow the folder.
+        st.warning(f"{exc}; showing the catalogue as it was added.", icon=":material/folder_off:")
+        return ds
+    if not changes:
+        return ds
+    with st.status(f"Your folder changed: {changes.describe()} photos. Updating **{ds.name}**…",
+                   expanded=True) as status:
+        bar = st.progress(0.0, text="Starting…")
+        result = refresh_dataset(ds.name, progress=progress_to(bar))
+        note = f" ({len(result.left_out)} unreadable, left out)" if result.left_out else ""
+        status.update(label=f"**{ds.name}** updated from your folder: {changes.describe()}{note}; "
+                            f"{result.photos:,} photos", state="complete", expanded=False)
+    resources.forget_folder_changes()
+    return resources.dataset(ds.name)
+
+
+def progress_to(bar):
+    """A ``progress(done, total, message)`` callback drawing on ``bar`` (an ``st.progress``)."""
+
+    def progress(done: int, total: int | None, message: str = "") -> None:
+        label = message or "working"
+        if total:
+            bar.progress(min(1.0, done / total), text=f"{label}: {done:,}/{total:,}")
+        else:
+            bar.progress(0.0, text=f"{label}…")
+
+    return progress
 
 
 def ensure_dataset(name: str) -> uidata.Dataset:
@@ -74,7 +118,10 @@ def ensure_searcher(ctx: Context, *, quiet_when_cached: bool = True):
 
 
 def build_embeddings(run: Run, ds: uidata.Dataset):
-    with st.status(f"Embedding the **{ds.name}** catalog with {run.label}…", expanded=True) as status:
+    changes = resources.embedding_changes(run, ds)
+    what = (f"Catalog changed since it was embedded ({changes.describe()}): updating the embeddings"
+            if changes is not None else f"Embedding the **{ds.name}** catalog")
+    with st.status(f"{what} with {run.label}…", expanded=True) as status:
         bar = st.progress(0.0, text="Loading the model…")
 
         def progress(done: int, total: int) -> None:
@@ -85,7 +132,8 @@ def build_embeddings(run: Run, ds: uidata.Dataset):
         except MildnetError:
             status.update(label="Embedding the catalog failed", state="error")
             raise
-        status.update(label=f"Catalog embedded: {len(found):,} images", state="complete", expanded=False)
+        done = f"Catalog updated ({changes.describe()})" if changes is not None else "Catalog embedded"
+        status.update(label=f"{done}: {len(found):,} images", state="complete", expanded=False)
     return found
 
 

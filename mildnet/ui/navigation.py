@@ -19,6 +19,7 @@ def pages() -> list:
         st.Page("pages/search.py", title="Search", icon=":material/image_search:"),
         st.Page("pages/triplets.py", title="Triplets", icon=":material/view_module:"),
         st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+        st.Page("pages/add.py", title="Add a catalogue", icon=":material/add_photo_alternate:"),
     ]
 
 

@@ -32,11 +32,12 @@ def _mtime(path: Path | None) -> float:
 # --- datasets ------------------------------------------------------------------------------------
 
 
-def manifest_stamp() -> tuple[str, float]:
-    from mildnet.data.manifest import manifest_path
+def manifest_stamp() -> tuple:
+    """Both registries: a catalogue added from the app or with `data add` only changes the user one."""
+    from mildnet.data.manifest import manifest_path, user_manifest_path
 
-    path = manifest_path()
-    return str(path), _mtime(path)
+    path, user = manifest_path(), user_manifest_path()
+    return str(path), _mtime(path), str(user), _mtime(user)
 
 
 @st.cache_data(show_spinner=False, ttl=60)
@@ -107,6 +108,23 @@ def _check(name: str, stamp: tuple):
 
 def data_check(ds: uidata.Dataset):
     return _check(ds.name, (_mtime(ds.image_root), *(_mtime(s.triplets) for s in ds.splits)))
+
+
+@st.cache_resource(show_spinner=False, ttl=5, max_entries=16)
+def _folder_changes(name: str, stamp: tuple):
+    from mildnet.ui import catalogue
+
+    return catalogue.folder_changes(name)
+
+
+def folder_changes(name: str):
+    """How the folder an added dataset came from changed (None for other datasets). Listing a big folder
+    takes a moment: reruns within a few seconds reuse the answer."""
+    return _folder_changes(name, manifest_stamp())
+
+
+def forget_folder_changes() -> None:
+    _folder_changes.clear()
 
 
 # --- runs and models -----------------------------------------------------------------------------
@@ -237,6 +255,16 @@ def searcher(run: uiruns.Run, ds: uidata.Dataset, progress=None):
                               model_name=bundle.config.get("model"), progress=progress,
                               batch_size=int(os.environ.get("MILDNET_EMBED_BATCH", "64")))
     return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+
+
+def embedding_changes(run: uiruns.Run, ds: uidata.Dataset):
+    """"N new, M removed" between the catalogue and the embeddings cached for this run's model (None when
+    none are cached)."""
+    from mildnet.ui import catalogue
+
+    bundle = model(run)
+    ids, _ = _catalog_key(ds)
+    return catalogue.embedding_changes(store(), ds.name, bundle.fingerprint, list(ids))
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ def render(ctx: Context) -> None:
                       help=f"{row.images:,} distinct images" + (f"; {row._4} bad rows skipped" if row._4 else ""))
     catalog_size = len(resources.gallery(ds))
     columns[-1].metric("Catalog images", f"{catalog_size:,}", border=True)
+    note = uidata.kind_note(ds)
+    if note:
+        st.info(note, icon=":material/content_copy:")
 
     browse, report = st.tabs([":material/view_module: Browse", ":material/fact_check: Data check"])
     with browse:

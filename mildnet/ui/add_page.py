@@ -1,0 +1,134 @@
+"""Add a catalogue page: a folder on the machine running the app, an uploaded zip, or the demo catalogue.
+
+Each way ends the same: the dataset is registered (as ``python -m mildnet data add``), embedded with the
+default model with visible progress, selected in the sidebar, and the Search page works on it.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from mildnet.errors import DownloadError, MildnetError
+from mildnet.ui import catalogue, layout, resources, widgets
+from mildnet.ui.sidebar import DATASET_KEY, Selection
+
+DONE_KEY = "mn_add_done"  # the message of the catalogue just added, shown after the rerun that selects it
+ZIP_KEY = "mn_add_zip"
+
+
+def render(selection: Selection) -> None:
+    widgets.hero("Add a catalogue", "Your own product photos, searchable in a few minutes: a folder on this "
+                 "machine or a zip of photos. Class sub-folders (or a labels CSV) give product groups; a flat "
+                 "folder works too (each photo is its own product).")
+    done = st.session_state.pop(DONE_KEY, None)
+    if done:
+        message, notes = done
+        st.success(message, icon=":material/check_circle:")
+        for note in notes:
+            st.warning(note, icon=":material/filter_alt:")
+        st.page_link("pages/search.py", label="Search it now", icon=":material/image_search:")
+
+    folder_tab, zip_tab, demo_tab = st.tabs([":material/folder: Folder on this machine", ":material/folder_zip: Upload a zip",
+                                             ":material/apparel: Demo catalogue"])
+    taken = resources.names()
+    with folder_tab:
+        _folder_form(taken)
+    with zip_tab:
+        _zip_form(taken)
+    with demo_tab:
+        _demo()
+
+
+def _folder_form(taken: list[str]) -> None:
+    with st.form("mn_add_folder_form", border=False):
+        folder = st.text_input("Folder", key="mn_add_folder", placeholder="/home/shop/photos",
+                               help="A path on the machine running the app. It is only read: our files go to "
+                                    "data/<name>/ (photos hard-linked, not copied).")
+        name = st.text_input("Name", key="mn_add_folder_name", placeholder="leave empty: the folder's name")
+        labels = st.text_input("Labels CSV (optional)", key="mn_add_labels",
+                               help="image, product_id (or label), optional category and split columns.")
+        submitted = st.form_submit_button("Add this folder", icon=":material/add:", type="primary", key="mn_add_go")
+    if submitted:
+        chosen = name.strip() or catalogue.suggest_name(folder, taken)
+        _run_add(chosen, lambda progress: catalogue.add_folder(chosen, folder, labels, progress=progress))
+
+
+def _zip_form(taken: list[str]) -> None:
+    limit = st.get_option("server.maxUploadSize")
+    upload = st.file_uploader(f"Zip of product photos (at most {limit} MB)", type=["zip"], key=ZIP_KEY,
+                              help="Only the photos are unpacked (jpg, png, webp, bmp, gif); anything else, links and "
+                                   "paths leaving the folder are skipped and listed.")
+    name = st.text_input("Name", key="mn_add_zip_name", placeholder="leave empty: the zip's name")
+    if st.button("Add this zip", icon=":material/add:", type="primary", key="mn_add_zip_go", disabled=upload is None):
+        chosen = name.strip() or catalogue.suggest_name(upload.name, taken)
+        _run_add(chosen, lambda progress: catalogue.add_zip(chosen, upload, progress=progress))
+
+
+def _run_add(name: str, work) -> None:
+    """Registration, then embedding with the default model, each with progress; then select the dataset."""
+    with st.status(f"Adding **{name}**…", expanded=True) as status:
+        bar = st.progress(0.0, text="Starting…")
+        try:
+            outcome = work(layout.progress_to(bar))
+        except MildnetError as exc:
+            status.update(label=f"**{name}** was not added", state="error")
+            st.error(str(exc), icon=":material/error:")
+            return
+        added, extracted = outcome if isinstance(outcome, tuple) else (outcome, None)
+        status.update(label=f"**{name}** registered: {added.photos:,} photos, "
+                            f"{sum(added.triplets.values()):,} triplets ({added.seconds:.0f} s)",
+                      state="complete", expanded=False)
+    # Shown after the rerun that selects the dataset (a rerun clears this run's elements).
+    notes = []
+    if extracted is not None and extracted.skipped:
+        notes.append(f"Skipped {len(extracted.skipped):,} entries of the zip: {extracted.summary()}")
+    if added.left_out:
+        notes.append(f"Left out {len(added.left_out):,} photos: {catalogue.left_out_summary(added.left_out)}")
+    resources.forget_runs()
+    runs = resources.runs(name)
+    if runs:
+        layout.build_embeddings(runs[0], resources.dataset(name))
+    kind = ("each photo is its own product (instance-level triplets)" if added.kind == "instance"
+            else f"{added.products:,} products")
+    st.session_state[DONE_KEY] = (f"**{name}** is ready and selected: {added.photos:,} photos, {kind}."
+                                  + ("" if runs else " Train a model from the sidebar to search it."), notes)
+    st.session_state[DATASET_KEY] = name
+    st.rerun()
+
+
+def _demo() -> None:
+    if not catalogue.demo_available():
+        st.caption(f"The registry lists no {catalogue.DEMO} dataset.")
+        return
+    name = catalogue.DEMO
+    st.markdown(f"**{name}**: 3,781 real clothing photos in 10 classes (CC0), from {catalogue.demo_url()}")
+    from mildnet.ui import data as uidata
+
+    if uidata.is_ready(name):
+        st.caption("Already on this machine.")
+        if st.button("Use it", key="mn_demo_use", icon=":material/check:"):
+            st.session_state[DATASET_KEY] = name
+            st.rerun()
+        return
+    if not st.button("Download it", key="mn_demo_go", icon=":material/download:", type="primary",
+                     help="About 70 MB; an interrupted download resumes where it stopped."):
+        return
+    with st.status(f"Fetching **{name}**…", expanded=True) as status:
+        bar = st.progress(0.0, text="Connecting…")
+        try:
+            catalogue.fetch_demo(progress=layout.progress_to(bar))
+        except DownloadError as exc:
+            status.update(label=f"**{name}** could not be downloaded", state="error")
+            st.error(catalogue.offline_message(exc), icon=":material/cloud_off:")
+            return
+        except MildnetError as exc:
+            status.update(label=f"**{name}** could not be prepared", state="error")
+            st.error(str(exc), icon=":material/error:")
+            return
+        status.update(label=f"**{name}** is on this machine", state="complete", expanded=False)
+    runs = resources.runs(name)
+    if runs:
+        layout.build_embeddings(runs[0], resources.dataset(name))
+    st.session_state[DONE_KEY] = (f"**{name}** is ready and selected.", [])
+    st.session_state[DATASET_KEY] = name
+    st.rerun()

@@ -1,0 +1,157 @@
+"""Your own catalogue in the app: add a folder or an uploaded zip, notice when it changed, fetch the demo.
+
+Plain functions (no streamlit): the page (:mod:`mildnet.ui.add_page`) draws the widgets and progress, this
+module does the work through :mod:`mildnet.data.user_datasets` (the same code as ``data add``), so the app
+and the CLI register catalogues identically.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from mildnet.data import manifest as mf
+from mildnet.data import user_datasets as ud
+from mildnet.data.upload import ExtractReport, extract_images
+from mildnet.errors import DataError
+
+UPLOADS_DIR = "uploads"
+DEMO = "clothing-small"
+Progress = Callable[[int, "int | None", str], None]
+
+
+def uploads_dir() -> Path:
+    """Where uploaded zips are unpacked: ``data/uploads/<NAME>/`` beside the user registry (git-ignored).
+    Outside ``data/<NAME>/``, which ``data remove`` deletes: the unpacked photos are the dataset's origin."""
+    return ud.user_data_dir() / UPLOADS_DIR
+
+
+def suggest_name(text: str, taken: list[str]) -> str:
+    """A registry-safe dataset name from a folder or file name, not one of ``taken``."""
+    stem = Path(text.strip().rstrip("/\\") or "catalogue").name
+    stem = re.sub(r"\.zip$", "", stem, flags=re.IGNORECASE)
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._").lower() or "catalogue"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+def check_name(name: str) -> str:
+    """The name, stripped, or a one-line DataError (bad characters, taken), before any work is done."""
+    name = name.strip()
+    if not name:
+        raise DataError("give the catalogue a name")
+    problem = mf.name_problem(name)
+    if problem:
+        raise DataError(problem)
+    if name in mf.datasets():
+        raise DataError(f"a dataset named {name!r} already exists; choose another name")
+    return name
+
+
+def add_folder(name: str, folder: str, labels: str | None = None, progress: Progress | None = None) -> ud.AddResult:
+    """Register a folder on the machine running the app (as ``data add``)."""
+    name = check_name(name)
+    if not folder.strip():
+        raise DataError("give the path of a folder on the machine running the app")
+    return ud.add_dataset(name, folder.strip(), labels=labels.strip() if labels and labels.strip() else None,
+                          progress=progress)
+
+
+def add_zip(name: str, upload: BinaryIO, progress: Progress | None = None) -> tuple[ud.AddResult, ExtractReport]:
+    """Unpack an uploaded zip (only its photos; :func:`mildnet.data.upload.extract_images`) into
+    :func:`uploads_dir` and register the result; nothing is left behind when any step fails."""
+    name = check_name(name)
+    report = progress or (lambda done, total, message="": None)
+    target = uploads_dir() / name
+    if target.exists() or target.is_symlink():
+        raise DataError(f"{target} already exists (an earlier upload?); delete it or choose another name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The upload is in memory; the zip reader wants a file, on the same disk as the photos will be.
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{name}.", suffix=".zip") as handle:
+        upload.seek(0)
+        shutil.copyfileobj(upload, handle)
+        handle.flush()
+        extracted = extract_images(handle.name, target,
+                                   progress=lambda done, total: report(done, total, "unpacking photos"))
+    try:
+        added = ud.add_dataset(name, extracted.root, progress=progress)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return added, extracted
+
+
+def left_out_summary(left_out: dict[str, str], examples: int = 3) -> str:
+    """``{name: reason}`` as one line: counts per reason with a few names."""
+    return ExtractReport(Path("."), 0, left_out).summary(examples)
+
+
+# --- the catalogue changed -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingChanges:
+    new: int
+    removed: int
+
+    def describe(self) -> str:
+        return f"{self.new:,} new, {self.removed:,} removed"
+
+
+def embedding_changes(store, dataset: str, model_fp: str, ids: list[str]) -> EmbeddingChanges | None:
+    """How the catalogue differs from the embeddings cached for this model (None: nothing cached yet, so
+    everything is embedded). Replaced files count as new: they are embedded again."""
+    from mildnet.embeddings import cache_key
+    from mildnet.errors import StoreError
+
+    try:
+        cached = store.get(cache_key(dataset, model_fp))
+    except StoreError:
+        return None
+    if cached is None:
+        return None
+    before = set(cached.ids) | {e.get("id") for e in cached.meta.get("skipped", []) if isinstance(e, dict)}
+    now = set(ids)
+    return EmbeddingChanges(len(now - before), len(before - now))
+
+
+def folder_changes(name: str) -> ud.FolderChanges | None:
+    """New/removed/replaced photos in the folder an added dataset came from; None for other datasets."""
+    if not is_added(name):
+        return None
+    return ud.folder_changes(name)
+
+
+# --- the demo catalogue ----------------------------------------------------------------------------------------
+
+
+def demo_url() -> str:
+    splits = mf.dataset_splits(DEMO)
+    return splits[0].images_url
+
+
+def demo_available() -> bool:
+    return DEMO in mf.datasets()
+
+
+def offline_message(error: Exception) -> str:
+    """What to do when the demo cannot be downloaded: the URL, and the command for a local copy."""
+    return (f"Could not download the demo catalogue: {error}. It comes from {demo_url()} ; on a machine without "
+            f"internet access, copy that archive (or the extracted folder) here and run "
+            f"`python -m mildnet data fetch {DEMO} --from PATH`, then reload this page.")
+
+
+def fetch_demo(progress: Progress | None = None):
+    """Download (resuming a partial download) and prepare the demo catalogue; DownloadError when offline."""
+    return mf.prepare(DEMO, progress=progress)
+
+
+def is_added(name: str) -> bool:
+    return any(s.dataset == name for s in mf.load_user_manifest(mf.user_manifest_path()))

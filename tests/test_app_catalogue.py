@@ -1,0 +1,282 @@
+"""Adding your own catalogue in the app (issue 9), driven through ``streamlit.testing.v1.AppTest``: a folder,
+an uploaded zip (and every bad one), the catalogue following its folder, the demo catalogue offline.
+
+Everything goes to a temporary folder (``MILDNET_MANIFEST`` and the user registry beside it, ``MILDNET_STORE``,
+``MILDNET_RUNS``, ``MILDNET_PRETRAINED`` holding a link to the shipped real-photo model).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from tests.conftest import make_labelled_folder  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+APP = PROJECT / "app.py"
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from mildnet.data.sample import generate_sample
+
+    root = tmp_path_factory.mktemp("catalogue")
+    generate_sample(root / "tiny", products=12, size=32)
+    (root / "manifest.csv").write_text("dataset,split,triplets,image_root,catalog,source\n" + "".join(
+        f"tiny,{s},tiny/{s}.csv,tiny,tiny/catalog.csv,generated\n" for s in ("train", "val", "test")))
+    (root / "pretrained").mkdir()
+    (root / "pretrained" / "real").symlink_to(PROJECT / "mildnet" / "pretrained" / "real")
+    values = {"MILDNET_MANIFEST": str(root / "manifest.csv"), "MILDNET_RUNS": str(root / "runs"),
+              "MILDNET_STORE": str(root / "store"), "MILDNET_PRETRAINED": str(root / "pretrained"),
+              "MILDNET_DATASET": "tiny"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in values.items():
+            mp.setenv(key, value)
+        for key in ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST"):
+            mp.delenv(key, raising=False)
+        yield root
+
+
+def _photo(rng, size=48) -> Image.Image:
+    base = rng.integers(0, 255, 3)
+    pixels = np.clip(base + rng.integers(-30, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _flat_folder(path: Path, n=8, seed=0) -> Path:
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        _photo(rng).save(path / f"item{i:02d}.jpg", quality=90)
+    return path
+
+
+def _jpeg_bytes(seed=0) -> bytes:
+    buffer = io.BytesIO()
+    _photo(np.random.default_rng(seed)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _zip(entries: list[tuple]) -> bytes:
+    """``(name, bytes)`` entries, or ``(name, target, "link")`` for a symbolic link member."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for entry in entries:
+            if len(entry) == 3:
+                info = zipfile.ZipInfo(entry[0])
+                info.external_attr = 0o120777 << 16
+                zf.writestr(info, entry[1])
+            else:
+                zf.writestr(entry[0], entry[1])
+    return buffer.getvalue()
+
+
+def _add_page() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("pages/add.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _add_folder(at: AppTest, folder, name="") -> AppTest:
+    at.text_input(key="mn_add_folder").set_value(str(folder))
+    at.text_input(key="mn_add_folder_name").set_value(name)
+    at.button(key="mn_add_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _add_zip(at: AppTest, payload: bytes, name: str) -> AppTest:
+    at.file_uploader(key="mn_add_zip").set_value((f"{name}.zip", payload, "application/zip")).run()
+    at.text_input(key="mn_add_zip_name").set_value(name)
+    at.button(key="mn_add_zip_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _registered() -> list[str]:
+    from mildnet.data import manifest
+
+    return manifest.datasets()
+
+
+def _hits(at: AppTest) -> list:
+    return [b for b in at.button if b.key and b.key.startswith("mn_similar_")]
+
+
+# --- add a folder --------------------------------------------------------------------------------------------
+
+
+def test_add_a_flat_folder_then_search_it_with_real_photos_only(env, tmp_path):
+    folder = _flat_folder(tmp_path / "shop photos")
+    at = _add_folder(_add_page(), folder)
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["mn_dataset"] == "shop-photos"  # named after the folder, made registry-safe
+    assert any("is ready and selected" in s.value and "instance-level" in s.value for s in at.success)
+
+    at.switch_page("pages/search.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.file_uploader(key="mn_upload").set_value(("q.jpg", (folder / "item03.jpg").read_bytes(), "image/jpeg")).run()
+    assert not at.error, [e.value for e in at.error]
+    assert len(_hits(at)) == 5
+    # The augmented views feed the triplets but are never results: every catalogue id is a real photo.
+    from mildnet.ui import resources
+
+    ids = resources.gallery(resources.dataset("shop-photos"))["image"]
+    assert len(ids) == 8 and all(i.startswith("photos/") for i in ids)
+
+    at.switch_page("pages/triplets.py").run()
+    assert not at.exception and not at.error
+    assert any("Instance-level triplets" in i.value for i in at.info)
+
+
+def test_add_class_folders_with_a_name(env, tmp_path):
+    folder = make_labelled_folder(tmp_path / "cls")
+    at = _add_folder(_add_page(), folder, name="colours")
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["mn_dataset"] == "colours"
+    assert any("3 products" in s.value for s in at.success)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "image folder not found"),
+    ("empty", "no images"),
+    ("file", "is not a folder"),
+    ("blank", "give the path of a folder"),
+    ("bad name", "dataset name"),
+    ("taken", "already exists"),
+    ("escaping link", "links to files outside it"),
+])
+def test_add_folder_bad_input_is_one_clear_error(env, tmp_path, case, expected):
+    name = ""
+    if case == "missing":
+        folder = tmp_path / "nowhere"
+    elif case == "empty":
+        folder = tmp_path / "empty"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("no photos here")
+    elif case == "file":
+        folder = tmp_path / "a.jpg"
+        folder.write_bytes(_jpeg_bytes())
+    elif case == "blank":
+        folder = ""
+        name = "blank"
+    elif case == "bad name":
+        folder, name = _flat_folder(tmp_path / "ok"), "../evil"
+    elif case == "taken":
+        folder, name = _flat_folder(tmp_path / "ok"), "tiny"
+    else:
+        folder = _flat_folder(tmp_path / "links")
+        outside = tmp_path / "outside.jpg"
+        outside.write_bytes(_jpeg_bytes())
+        os.symlink(outside, folder / "elsewhere.jpg")
+    before = _registered()
+    at = _add_folder(_add_page(), folder, name)
+    assert len(at.error) == 1 and expected in at.error[0].value, [e.value for e in at.error]
+    assert _registered() == before
+    assert at.session_state["mn_dataset"] == "tiny"
+
+
+# --- upload a zip --------------------------------------------------------------------------------------------
+
+
+def test_add_a_zip_keeps_only_photos_and_reports_the_rest(env):
+    photos = [(f"shop/p{i}.jpg", _jpeg_bytes(i)) for i in range(7)]
+    payload = _zip(photos + [
+        ("../escape.jpg", _jpeg_bytes(20)),
+        ("shop/../../up.jpg", _jpeg_bytes(21)),
+        ("/abs.jpg", _jpeg_bytes(22)),
+        ("shop/link.jpg", "/etc/passwd", "link"),
+        ("shop/readme.txt", b"hello"),
+        ("shop/fake.png", b"not a png"),
+        ("__MACOSX/shop/._p0.jpg", b"resource fork"),
+    ])
+    at = _add_zip(_add_page(), payload, "zipped")
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["mn_dataset"] == "zipped"
+    from mildnet.ui import catalogue
+
+    unpacked = catalogue.uploads_dir() / "zipped"
+    files = sorted(p.relative_to(unpacked).as_posix() for p in unpacked.rglob("*") if p.is_file())
+    assert files == [f"shop/p{i}.jpg" for i in range(7)]
+    assert not (unpacked.parent / "escape.jpg").exists() and not (env / "up.jpg").exists()
+    report = " ".join(w.value for w in at.warning)
+    assert "Skipped 7 entries of the zip" in report
+    for reason in ("unsafe path ('..' in path)", "unsafe path (absolute path)", "symbolic link",
+                   "not an image (by extension)", "hidden or system file", "not a readable image"):
+        assert reason in report, reason
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("empty zip", "the zip is empty"),
+    ("only traversal", "no usable photos"),
+    ("only a link", "no usable photos"),
+    ("only non-images", "no usable photos"),
+    ("not a zip", "not a zip archive"),
+    ("corrupt photos", "no usable photos"),
+])
+def test_bad_zip_is_one_clear_error_and_leaves_nothing(env, case, expected):
+    payload = {
+        "empty zip": _zip([]),
+        "only traversal": _zip([("../../evil.jpg", _jpeg_bytes())]),
+        "only a link": _zip([("p.jpg", "/etc/hostname", "link")]),
+        "only non-images": _zip([("a.txt", b"x"), ("b.csv", b"image\n")]),
+        "not a zip": b"PK but not really a zip",
+        "corrupt photos": _zip([("a.jpg", b"\xff\xd8 truncated"), ("b.png", b"\x89PNG nope")]),
+    }[case]
+    before = _registered()
+    name = case.replace(" ", "-")
+    at = _add_zip(_add_page(), payload, name)
+    assert len(at.error) == 1 and expected in at.error[0].value, [e.value for e in at.error]
+    assert _registered() == before
+    from mildnet.ui import catalogue
+
+    assert not (catalogue.uploads_dir() / name).exists()
+    assert not [p for p in catalogue.uploads_dir().iterdir() if p.name.startswith(f".{name}.")]
+    assert not (env / "evil.jpg").exists()
+
+
+# --- the catalogue changed -----------------------------------------------------------------------------------
+
+
+def test_catalogue_follows_its_folder_incrementally(env, tmp_path, monkeypatch):
+    from mildnet import embeddings
+    from mildnet.ui import resources
+
+    folder = _flat_folder(tmp_path / "live")
+    at = _add_folder(_add_page(), folder, name="live")
+    assert at.session_state["mn_dataset"] == "live"
+    rng = np.random.default_rng(7)
+    _photo(rng).save(folder / "new1.jpg")
+    _photo(rng).save(folder / "new2.jpg")
+    (folder / "item00.jpg").unlink()
+    resources.forget_folder_changes()  # the app re-lists a folder at most every few seconds
+
+    embedded = []
+    real = embeddings._embed_skipping
+    monkeypatch.setattr(embeddings, "_embed_skipping", lambda model, paths, *a, **k: embedded.extend(paths)
+                        or real(model, paths, *a, **k))
+    monkeypatch.setenv("MILDNET_DATASET", "live")
+    home = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    home.run()
+    assert not home.exception and not home.error, [e.value for e in home.error]
+    labels = [s.label for s in home.status]
+    assert any("updated from your folder: 2 new, 1 removed" in label for label in labels), labels
+    assert any(label.startswith("Catalog updated (2 new, 1 removed)") for label in labels), labels
+    # Only the two new photos went through the model, not the whole catalogue.
+    assert sorted(Path(p).name for p in embedded) == ["new1.jpg", "new2.jpg"]
+    assert {m.label: m.value for m in home.metric}["Catalog images"] == "9"
+
+    home.run()  # nothing changed since: no update, no embedding
+    assert not any("updated" in s.label.lower() for s in home.status)
