@@ -280,3 +280,28 @@ def test_catalogue_follows_its_folder_incrementally(env, tmp_path, monkeypatch):
 
     home.run()  # nothing changed since: no update, no embedding
     assert not any("updated" in s.label.lower() for s in home.status)
+
+
+# --- the demo catalogue --------------------------------------------------------------------------------------
+
+
+def test_demo_catalogue_offline_names_the_url_and_the_local_alternative(env, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the socket is: the download is refused, as offline
+    url = f"http://127.0.0.1:{port}/clothing.zip"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("dataset,split,triplets,image_root,catalog,source,images_url,archive_dir\n" + "".join(
+        f"tiny,{s},{env}/tiny/{s}.csv,{env}/tiny,{env}/tiny/catalog.csv,generated,,\n"
+        f"clothing-small,{s},demo/{s}.csv,demo/images,demo/catalog.csv,class-folders,{url},clothing-*\n"
+        for s in ("train", "val", "test")))
+    monkeypatch.setenv("MILDNET_MANIFEST", str(manifest))
+    at = _add_page()
+    at.button(key="mn_demo_go").click().run()
+    assert not at.exception
+    assert len(at.error) == 1, [e.value for e in at.error]
+    message = at.error[0].value
+    assert url in message and "data fetch clothing-small --from PATH" in message
+    assert at.session_state["mn_dataset"] == "tiny"
