@@ -11,6 +11,8 @@ from mildnet.ui import layout, resources, widgets
 from mildnet.ui.layout import Context
 from mildnet.ui.runs import headline_accuracy
 
+BROWSE_COLUMNS = 8
+BROWSE_PAGE = 16
 PAGES = (
     ("pages/search.py", "Search", ":material/image_search:",
      "Upload a photo or click a product and get the most similar products."),
@@ -70,14 +72,21 @@ def render(ctx: Context) -> None:
     sample = gallery
     if "view" in gallery.columns and (gallery["view"] == "catalog").any():
         sample = gallery[gallery["view"] == "catalog"]
-    picks = random.Random(len(gallery)).sample(list(sample["image"]), min(8, len(sample)))
-    cols = st.columns(8)
+    # A stable shuffle (a mix of products on every page), paged: a large catalogue never sends more than
+    # one page of thumbnails to the browser.
+    ids = list(sample["image"])
+    random.Random(len(gallery)).shuffle(ids)
+    pages = max(1, -(-len(ids) // BROWSE_PAGE))
+    page = st.pagination(pages, key=f"mn_home_page_{ctx.dataset.name}_{len(ids)}") if pages > 1 else 1
+    picks = ids[(page - 1) * BROWSE_PAGE:page * BROWSE_PAGE]
     info = gallery.drop_duplicates("image").set_index("image")
-    for col, image_id in zip(cols, picks):
-        with col:
-            widgets.image(ctx.dataset.image_root / image_id)
-            row = info.loc[image_id] if image_id in info.index else {}
-            st.caption(widgets.describe_item(dict(row)) or image_id)
+    for start in range(0, len(picks), BROWSE_COLUMNS):
+        cols = st.columns(BROWSE_COLUMNS)
+        for col, image_id in zip(cols, picks[start:start + BROWSE_COLUMNS]):
+            with col:
+                widgets.image(ctx.dataset.image_root / image_id)
+                row = info.loc[image_id] if image_id in info.index else {}
+                st.caption(widgets.describe_item(dict(row)) or image_id)
 
     with st.expander("About this dataset"):
         counts = resources.split_counts(ctx.dataset)

@@ -7,6 +7,8 @@ their own folders so nothing touches the project's ``data/``, ``runs/`` or embed
   at the project root; ``MILDNET_REDIS_URL`` is honoured when this is unset).
 - ``MILDNET_PRETRAINED``: the folder of committed default runs, one per dataset (default ``mildnet/pretrained``).
 - ``MILDNET_DATASET``: the dataset selected when a session starts (default: ``sample`` if listed, else the first).
+- ``MILDNET_THUMBNAILS``: the thumbnail cache of the image grids (default ``thumbnails/`` beside a local
+  ``MILDNET_STORE``, else ``.mildnet/thumbnails`` at the project root).
 
 No streamlit here: the functions are plain and read the environment on every call, so a test that sets a
 variable needs no reset.
@@ -41,6 +43,17 @@ def store_spec() -> str:
         if value:
             return value
     return str(PROJECT_ROOT / ".mildnet" / "embeddings")
+
+
+def thumbnails_dir() -> Path:
+    own = _env_path("MILDNET_THUMBNAILS")
+    if own:
+        return own
+    store = os.environ.get("MILDNET_STORE", "").strip()
+    if store and "://" not in store:
+        # A deployment (or a test) that moved the store keeps its thumbnails beside it, not in the project.
+        return Path(store).expanduser().parent / "thumbnails"
+    return PROJECT_ROOT / ".mildnet" / "thumbnails"
 
 
 def initial_dataset(names: list[str]) -> str | None:

@@ -81,11 +81,19 @@ def describe_item(row: dict | None) -> str:
 
 
 def image(path: str | Path, caption: str | None = None) -> None:
+    """A catalogue photo in a grid, as its cached thumbnail (never the full-size original)."""
+    from mildnet.ui.thumbnails import thumbnail
+
     path = Path(path)
-    if path.is_file():
-        st.image(str(path), caption=caption, width="stretch")
-    else:
+    if not path.is_file():
         st.warning(f"missing image: {path.name}", icon=":material/broken_image:")
+        return
+    try:
+        shown = thumbnail(path)
+    except (OSError, ValueError) as exc:
+        st.warning(f"unreadable image: {path.name} ({type(exc).__name__})", icon=":material/broken_image:")
+        return
+    st.image(str(shown), caption=caption, width="stretch")
 
 
 def product_card(path: Path, *, title_html: str, meta_html: str = "", key: str | None = None):
