@@ -105,9 +105,13 @@ class EmbeddingSet:
         if len(set(self.ids)) != n:
             dupes = _duplicates(self.ids)
             raise DataError(f"EmbeddingSet ids must be unique; duplicated: {_preview(dupes)}")
-        if n and not np.isfinite(self.vectors).all():
-            bad = int(np.flatnonzero(~np.isfinite(self.vectors).all(axis=1))[0])
-            raise DataError(f"EmbeddingSet vector for id {self.ids[bad]!r} contains NaN or infinity")
+        # Checked a block at a time: a whole-matrix boolean mask would cost a quarter of a float32 matrix.
+        step = max(1, (4 << 20) // max(1, dim))
+        for a in range(0, n, step):
+            finite = np.isfinite(self.vectors[a:a + step]).all(axis=1)
+            if not finite.all():
+                bad = a + int(np.flatnonzero(~finite)[0])
+                raise DataError(f"EmbeddingSet vector for id {self.ids[bad]!r} contains NaN or infinity")
         if not isinstance(self.meta, dict):
             raise DataError(f"EmbeddingSet meta must be a dict, got {type(self.meta).__name__}")
         meta = dict(self.meta)
