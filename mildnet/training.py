@@ -774,6 +774,7 @@ def train(
     if frozen:
         log.info("frozen through %s: %s", config.freeze, ", ".join(frozen))
     config = dataclasses.replace(config, embedding_dim=int(model.outputs[0].shape[-1]))
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": RUN_FORMAT,
@@ -789,7 +790,25 @@ def train(
 
         write_triplets(run_dir / HELDOUT_FILE, data["val"])
     _write_json(run_dir / CONFIG_FILE, meta)
-    return _fit(model, strategy, config, run_dir, data, [], callbacks, stop_event)
+    try:
+        return _fit(model, strategy, config, run_dir, data, [], callbacks, stop_event)
+    except Exception:
+        if not (run_dir / HISTORY_FILE).exists():
+            _discard_new_run(run_dir, created)
+        raise
+
+
+def _discard_new_run(run_dir: Path, created: bool) -> None:
+    """Removes what :func:`train` wrote for a run that failed before its first epoch (e.g. an image the
+    decoder refused mid-epoch): a folder holding only config.json would block the same command rerun
+    ("already holds a training run") while having nothing to resume. Only our own files are removed."""
+    for name in (CONFIG_FILE, HELDOUT_FILE, METRICS_FILE, *(_staged(run_dir / f).name for f in _STAGED_FILES)):
+        (run_dir / name).unlink(missing_ok=True)
+    if created:
+        try:
+            run_dir.rmdir()
+        except OSError:  # something else was put there meanwhile: leave it
+            pass
 
 
 def resume(

@@ -9,7 +9,7 @@ def test_triplets_then_check_is_clean(labelled_folder, tmp_path, capsys):
     assert main(["data", "triplets", "--images", str(labelled_folder), "--out", str(out), "--seed", "3"]) == 0
     catalog = pd.read_csv(out / "catalog.csv")
     assert len(catalog) == 12
-    files = [str(out / f"{split}.csv") for split in ("train", "val", "test")]
+    files = [str(out / f"{split}.csv") for split in ("train", "val", "test") if (out / f"{split}.csv").exists()]
     assert sum(len(read_triplets(f).triplets) for f in files) > 0
     assert main(["data", "check", "--images", str(labelled_folder), "--triplets", *files]) == 0
     assert "no problems found" in capsys.readouterr().out

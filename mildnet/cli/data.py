@@ -108,9 +108,16 @@ def cmd_triplets(args: argparse.Namespace) -> int:
     splits = generate_triplets(catalog, per_query=args.per_query, seed=args.seed)
     write_catalog(args.out / "catalog.csv", catalog)
     for split, frame in splits.items():
-        write_triplets(args.out / f"{split}.csv", frame)
+        # An empty split file would fail every later check and training ("no triplets"): not written.
+        if len(frame):
+            write_triplets(args.out / f"{split}.csv", frame)
+        else:
+            (args.out / f"{split}.csv").unlink(missing_ok=True)
     counts = ", ".join(f"{split} {len(frame)}" for split, frame in splits.items())
     print(f"{len(catalog)} images, {catalog['product_id'].nunique()} products; triplets: {counts}")
+    empty = [split for split, frame in splits.items() if not len(frame)]
+    if empty:
+        print(f"not written: {', '.join(empty)} (no product has two images in that split)")
     print(f"written to {args.out} (image root: {args.images})")
     return 0
 

@@ -79,12 +79,27 @@ def load_model_from_args(args: argparse.Namespace):
 
     from mildnet.models import build_model
 
-    size = args.image_size or 224
+    size = check_model_arguments(args)
     # A fixed seed makes a randomly initialised network (and so its fingerprint and cache key) the same in
     # every invocation, so `search --model NAME` finds what `embed --model NAME` stored.
     keras.utils.set_random_seed(0)
     model = build_model(args.model, input_size=size, embedding_dim=args.embedding_dim, weights=args.weights)
     return model, {"model": args.model, "image_size": size, "weights": args.weights or "none"}
+
+
+def check_model_arguments(args: argparse.Namespace) -> int:
+    """The input size for --model NAME (default 224), after the checks ``train`` makes: a name, size or
+    embedding size no zoo model accepts is a usage error (exit 2) in every command, not a model error."""
+    from mildnet.cli import UsageError
+    from mildnet.models.zoo import ModelArgumentError
+    from mildnet.models.zoo import check_model_arguments as check
+
+    size = 224 if args.image_size is None else args.image_size
+    try:
+        check(args.model, size, args.embedding_dim)
+    except ModelArgumentError as exc:
+        raise UsageError(str(exc)) from None
+    return size
 
 
 def use_default_run(args: argparse.Namespace) -> Path:

@@ -89,11 +89,12 @@ def _load_model(args: argparse.Namespace):
         source = {"run": str(Path(args.run).resolve()), "checkpoint": args.checkpoint, "model": info.config.model,
                   "fingerprint": info.fingerprint}
         return model, info, source
-    from mildnet.models import build_model
-
     import keras
 
-    size = args.image_size or 224
+    from mildnet.cli.embed import check_model_arguments
+    from mildnet.models import build_model
+
+    size = check_model_arguments(args)
     keras.utils.set_random_seed(args.seed)
     model = build_model(args.model, size, args.embedding_dim, args.weights)
     return model, None, {"model": args.model, "weights": args.weights or "none", "seed": args.seed}

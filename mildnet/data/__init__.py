@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from mildnet.errors import DataError
@@ -18,3 +21,19 @@ def read_text_file(path: str | os.PathLike, what: str, hint: str = "") -> str:
         raise DataError(f"{what} not found: {path}{hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {what} {path}: {exc}") from None
+
+
+def csv_rows(text: str) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """``(line number, cells, None)`` per CSV record of ``text``, or ``(line number, None, reason)`` for a
+    record the csv module refuses (a field over its 131,072-character limit, a NUL byte): the caller
+    reports that one row instead of the whole file failing with a csv traceback."""
+    reader = csv.reader(io.StringIO(text))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, None, f"unreadable CSV row ({exc})"
+            continue
+        yield reader.line_num, row, None

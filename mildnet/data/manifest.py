@@ -181,7 +181,11 @@ def parse_manifest(text: str, base: Path, name: str = "manifest", allow_empty: b
         if allow_empty:
             return []
         raise DataError(f"{name}: empty manifest (needs a header row: {','.join(COLUMNS)})")
-    reader = csv.reader([line for _, line in lines])
+    try:
+        records = list(csv.reader([line for _, line in lines]))
+    except csv.Error as exc:  # e.g. a field over the csv module's 131,072-character limit
+        raise DataError(f"{name}: unreadable CSV ({exc})") from None
+    reader = iter(records)
     header = [h.strip().lower() for h in next(reader)]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:

@@ -8,8 +8,6 @@ leak check between splits, all as a :class:`CheckReport`.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +16,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 
-from mildnet.data import read_text_file
+from mildnet.data import csv_rows, read_text_file
 
 COLUMNS = ("query", "positive", "negative")
 
@@ -74,7 +72,11 @@ def parse_triplets(text: str, name: str = "<triplets>", path: Path | None = None
     rows: list[tuple[str, str, str, int]] = []
     seen: dict[tuple[str, str, str], int] = {}
     n_rows = 0
-    for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for line_no, row, error in csv_rows(text):
+        if error is not None:
+            n_rows += 1
+            problems.append(Problem("malformed", name, line_no, error))
+            continue
         if not row or all(not cell.strip() for cell in row):
             continue  # blank lines are harmless
         if n_rows == 0 and [cell.strip().lower() for cell in row] == list(COLUMNS):
@@ -236,7 +238,11 @@ def check_triplets(
     root = Path(image_root)
     files = [read_triplets(p) for p in triplet_files]
     referenced = sorted(set().union(*(f.images for f in files))) if files else []
-    image_problems: list[Problem] = []
+    # A file with nothing to train or evaluate on is a problem, not a clean pass with 0 triplets.
+    image_problems: list[Problem] = [
+        Problem("no triplets", str(f.path), None, f"{f.n_rows} rows, none of them a usable triplet")
+        for f in files if f.triplets.empty
+    ]
     existing = _existing_files(root) if root.is_dir() else set()
     missing = [name for name in referenced if name not in existing]
     if root.is_dir():

@@ -377,16 +377,29 @@ def build_model(
             back to random weights silently.
     """
     spec = _spec(name)
+    check_model_arguments(name, input_size, embedding_dim)
     size = _as_int(input_size)
-    if size is None or size < spec.min_input_size:
-        raise ModelError(f"{name} needs an integer input_size >= {spec.min_input_size}, got {input_size!r}")
     dim = spec.default_embedding_dim if embedding_dim is None else _as_int(embedding_dim)
-    if dim is None or dim < 1:
-        raise ModelError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
     weights = _normalise_weights(weights)
     if weights is not None and not spec.pretrained:
         raise ModelError(f"{name} has no pretrained backbone; use weights=None")
     return spec.build(size, dim, weights)
+
+
+class ModelArgumentError(ModelError):
+    """A model name, input size or embedding size that no zoo model accepts (a usage error, not a data one)."""
+
+
+def check_model_arguments(name: str, input_size, embedding_dim=None) -> None:
+    """Raises ModelArgumentError unless :func:`build_model` accepts these settings."""
+    spec = _spec(name)
+    size = _as_int(input_size)
+    if size is None or size < spec.min_input_size:
+        raise ModelArgumentError(f"{name} needs an integer input_size >= {spec.min_input_size}, got {input_size!r}")
+    if embedding_dim is not None:
+        dim = _as_int(embedding_dim)
+        if dim is None or dim < 1:
+            raise ModelArgumentError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
 
 
 def _as_int(value):
@@ -403,7 +416,7 @@ def _spec(name) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+        raise ModelArgumentError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
 
 
 def _normalise_weights(weights):
