@@ -163,3 +163,45 @@ def test_an_empty_triplet_file_fails_the_check(folder, tmp_path, capsys):
     empty = _write(tmp_path / "empty.csv", [""])
     assert main(["data", "check", "--images", str(folder), "--triplets", str(empty)]) == 1
     assert "no triplets: 1" in capsys.readouterr().out
+
+
+# --- archives: bombs are refused, extracted folders get normal modes ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_bombs_are_refused_and_leave_nothing(tmp_path, kind):
+    import tarfile
+    import zipfile
+
+    from mildnet.data.fetch import extract
+
+    zeros = tmp_path / "zeros.csv"
+    with open(zeros, "wb") as f:
+        f.truncate(200 << 20)  # 200 MB of zeros: ~200 kB compressed
+    archive = tmp_path / f"bomb.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(zeros, "data/zeros.csv")
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            tf.add(zeros, "data/zeros.csv")
+    zeros.unlink()
+    with pytest.raises(DataError, match="zip bomb"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [archive.name]  # no staging folder left either
+
+
+def test_an_extracted_dataset_folder_has_normal_modes(tmp_path, folder):
+    import stat
+    import zipfile
+
+    from mildnet.data.fetch import extract
+
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in folder.iterdir():
+            zf.write(path, f"photos/{path.name}")
+    out = extract(archive, tmp_path / "out")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert sorted(p.name for p in (out / "photos").iterdir()) == sorted(p.name for p in folder.iterdir())

@@ -268,6 +268,25 @@ def archive_kind(path: str | os.PathLike) -> str:
     raise DataError(f"{path} is not a zip or tar archive (corrupt or incomplete download? delete it and fetch again)")
 
 
+# Caps on what an archive may unpack to (zip bombs: a 1 MB zip can declare 1 GB of zeros). Images and
+# CSVs never shrink 100-fold; a dataset is far below 32 GB (MILDNet's tops: 658 MB).
+MAX_EXTRACT_BYTES = 32 << 30
+MAX_COMPRESSION_RATIO = 100
+_RATIO_FLOOR = 1 << 20  # members this small may compress as they like (a 1 kB CSV of zeros is no threat)
+
+
+def _check_sizes(archive: Path, sizes: list[tuple[str, int, int]]) -> None:
+    """``sizes``: (name, uncompressed, compressed) per member; DataError naming the first cap exceeded."""
+    total = sum(size for _, size, _ in sizes)
+    if total > MAX_EXTRACT_BYTES:
+        raise DataError(f"refusing to extract {archive.name}: it would unpack to {total / 2**30:.1f} GB "
+                        f"(at most {MAX_EXTRACT_BYTES >> 30} GB)")
+    for name, size, packed in sizes:
+        if size > _RATIO_FLOOR and size > MAX_COMPRESSION_RATIO * max(packed, 1):
+            raise DataError(f"refusing to extract {archive.name}: member {name!r} would unpack {size / packed:.0f}"
+                            f" times its packed size (a zip bomb?; at most {MAX_COMPRESSION_RATIO}x)")
+
+
 def extract(
     archive: str | os.PathLike,
     dest_dir: str | os.PathLike,
@@ -297,6 +316,8 @@ def extract(
         if dest_dir.exists():
             dest_dir.rmdir()  # empty, checked above
         os.replace(top, dest_dir)
+        # The staging folder came from mkdtemp (mode 0700): a dataset folder is readable like any other.
+        os.chmod(dest_dir, 0o755)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest_dir
@@ -326,6 +347,8 @@ def _extract_zip(archive: Path, target: Path, progress: ExtractProgress | None) 
                 reason = _unsafe_reason(info.filename)
                 if reason:
                     raise DataError(f"refusing to extract {archive.name}: member {info.filename!r} ({reason})")
+            # zipfile stops each member at its declared size, so the declared sizes bound what is written.
+            _check_sizes(archive, [(i.filename, i.file_size, i.compress_size) for i in members])
             for i, info in enumerate(members, 1):
                 zf.extract(info, target)
                 if progress:
@@ -347,6 +370,10 @@ def _extract_tar(archive: Path, target: Path, progress: ExtractProgress | None) 
                     reason = "link or special file"
                 if reason:
                     raise DataError(f"refusing to extract {archive.name}: member {info.name!r} ({reason})")
+            # A compressed tar has one stream: the whole archive's size is what every member shares.
+            packed = max(archive.stat().st_size, 1)
+            total = sum(info.size for info in members)
+            _check_sizes(archive, [(archive.name, total, packed)])
             for i, info in enumerate(members, 1):
                 # The "data" filter (Python >= 3.11.4) re-checks paths and drops odd permission bits.
                 if hasattr(tarfile, "data_filter"):
