@@ -176,6 +176,6 @@ def test_pages_render_without_errors(page, server, tmp_path, path, marker):
     assert sidebar.get_by_text("Dataset").first.is_visible()
     # app.py's navigation (titles and icons), even on a deep link to a fresh server.
     links = sidebar.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
-    assert [t.split()[-1] for t in links] == ["Home", "Search", "Triplets", "Evaluation"], links
+    assert [t.split()[-1] for t in links] == ["Home", "Search", "Triplets", "Evaluation", "catalogue"], links
     assert sidebar.get_by_text("Train a model").first.is_visible()
     _shoot(page, tmp_path, f"page-{path or 'home'}")

@@ -1,0 +1,119 @@
+"""Adding your own catalogue in a real browser (issue 9): ``streamlit run app.py`` driven by headless Chromium,
+on temporary folders (the shipped real-photo model is linked in as the default model)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_browser import (  # noqa: F401 - playwright_api is a fixture
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LOAD_TIMEOUT_MS,
+    _free_port,
+    _hit_images,
+    _idle,
+    _shoot,
+    playwright_api,
+)
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, playwright_api):  # noqa: F811
+    from mildnet.data.sample import generate_sample
+
+    root = tmp_path_factory.mktemp("browser-catalogue")
+    generate_sample(root / "tiny", products=12, size=32)
+    (root / "manifest.csv").write_text("dataset,split,triplets,image_root,catalog,source\n" + "".join(
+        f"tiny,{s},tiny/{s}.csv,tiny,tiny/catalog.csv,generated\n" for s in ("train", "val", "test")))
+    (root / "pretrained").mkdir()
+    (root / "pretrained" / "real").symlink_to(PROJECT / "mildnet" / "pretrained" / "real")
+    port = _free_port()
+    env = dict(os.environ, MILDNET_MANIFEST=str(root / "manifest.csv"), MILDNET_RUNS=str(root / "runs"),
+               MILDNET_STORE=str(root / "store"), MILDNET_PRETRAINED=str(root / "pretrained"),
+               MILDNET_DATASET="tiny", TF_CPP_MIN_LOG_LEVEL="2")
+    for key in ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST"):
+        env.pop(key, None)
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("streamlit did not start:\n" + (root / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield {"url": url, "root": root}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(playwright_api, server):  # noqa: F811
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 1100})
+        yield context.new_page()
+        browser.close()
+
+
+def test_add_a_folder_then_upload_a_photo_and_see_five_results(page, server, tmp_path):
+    folder = tmp_path / "my shop"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(9):
+        base = rng.integers(0, 255, 3)
+        pixels = np.clip(base + rng.integers(-30, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"item{i}.jpg", quality=90)
+
+    page.goto(server["url"] + "/add")
+    _idle(page)
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_role("textbox", name="Folder", exact=True).fill(str(folder))
+    main.get_by_role("button", name="Add this folder").click()
+    main.get_by_text("is ready and selected").wait_for(timeout=LOAD_TIMEOUT_MS)
+    _idle(page)
+    assert not page.locator('[data-testid="stException"]').count()
+    assert not page.locator('[data-testid="stAlertContentError"]').count()
+    _shoot(page, tmp_path, "catalogue-added")
+
+    # Same session (a link, not a reload): the new catalogue is selected on the Search page.
+    main.get_by_role("link", name="Search it now").click()
+    _idle(page)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(folder / "item4.jpg"))
+    page.wait_for_function(
+        "document.querySelectorAll('[class*=\"st-key-mn_hit_\"] [data-testid=\"stImage\"] img').length >= 5",
+        timeout=LOAD_TIMEOUT_MS)
+    _idle(page)
+    assert _hit_images(page) == 5
+    loaded = page.eval_on_selector_all('[class*="st-key-mn_hit_"] [data-testid="stImage"] img',
+                                       "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
+    assert loaded == 5
+    # The photo finds itself first, among the real photos (never an augmented view).
+    assert "item4.jpg" in page.locator(".st-key-mn_hit_1").inner_text()
+    assert not page.locator('[data-testid="stException"]').count()
+    _shoot(page, tmp_path, "catalogue-search")
