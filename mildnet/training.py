@@ -733,6 +733,30 @@ def _is_better(row: dict, best: dict | None, monitor: str) -> bool:
     return row["val_loss"] < best["val_loss"]  # ties (common on small sets) go to the lower loss
 
 
+def _keeps_process_rngs(fn):
+    """Restores Python's and NumPy's global random states when ``fn`` returns or raises.
+
+    A run seeds them (``keras.utils.set_random_seed``) so its initial weights are reproducible; in the app
+    the run is one thread of a shared server process, and without this every other session's random draws
+    would follow the training seed afterwards. (TensorFlow's global seed stays set: nothing else in the
+    process draws TF random numbers.)
+    """
+    import functools
+    import random
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+    return wrapper
+
+
+@_keeps_process_rngs
 def train(
     config: TrainConfig,
     callbacks: Sequence[TrainingCallback] = (),
@@ -811,6 +835,7 @@ def _discard_new_run(run_dir: Path, created: bool) -> None:
             pass
 
 
+@_keeps_process_rngs
 def resume(
     run_dir: str | os.PathLike,
     callbacks: Sequence[TrainingCallback] = (),

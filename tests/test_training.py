@@ -490,3 +490,15 @@ def test_cli_errors(sample, base_run, tmp_path, capsys):
                "--image-size", "32", "--out", str(base_run[0].run_dir), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "already holds a training run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_leaves_the_process_random_state_alone(sample, tmp_path):
+    import random
+
+    random.seed(123)
+    np.random.seed(123)
+    expected = (random.random(), np.random.random())
+    random.seed(123)
+    np.random.seed(123)
+    train(tiny_config(sample, tmp_path / "run", epochs=1))
+    assert (random.random(), np.random.random()) == expected
