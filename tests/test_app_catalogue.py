@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-from tests.conftest import make_labelled_folder  # noqa: E402
+from tests.conftest import make_labelled_folder
 
 PROJECT = Path(__file__).resolve().parents[1]
 APP = PROJECT / "app.py"
