@@ -102,6 +102,8 @@ class EmbeddingChanges:
     removed: int
 
     def describe(self) -> str:
+        if not self.new and not self.removed:
+            return "photos replaced"  # same names, other files: only those are embedded again
         return f"{self.new:,} new, {self.removed:,} removed"
 
 
