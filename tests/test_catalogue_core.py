@@ -133,3 +133,24 @@ def test_thumbnails_are_made_once_and_small(tmp_path, monkeypatch):
     bad.write_bytes(b"nope")
     with pytest.raises(ValueError, match="not a readable image"):
         thumbnail(bad)
+
+
+def test_refresh_lists_only_splits_with_triplets(tmp_path):
+    from mildnet.data import manifest as mf
+
+    manifest = _registry(tmp_path)
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"p{i:02d}.jpg").write_bytes(_jpeg(i))
+    ud.add_dataset("shop", folder, manifest=manifest)
+    splits = {s.split: s for s in mf.load_manifest(manifest) if s.dataset == "shop"}
+    assert set(splits) == {"train", "val", "test"}
+    test_photos = [i for i in gallery(read_catalog(tmp_path / "data" / "shop" / "catalog.csv")).itertuples()
+                   if i.split == "test"]
+    for row in test_photos[1:]:  # one test photo left: no negative for it, so no test triplet
+        (folder / row.image.split("/", 1)[1]).unlink()
+    ud.refresh_dataset("shop", manifest=manifest)
+    splits = {s.split for s in mf.load_manifest(manifest) if s.dataset == "shop"}
+    assert splits == {"train", "val"}
+    assert not (tmp_path / "data" / "shop" / "test.csv").exists()

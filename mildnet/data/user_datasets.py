@@ -419,18 +419,19 @@ def refresh_dataset(name: str, manifest: str | os.PathLike | None = None, progre
         report(0, None, "generating triplets")
         tables = _triplets(catalog, seed)
         write_catalog(row.catalog, catalog)
+        # As in add_dataset: only splits with triplets are listed (an empty triplet file fails `data check`).
         wanted = [s for s in mf.SPLITS if len(tables[s])] or ["train"]
-        registered = [s.split for s in mf.load_user_manifest(mf.user_manifest_path(manifest)) if s.dataset == name]
-        for split in sorted(set(wanted) | set(registered)):
-            write_triplets(home / f"{split}.csv", tables.get(split, pd.DataFrame(columns=list(TRIPLET_COLUMNS))))
-        if set(wanted) - set(registered):
-            # A split that had no triplets before has some now: list it, so training and evaluation see it.
-            user_path = mf.user_manifest_path(manifest)
-            rows = [s for s in mf.load_user_manifest(user_path) if s.dataset != name]
-            template = next(s for s in mf.load_user_manifest(user_path) if s.dataset == name)
-            mine = [replace(template, split=s, triplets=home / f"{s}.csv") for s in mf.SPLITS
-                    if s in set(wanted) | set(registered)]
-            mf.save_user_manifest(rows + mine, user_path)
+        for split in wanted:
+            write_triplets(home / f"{split}.csv", tables[split])
+        user_path = mf.user_manifest_path(manifest)
+        registry = mf.load_user_manifest(user_path)
+        registered = [s.split for s in registry if s.dataset == name]
+        if set(wanted) != set(registered):
+            template = next(s for s in registry if s.dataset == name)
+            mine = [replace(template, split=s, triplets=home / f"{s}.csv") for s in wanted]
+            mf.save_user_manifest([s for s in registry if s.dataset != name] + mine, user_path)
+            for split in set(registered) - set(wanted):
+                (home / f"{split}.csv").unlink(missing_ok=True)
     return RefreshResult(name, changes, len(gallery(catalog)), {s: len(tables.get(s, ())) for s in mf.SPLITS},
                          left_out, time.perf_counter() - start)
 
