@@ -26,19 +26,23 @@ PICKER_LIMIT = 5000
 def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
     """Uploaded bytes -> (query embedding, display thumbnail). Raises ImageError with a one-line reason.
 
-    The embedding goes through the same decoder as the catalog (``embed_image`` -> ``load_image``), so an
-    uploaded catalog photo finds itself with score 1.
+    The bytes are decoded once (a phone photo's decode is the slowest step of a search); the model input is
+    resized from those pixels the way ``load_image(data, size)`` resizes (the same bilinear filter on the
+    same RGB image), so an uploaded catalog photo still finds itself with score 1.
     """
     from PIL import Image
 
     from mildnet.data.images import load_image
-    from mildnet.embeddings import embed_image
+    from mildnet.embeddings import normalize_rows
 
     pixels = load_image(data)
-    vector = embed_image(bundle.model, data, bundle.image_size)
-    thumb = Image.fromarray(pixels)
-    thumb.thumbnail((THUMB_PX, THUMB_PX))
-    return vector, np.asarray(thumb)
+    image = Image.fromarray(pixels)
+    size = (int(bundle.image_size), int(bundle.image_size))
+    model_input = pixels if image.size == size else np.asarray(image.resize(size, Image.Resampling.BILINEAR))
+    batch = model_input.astype(np.float32)[None]
+    vector = normalize_rows(np.asarray(bundle.model(batch, training=False), dtype=np.float32))[0]
+    image.thumbnail((THUMB_PX, THUMB_PX))
+    return vector, np.asarray(image)
 
 
 def render(ctx: Context) -> None:

@@ -1,0 +1,55 @@
+"""Search page upload path: one decode per upload, the same embedding as the catalog's decoder gives."""
+
+from __future__ import annotations
+
+import io
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mildnet.errors import ImageError
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from mildnet.models import build_model
+
+    return types.SimpleNamespace(model=build_model("tiny_cnn", input_size=32, weights=None), image_size=32)
+
+
+def _photo(fmt: str, size=(90, 61)) -> bytes:
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,size", [("JPEG", (90, 61)), ("PNG", (700, 900)), ("PNG", (32, 32))])
+def test_upload_is_decoded_once_and_embeds_like_the_catalog(bundle, monkeypatch, fmt, size):
+    import mildnet.data.images as images
+    from mildnet.embeddings import embed_image
+    from mildnet.ui.search_page import THUMB_PX, embed_upload
+
+    data = _photo(fmt, size)
+    want = embed_image(bundle.model, data, 32)  # the catalog's path: load_image(data, 32)
+    calls = []
+    real = images.load_image
+
+    def counting(source, size=None):
+        calls.append(size)
+        return real(source, size)
+
+    monkeypatch.setattr(images, "load_image", counting)
+    vector, thumb = embed_upload(data, bundle)
+    assert calls == [None]  # one full-size decode serves the thumbnail and the model input
+    np.testing.assert_array_equal(vector, want)
+    assert max(thumb.shape[:2]) == min(THUMB_PX, max(size)) and thumb.dtype == np.uint8
+
+
+def test_bad_upload_is_an_image_error(bundle):
+    from mildnet.ui.search_page import embed_upload
+
+    with pytest.raises(ImageError):
+        embed_upload(b"not an image", bundle)
