@@ -2,7 +2,7 @@
 
     python bench/run_all.py --quick    # quick (also without a flag): under 5 minutes on 2 busy cores
     python bench/run_all.py --default  # each script's default size
-    python bench/run_all.py --full     # each script's --full size (about 10 minutes)
+    python bench/run_all.py --full     # each script's --full size (more repeats)
     python bench/run_all.py search store   # a subset
     python bench/run_all.py --quick --real-store /tmp/st   # float16 recall on a store of real embeddings
 
