@@ -159,3 +159,16 @@ def test_redis_down_fails_clearly_or_falls_back(capsys, run_dir, images, tmp_pat
     code, out, _ = run(capsys, "search", "--run", run_dir, "--store", url, "--fallback-local", fallback,
                        "--id", "red/red_0.jpg", "--json")
     assert code == 0 and len(json.loads(out.strip().splitlines()[-1])["results"]) == 5
+
+
+def test_embed_float16_halves_the_store_and_searches_the_same(capsys, run_dir, images, tmp_path):
+    wide, half = tmp_path / "f32", tmp_path / "f16"
+    assert embed(capsys, run_dir, images, wide)[0] == 0
+    assert embed(capsys, run_dir, images, half, "--dtype", "float16")[0] == 0
+    sets = [LocalStore(path) for path in (wide, half)]
+    a, b = (store.get(store.keys()[0]) for store in sets)
+    assert a.vectors.dtype == np.float32 and b.vectors.dtype == np.float16
+    assert np.allclose(a.vectors, b.vectors.astype(np.float32), atol=1e-3)
+    for store in (wide, half):
+        code, out, _ = run(capsys, "search", "--run", run_dir, "--store", store, "--id", "red/red_1.jpg", "--json")
+        assert code == 0 and json.loads(out.splitlines()[-1])["results"][0]["id"].startswith("red/")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from mildnet.data.images import MAX_FILE_BYTES
 from mildnet.errors import ImageError
 from mildnet.ui import layout, matching, resources, widgets
 from mildnet.ui.layout import Context
@@ -59,7 +60,10 @@ def render(ctx: Context) -> None:
     pick_upload, pick_catalog = st.tabs([":material/upload: Upload a photo", ":material/apparel: Pick a product"])
     with pick_upload:
         uploaded = st.file_uploader("Photo of a product (JPG, PNG or WebP)", type=["jpg", "jpeg", "png", "webp"],
-                                    key=UPLOAD_KEY, help="Taken with a phone or saved from a web page; at most 20 MB.")
+                                    key=UPLOAD_KEY, help="Taken with a phone or saved from a web page; at most 20 MB.",
+                                    # The server-wide limit is sized for catalogue zips; a photo is refused
+                                    # by the browser above the decoder's own limit.
+                                    max_upload_size=MAX_FILE_BYTES >> 20)
         if uploaded is not None and uploaded.file_id != st.session_state.get(LAST_UPLOAD_KEY):
             # A new file was dropped in: it becomes the query (a click on a result replaces it later).
             st.session_state[LAST_UPLOAD_KEY] = uploaded.file_id
