@@ -24,6 +24,7 @@ from mildnet.data import manifest as mf
 from mildnet.data.catalog import AUGMENTED_COLUMN, gallery, read_catalog
 from mildnet.data.instance import MAX_VIEW_SIDE
 from mildnet.data.triplets import read_triplets
+from mildnet.data import user_datasets as ud
 from mildnet.data.user_datasets import escaping_links
 from tests.conftest import make_labelled_folder
 
@@ -388,3 +389,15 @@ def test_escaping_links_lists_only_links_leaving_the_root(tmp_path):
     (root / ".hidden.jpg").symlink_to(outside)  # skipped like list_images skips it
     assert escaping_links(root) == sorted([("out.jpg", str(outside.resolve())),
                                            ("dangling.jpg", str((root / "gone.jpg").resolve()))])
+
+
+def test_remove_deletes_an_unpacked_upload_but_never_a_users_folder(registry, tmp_path):
+    uploaded = make_flat(ud.user_data_dir() / ud.UPLOADS_DIR / "shop", n=6)
+    mine = make_flat(tmp_path / "mine", n=6, seed=1)
+    before = snapshot(mine)
+    ud.add_dataset("shop", uploaded)
+    ud.add_dataset("mine", mine)
+    ud.remove_dataset("shop")
+    ud.remove_dataset("mine")
+    assert not uploaded.exists()  # the app's own copy of a zip's photos
+    assert snapshot(mine) == before

@@ -59,6 +59,10 @@ _EXAMPLES = 3
 Progress = Callable[[int, "int | None", str], None]
 
 
+# Where the app unpacks uploaded zips (mildnet.ui.catalogue): one folder per dataset, the dataset's origin.
+UPLOADS_DIR = "uploads"
+
+
 def user_data_dir(manifest: str | os.PathLike | None = None) -> Path:
     """Where registered datasets keep their derived files: ``data/`` beside the user registry."""
     return mf.user_manifest_path(manifest).expanduser().resolve().parent / USER_DATA_DIR
@@ -496,11 +500,23 @@ def remove_dataset(name: str, manifest: str | os.PathLike | None = None) -> Remo
             raise DataError(f"no dataset {name!r} was added with `data add` (added: {mine})")
         mf.save_user_manifest([s for s in user if s.dataset != name], user_path)
     first = rows[0]
+    _remove_unpacked_upload(first.origin, user_data_dir(manifest))
     kept = _why_keep(home, first)
     if kept:
         return RemoveResult(name, first.origin, None, kept)
     shutil.rmtree(home)
     return RemoveResult(name, first.origin, home)
+
+
+def _remove_unpacked_upload(origin: str | None, data_dir: Path) -> None:
+    """An uploaded zip's photos were unpacked by the app under ``data/uploads/<NAME>/``: they are our copy,
+    not the user's folder (the user kept the zip), so unregistering the dataset deletes them too."""
+    if not origin:
+        return
+    folder = Path(origin).resolve()
+    uploads = (data_dir / UPLOADS_DIR).resolve()
+    if folder.parent == uploads and folder.is_dir() and not Path(origin).is_symlink():
+        shutil.rmtree(folder)
 
 
 def _why_keep(home: Path, row: mf.DatasetSplit) -> str:

@@ -20,7 +20,7 @@ from mildnet.data import user_datasets as ud
 from mildnet.data.upload import ExtractReport, extract_images
 from mildnet.errors import DataError
 
-UPLOADS_DIR = "uploads"
+UPLOADS_DIR = ud.UPLOADS_DIR
 DEMO = "clothing-small"
 Progress = Callable[[int, "int | None", str], None]
 
