@@ -49,6 +49,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 # Reads of a set that writers keep replacing are retried this often (with a growing pause, ~2 s in all).
 _READ_ATTEMPTS = 50
+# A set header claiming more values than this (16 GB of float32) is corrupt, whatever its other fields say.
+_MAX_VALUES = 1 << 32
 
 DEFAULT_LOCAL_PATH = ".mildnet/embeddings"
 REDIS_URL_ENV = "MILDNET_REDIS_URL"
@@ -592,7 +594,9 @@ class LocalStore(Store):
             raise StoreError(f"cannot read {items_path}: {exc}") from None
         ids, paths = _parse_items(raw_items, n, str(items_path))
         try:
-            vectors = np.load(vec_path, allow_pickle=False)
+            # Mapped, not read: a header claiming a huge shape is checked below before any allocation
+            # (a file shorter than its header claims fails the mapping with a ValueError).
+            vectors = np.load(vec_path, allow_pickle=False, mmap_mode="r")
         except FileNotFoundError:
             raise
         except (OSError, ValueError, EOFError) as exc:
@@ -602,6 +606,10 @@ class LocalStore(Store):
                 f"corrupt embedding matrix {vec_path}: shape {vectors.shape} dtype {vectors.dtype}, "
                 f"expected ({n}, D) float32 or float16"
             )
+        try:
+            vectors = np.array(vectors)  # into memory: the file may be replaced by the next writer
+        except MemoryError:
+            raise StoreError(f"not enough memory for the embedding matrix {vec_path} {vectors.shape}") from None
         return _build_set(ids, paths, vectors, meta, str(vdir))
 
     def delete(self, key: str) -> bool:
@@ -641,20 +649,43 @@ class LocalStore(Store):
 # --------------------------------------------------------------------------------------------------------------
 
 
+class StoreURLError(StoreError):
+    """A store URL that cannot be parsed (a usage error: the CLI exits 2)."""
+
+
 def _redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages (also when the URL cannot be parsed)."""
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
-        return "<unparsable URL>"
+        # Unparsable: mask whatever sits between '//' and the last '@' by pattern.
+        return re.sub(r"(//[^/@]*?:)[^/]*@", r"\1***@", url) if "@" in url else url
     if parts.password is None and "@" not in parts.netloc:
         return url
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if port:
+        host = f"{host}:{port}"
     user = parts.username or ""
     netloc = f"{user}:***@{host}" if user else f"***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_redis_url(url: str) -> None:
+    """StoreURLError (one line, password masked) unless ``url`` parses as redis[s]://[[user]:pw@]host[:port][/db]."""
+    found = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if not found or found.group(1).lower() not in REDIS_SCHEMES:
+        raise StoreURLError(f"not a Redis URL: {_redact_url(url)} (expected redis://host:port/db or rediss://...)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what raises for 'host:notaport'
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("expected redis://[:password@]host[:port][/db]")
+        db = parts.path.strip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            raise ValueError(f"the database must be a number, got {db!r}")
+    except ValueError as exc:
+        raise StoreURLError(f"bad Redis URL {_redact_url(url)}: {exc}") from None
 
 
 class RedisStore(Store):
@@ -689,8 +720,9 @@ class RedisStore(Store):
         client: Any = None,
         dtype: str | None = None,
     ) -> None:
-        if not isinstance(url, str) or urlsplit(url).scheme not in REDIS_SCHEMES:
-            raise StoreError(f"not a Redis URL: {url!r} (expected redis://host:port/db or rediss://...)")
+        if not isinstance(url, str):
+            raise StoreError(f"not a Redis URL: a {type(url).__name__} (expected redis://host:port/db or rediss://...)")
+        check_redis_url(url)
         if not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         if not isinstance(batch_bytes, int) or batch_bytes < 1:
@@ -827,6 +859,11 @@ class RedisStore(Store):
                 version = version.decode("ascii", "replace")
                 raw_meta = self._r.get(self._k(key, "v", version, "meta"))
                 if raw_meta is None:
+                    if self._r.get(self._k(key, "current")) == version.encode("ascii"):
+                        # Not a writer at work: the set's keys were evicted (maxmemory) or flushed.
+                        raise StoreError(f"the embedding set at {where} is gone from Redis (evicted or flushed: "
+                                         f"version {version} has no data); rebuild it with `python -m mildnet "
+                                         f"embed ... --rebuild` (or delete the key)")
                     continue  # replaced meanwhile
                 try:
                     header = json.loads(raw_meta)
@@ -834,6 +871,10 @@ class RedisStore(Store):
                     dtype = header.get("dtype", "float32")
                     if not isinstance(meta, dict) or n < 0 or dim < 0 or chunks < 0 or dtype not in DTYPES:
                         raise ValueError("bad header values")
+                    # Checked against each other before anything is allocated from them: every chunk holds
+                    # at least one row, and the matrix must fit the sizes Redis can hold at all.
+                    if chunks > max(n, 1) or (n > 0) != (chunks > 0) or n * dim > _MAX_VALUES:
+                        raise ValueError(f"n={n}, dim={dim}, chunks={chunks} do not fit together")
                 except (ValueError, TypeError, KeyError) as exc:
                     raise StoreError(f"corrupt embedding metadata at {where}: {exc}") from None
                 tx = self._r.pipeline(transaction=True)
@@ -842,7 +883,8 @@ class RedisStore(Store):
                 values = tx.execute()
                 if any(v is None for v in values):
                     if self._r.get(self._k(key, "current")) == version.encode("ascii"):
-                        raise StoreError(f"incomplete embedding set at {where}; delete it to recompute")
+                        raise StoreError(f"incomplete embedding set at {where} (keys evicted or flushed?); rebuild "
+                                         f"it with `python -m mildnet embed ... --rebuild` (or delete the key)")
                     continue
                 ids, paths = _parse_items(values[0], n, where)
                 blob = b"".join(values[1:])
@@ -908,12 +950,15 @@ def open_store(
     if not isinstance(spec, str) or not spec.strip():
         raise StoreError(f"store must be a Redis URL or a folder path, got {spec!r}")
     spec = spec.strip()
-    scheme = urlsplit(spec).scheme.lower() if "://" in spec else ""
+    # Not urlsplit: it raises on a malformed netloc, which RedisStore reports properly.
+    found = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", spec)
+    scheme = found.group(1).lower() if found else ""
     if scheme in REDIS_SCHEMES:
         try:
             return RedisStore(spec, dtype=dtype, **redis_options)
         except StoreError as exc:
-            if fallback_local is None:
+            # A URL that does not parse is a typo to fix, not an outage to ride out.
+            if fallback_local is None or isinstance(exc, StoreURLError):
                 raise
             # One channel only: an unconfigured logger would print the same line a second time.
             msg = f"{exc}; falling back to the local store at {fallback_local}"
@@ -922,5 +967,5 @@ def open_store(
     if scheme == "file":
         return LocalStore(urlsplit(spec).path, dtype=dtype)
     if scheme:
-        raise StoreError(f"unsupported store {spec!r}: use a folder path or a redis:// / rediss:// URL")
+        raise StoreURLError(f"unsupported store {_redact_url(spec)!r}: use a folder path or a redis:// / rediss:// URL")
     return LocalStore(spec, dtype=dtype)

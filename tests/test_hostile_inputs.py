@@ -205,3 +205,55 @@ def test_an_extracted_dataset_folder_has_normal_modes(tmp_path, folder):
     out = extract(archive, tmp_path / "out")
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert sorted(p.name for p in (out / "photos").iterdir()) == sorted(p.name for p in folder.iterdir())
+
+
+# --- stores: vanished Redis keys, malformed URLs, a .npy header claiming a huge shape -----------------------
+
+
+def _embedded(capsys, folder, store):
+    assert main(["embed", "--model", "tiny_cnn", "--image-size", "16", "--images", str(folder), "--store", store]) == 0
+    capsys.readouterr()
+
+
+def _search(store, folder):
+    return ["search", "--model", "tiny_cnn", "--image-size", "16", "--image", str(folder / "r0.jpg"),
+            "--store", store]
+
+
+def test_redis_keys_gone_under_the_pointer_say_what_happened(capsys, folder, redis_url):
+    import redis
+
+    _embedded(capsys, folder, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    meta_keys = [k for k in client.keys("*") if k.endswith(b":meta")]
+    assert meta_keys
+    client.delete(*meta_keys)  # what an eviction under maxmemory does to a set
+    assert main(_search(redis_url, folder)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gone from Redis" in err and "--rebuild" in err
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:notaport/0", "redis://[::1/0", "redis://:s3cret@[::1/0",
+                                 "redis://localhost:6379/x", "http://example.com/store"])
+def test_malformed_store_urls_are_usage_errors_with_the_password_masked(capsys, folder, url):
+    for command in (["embed", "--model", "tiny_cnn", "--images", str(folder), "--store", url],
+                    ["search", "--model", "tiny_cnn", "--image", str(folder / "r0.jpg"), "--store", url,
+                     "--fallback-local", str(folder.parent / "fallback")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1 and "s3cret" not in err, err
+    assert not (folder.parent / "fallback").exists()  # a typo is not an outage to fall back from
+
+
+def test_a_npy_header_claiming_a_huge_shape_is_a_one_line_error(capsys, folder, tmp_path):
+    store = tmp_path / "store"
+    _embedded(capsys, folder, str(store))
+    (matrix,) = store.rglob("vectors.npy")
+    small = np.load(matrix)
+    with open(matrix, "wb") as f:  # the same bytes behind a header that claims 4e12 rows
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (4_000_000_000_000, small.shape[1])})
+        f.write(small.astype("<f4").tobytes())
+    assert main(_search(str(store), folder)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "corrupt embedding matrix" in err, err

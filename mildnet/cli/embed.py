@@ -115,7 +115,8 @@ def use_default_run(args: argparse.Namespace) -> Path:
 
 
 def open_store_from_args(args: argparse.Namespace):
-    from mildnet.store import DEFAULT_LOCAL_PATH, open_store
+    from mildnet.cli import UsageError
+    from mildnet.store import DEFAULT_LOCAL_PATH, StoreURLError, open_store
 
     default_local = Path(args.run) / "embeddings" if getattr(args, "run", None) else Path(DEFAULT_LOCAL_PATH)
     store_log = logging.getLogger("mildnet.store")
@@ -128,6 +129,8 @@ def open_store_from_args(args: argparse.Namespace):
             warnings.simplefilter("always")
             store = open_store(args.store, fallback_local=args.fallback_local, default_local=default_local,
                                dtype=getattr(args, "dtype", None))
+    except StoreURLError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         store_log.setLevel(level)
     for warning in caught:
