@@ -6,6 +6,7 @@ Screenshots are written under pytest's tmp dir and copied to /tmp/mildnet-screen
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -32,6 +33,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serve_app(root: Path, dataset: str, drop_env=("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST")):
+    """``streamlit run app.py`` on a free port with every folder under ``root`` (manifest.csv, runs, store,
+    pretrained); yields its URL once healthy and stops it afterwards."""
+    port = _free_port()
+    env = dict(os.environ, MILDNET_MANIFEST=str(root / "manifest.csv"), MILDNET_RUNS=str(root / "runs"),
+               MILDNET_STORE=str(root / "store"), MILDNET_PRETRAINED=str(root / "pretrained"),
+               MILDNET_DATASET=dataset, TF_CPP_MIN_LOG_LEVEL="2")
+    for key in drop_env:
+        env.pop(key, None)
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("streamlit did not start:\n" + (root / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def playwright_api():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
@@ -53,37 +92,8 @@ def server(tmp_path_factory, playwright_api):
         images=str(root / "tiny"), triplets=str(root / "tiny" / "train.csv"),
         val_triplets=str(root / "tiny" / "val.csv"), dataset="tiny", out=str(root / "runs" / "tiny-run"),
         model="tiny_cnn", weights=None, image_size=32, epochs=2, batch_size=32))
-    port = _free_port()
-    env = dict(os.environ, MILDNET_MANIFEST=str(root / "manifest.csv"), MILDNET_RUNS=str(root / "runs"),
-               MILDNET_STORE=str(root / "store"), MILDNET_PRETRAINED=str(root / "pretrained"),
-               MILDNET_DATASET="tiny", TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("MILDNET_REDIS_URL", None)
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("streamlit did not start:\n" + (root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+    with serve_app(root, dataset="tiny") as url:
         yield {"url": url, "root": root}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,6 @@ on temporary folders (the shipped real-photo model is linked in as the default m
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +13,10 @@ from tests.test_browser import (  # noqa: F401 - playwright_api is a fixture
     CHROMIUM,
     CHROMIUM_ARGS,
     LOAD_TIMEOUT_MS,
-    _free_port,
     _hit_images,
     _idle,
     _shoot,
+    serve_app,
     playwright_api,
 )
 
@@ -38,38 +33,8 @@ def server(tmp_path_factory, playwright_api):  # noqa: F811
         f"tiny,{s},tiny/{s}.csv,tiny,tiny/catalog.csv,generated\n" for s in ("train", "val", "test")))
     (root / "pretrained").mkdir()
     (root / "pretrained" / "real").symlink_to(PROJECT / "mildnet" / "pretrained" / "real")
-    port = _free_port()
-    env = dict(os.environ, MILDNET_MANIFEST=str(root / "manifest.csv"), MILDNET_RUNS=str(root / "runs"),
-               MILDNET_STORE=str(root / "store"), MILDNET_PRETRAINED=str(root / "pretrained"),
-               MILDNET_DATASET="tiny", TF_CPP_MIN_LOG_LEVEL="2")
-    for key in ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST"):
-        env.pop(key, None)
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("streamlit did not start:\n" + (root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+    with serve_app(root, dataset="tiny") as url:
         yield {"url": url, "root": root}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
