@@ -86,16 +86,8 @@ def ensure_dataset(name: str) -> uidata.Dataset:
         return resources.dataset(name)
     with st.status(f"Preparing dataset **{name}** (first use)…", expanded=True) as status:
         bar = st.progress(0.0, text="Starting…")
-
-        def progress(done: int, total: int | None, message: str = "") -> None:
-            label = message or "working"
-            if total:
-                bar.progress(min(1.0, done / total), text=f"{label}: {done:,}/{total:,}")
-            else:
-                bar.progress(0.0, text=f"{label}…")
-
         try:
-            uidata.prepare(name, progress=progress)
+            uidata.prepare(name, progress=progress_to(bar))
         except MildnetError:
             status.update(label=f"Dataset **{name}** is not available", state="error")
             bar.empty()
