@@ -23,7 +23,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ __all__ = [
     "merge_shards",
     "model_fingerprint",
     "model_image_size",
+    "run_model",
     "open_run",
     "open_searcher",
     "parse_shard",
@@ -60,8 +63,14 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
-# Bumped when the meaning of the stored vectors changes (e.g. the decoding path), invalidating old caches.
-EMBEDDING_VERSION = 1
+# Bumped when the stored vectors change (decoding path, how the model is run): a set stored under another
+# version is rebuilt, never reused or extended. 2: the model runs as one compiled graph (`run_model`), whose
+# float rounding differs from the eager op-by-op call of version 1 in the last bits.
+EMBEDDING_VERSION = 2
+# Frozen at 1, apart from EMBEDDING_VERSION: it is hashed into model_fingerprint, which shipped calibrations
+# (calibration.json "model_fingerprint") and cache keys record; bumping it would orphan them for a change of
+# the vectors' last bits that the version check above already handles.
+_FINGERPRINT_VERSION = 1
 _MISSING = "missing"
 
 
@@ -78,7 +87,7 @@ def model_fingerprint(model) -> str:
     object ids) are left out, so a model and its ``.keras`` reload give the same fingerprint.
     """
     h = hashlib.sha256()
-    h.update(f"mildnet-embedding-v{EMBEDDING_VERSION}\n".encode())
+    h.update(f"mildnet-embedding-v{_FINGERPRINT_VERSION}\n".encode())
     h.update(f"model:{model.name}\n".encode())
     for layer in model.layers:
         try:
@@ -236,6 +245,46 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+# model -> {image size: compiled call}. Weak keys so a model the app drops (retrained run, other model) frees
+# its graph too; the compiled call holds the model only weakly, or the entry would keep its own key alive.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled(model, size: int):
+    import tensorflow as tf
+
+    with _COMPILED_LOCK:
+        per_size = _COMPILED.setdefault(model, {})
+        fn = per_size.get(size)
+        if fn is None:
+            ref = weakref.ref(model)
+
+            def call(batch):
+                return ref()(batch, training=False)
+
+            # A free batch dimension: batches of 64, the last partial batch and a single upload share one
+            # graph, hence the same kernels and rounding (an uploaded catalogue photo scores 1 with itself).
+            fn = tf.function(call, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+            per_size[size] = fn
+    return fn
+
+
+def run_model(model, batch) -> np.ndarray:
+    """The model's raw float32 outputs for a (B, S, S, 3) float32 batch (pixels in [0, 255]).
+
+    Every embedding path (catalogue batches, uploads, the CLI's query image, evaluation) goes through this
+    one compiled graph per model and size: run eagerly, the model is ~25% slower on CPU (op-by-op dispatch),
+    and mixing eager and compiled calls would change the vectors' last bits between the catalogue and a query.
+    """
+    shape = tuple(batch.shape)
+    if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
+        raise ValueError(f"run_model needs a (batch, size, size, 3) image batch, got shape {shape}")
+    if not hasattr(batch, "numpy"):  # numpy (any dtype); tensors come from image_dataset, already float32
+        batch = np.asarray(batch, dtype=np.float32)
+    return np.asarray(_compiled(model, int(shape[1]))(batch), dtype=np.float32)
+
+
 def embed_images(
     model,
     paths: Sequence[str | os.PathLike],
@@ -280,7 +329,7 @@ def _embed_skipping(
         consumed = 0
         try:
             for batch in image_dataset(remaining, size, batch_size):
-                chunks.append(np.asarray(model(batch, training=False), dtype=np.float32))
+                chunks.append(run_model(model, batch))
                 n = int(batch.shape[0])
                 consumed += n
                 done += n
@@ -313,7 +362,7 @@ def embed_image(model, source: ImageSource, image_size: int | None = None) -> np
     """
     size = _resolve_size(model, image_size)
     pixels = load_image(source, size).astype(np.float32)[None]
-    return normalize_rows(np.asarray(model(pixels, training=False), dtype=np.float32))[0]
+    return normalize_rows(run_model(model, pixels))[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

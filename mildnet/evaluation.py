@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from mildnet.data.images import ImageCache, map_images, missing_message, pipeline_error_reason
-from mildnet.embeddings import model_image_size, normalize_rows
+from mildnet.embeddings import model_image_size, normalize_rows, run_model
 from mildnet.errors import DataError, MildnetError, ModelError
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -110,7 +110,7 @@ def embed_paths(
     done = 0
     try:
         for batch in dataset:
-            chunks.append(np.asarray(model(batch, training=False), dtype=np.float32))
+            chunks.append(run_model(model, batch))
             done += int(batch.shape[0])
             if progress is not None:
                 progress(done, len(unique))
@@ -125,7 +125,7 @@ def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, 
     chunks = []
     for start in range(0, len(rows), batch_size):
         batch = cache.pixels[rows[start : start + batch_size]].astype(np.float32)
-        chunks.append(np.asarray(model(batch, training=False), dtype=np.float32))
+        chunks.append(run_model(model, batch))
         if progress is not None:
             progress(min(start + batch_size, len(rows)), len(rows))
     vectors = np.concatenate(chunks)
@@ -280,7 +280,7 @@ class ImageNetFeatures(FeatureExtractor):
 
     def features(self, image: np.ndarray) -> np.ndarray:
         batch = np.asarray(image, dtype=np.float32)[None]
-        return np.asarray(self.model()(batch, training=False), dtype=np.float32)[0]
+        return run_model(self.model(), batch)[0]
 
     def embed(self, image_root, rel_paths, progress=None, workers=None) -> EmbeddingTable:
         return embed_paths(self.model(), image_root, rel_paths, self.decode_size, self.batch_size, progress)

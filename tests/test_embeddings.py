@@ -229,3 +229,52 @@ def make_run(run_dir, model, image_size=SIZE):
     (run_dir / "config.json").write_text(json.dumps({"format": 1, "config": config.to_dict()}))
     save_model(model, run_dir / "best.keras")
     return run_dir
+
+
+# --- one compiled graph for every path ---------------------------------------------------------------------------
+
+
+def test_batches_and_single_images_share_one_compiled_graph_that_does_not_keep_the_model_alive(images):
+    import gc
+    import weakref
+
+    from mildnet.data.images import load_image
+
+    model = _tiny(3)
+    pixels = np.stack([load_image(p, SIZE) for p in sorted(images.rglob("*.jpg"))[:5]]).astype(np.float32)
+    batch = emb.run_model(model, pixels)
+    singles = np.concatenate([emb.run_model(model, pixels[i : i + 1]) for i in range(5)])
+    # Same graph whatever the batch size, so a catalogue row and the same photo uploaded alone agree.
+    np.testing.assert_allclose(singles, batch, atol=1e-6)
+    assert list(emb._COMPILED[model]) == [SIZE]
+    with pytest.raises(ValueError, match="batch, size, size, 3"):
+        emb.run_model(model, pixels[0])
+    # The app swaps models when a run is retrained: the per-model graph must not pin the old one in memory.
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_set_from_an_older_embedding_version_is_rebuilt_not_extended(model, images, tmp_path):
+    from mildnet.store import EmbeddingSet
+
+    store = LocalStore(tmp_path / "store")
+    first = emb.update_catalog(model, images, store)
+    old = first.embeddings
+    store.put(first.key, EmbeddingSet(old.ids, old.paths, old.vectors, {**old.meta, "embedding_version": 1}))
+    _add_image(images, "cyan/cyan_0.jpg")
+    again = emb.update_catalog(model, images, store)
+    assert again.key == first.key and again.status == "rebuilt" and again.embedded == 13
+    assert store.get(first.key).meta["embedding_version"] == emb.EMBEDDING_VERSION
+
+
+def test_the_shipped_calibration_still_belongs_to_the_shipped_model():
+    # The model fingerprint is recorded in calibration.json: changing what it hashes (not the weights) would
+    # silently turn the default model's match strengths off in the app and the CLI.
+    from mildnet import calibration as cal
+    from mildnet.pretrained import default_run_dir
+
+    run = default_run_dir()
+    model, _ = emb.open_run(run)
+    assert cal.load(run).model_fingerprint == emb.model_fingerprint(model)

@@ -110,15 +110,15 @@ class EmbeddingChanges:
 def embedding_changes(store, dataset: str, model_fp: str, ids: list[str]) -> EmbeddingChanges | None:
     """How the catalogue differs from the embeddings cached for this model (None: nothing cached yet, so
     everything is embedded). Replaced files count as new: they are embedded again."""
-    from mildnet.embeddings import cache_key
+    from mildnet.embeddings import EMBEDDING_VERSION, cache_key
     from mildnet.errors import StoreError
 
     try:
         cached = store.get(cache_key(dataset, model_fp))
     except StoreError:
         return None
-    if cached is None:
-        return None
+    if cached is None or cached.meta.get("embedding_version") != EMBEDDING_VERSION:
+        return None  # an older version's set is rebuilt whole, so its rows say nothing about what is new
     before = set(cached.ids) | {e.get("id") for e in cached.meta.get("skipped", []) if isinstance(e, dict)}
     now = set(ids)
     return EmbeddingChanges(len(now - before), len(before - now))

@@ -34,14 +34,14 @@ def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     from mildnet.data.images import load_image
-    from mildnet.embeddings import normalize_rows
+    from mildnet.embeddings import normalize_rows, run_model
 
     pixels = load_image(data)
     image = Image.fromarray(pixels)
     size = (int(bundle.image_size), int(bundle.image_size))
     model_input = pixels if image.size == size else np.asarray(image.resize(size, Image.Resampling.BILINEAR))
     batch = model_input.astype(np.float32)[None]
-    vector = normalize_rows(np.asarray(bundle.model(batch, training=False), dtype=np.float32))[0]
+    vector = normalize_rows(run_model(bundle.model, batch))[0]
     image.thumbnail((THUMB_PX, THUMB_PX))
     return vector, np.asarray(image)
 
