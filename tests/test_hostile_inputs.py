@@ -1,11 +1,18 @@
-"""Regressions for defects a hostile probe found (issue 11): non-regular files, CSV fields over the csv
-module's limit, images the header check passed but the loader refused, half-written run folders, and exit
-codes of bad model arguments."""
+"""The hostile-input matrix (issue 11): images, triplet CSVs, manifests, checkpoints, stores, archives, URLs and
+model arguments, each a table of :class:`Case` rows (what is given, what must happen) that one test per table
+runs, plus a few scenarios that need a whole training run. ``docs/make_reliability.py`` renders these tables
+into docs/reliability.md, and ``test_the_reliability_doc_is_current`` fails when that file is stale."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import stat
+import tarfile
 import threading
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +22,25 @@ from PIL import Image
 from mildnet.cli import main
 from mildnet.data import manifest
 from mildnet.data.images import MAX_FILE_BYTES, load_image, verify_image
+from mildnet.data.fetch import download, extract
 from mildnet.data.triplets import check_triplets, read_triplets
-from mildnet.errors import DataError, ImageError
+from mildnet.errors import DataError, DownloadError, ImageError, ModelError
 from mildnet.training import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the matrix: ``given`` and ``expected`` are the one-line description and behaviour that
+    docs/reliability.md shows; ``check`` holds what the table's test asserts it with."""
+
+    id: str
+    given: str
+    expected: str
+    check: dict = field(default_factory=dict, compare=False)
+
+
+def params(table: list[Case]) -> list:
+    return [pytest.param(case, id=case.id) for case in table]
 
 
 def _jpeg(path: Path, colour=(200, 30, 30), size=32) -> Path:
@@ -64,7 +87,7 @@ def _write(path: Path, rows: list[str]) -> Path:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
-def test_a_named_pipe_is_refused_not_opened(folder, tmp_path, capsys):
+def test_a_named_pipe_in_a_triplet_file_never_blocks_check_or_training(folder, tmp_path, capsys):
     os.mkfifo(folder / "f.jpg")
     triplets = _write(tmp_path / "t.csv", ["r0.jpg,r1.jpg,f.jpg", "r0.jpg,r2.jpg,b3.jpg"])
     assert "not a regular file" in _within(10, verify_image, folder / "f.jpg")
@@ -80,48 +103,7 @@ def test_a_named_pipe_is_refused_not_opened(folder, tmp_path, capsys):
     assert result.n_train_triplets == 1  # the pipe's triplet dropped, the other trained
 
 
-# --- CSV fields over the csv module's limit --------------------------------------------------------------
-
-
-def test_a_csv_field_over_the_limit_is_one_bad_row(folder, tmp_path, capsys):
-    huge = "x" * 200_000
-    triplets = _write(tmp_path / "t.csv", ["r0.jpg,r1.jpg,b3.jpg", f"{huge},r1.jpg,b3.jpg", "r0.jpg,r2.jpg,b4.jpg"])
-    parsed = read_triplets(triplets)
-    assert len(parsed.triplets) == 2
-    assert [(p.kind, p.line) for p in parsed.problems] == [("malformed", 2)]
-    assert "field limit" in parsed.problems[0].detail
-    assert main(["data", "check", "--images", str(folder), "--triplets", str(triplets)]) == 1
-    out, err = capsys.readouterr()
-    assert "malformed: 1" in out and "Traceback" not in out + err
-
-
-def test_a_manifest_field_over_the_limit_is_a_one_line_error(tmp_path):
-    path = _write(tmp_path / "manifest.csv", ["dataset,split,triplets,image_root,source",
-                                              f"mine,train,{'x' * 200_000}.csv,images,local"])
-    with pytest.raises(DataError, match="unreadable CSV"):
-        manifest.load_manifest(path)
-
-
-# --- the check uses the loader's limits ------------------------------------------------------------------
-
-
-def _hostile_images(root: Path) -> dict[str, Path]:
-    truncated = root / "truncated.jpg"
-    data = _jpeg(root / "whole.jpg", size=128).read_bytes()
-    truncated.write_bytes(data[: len(data) // 2])
-    oversized = root / "oversized.jpg"
-    oversized.write_bytes(data + b"\0" * (MAX_FILE_BYTES + 1 - len(data)))
-    huge = root / "huge.png"
-    Image.new("1", (8000, 7000)).save(huge)  # 56 Mpx, a few kB on disk
-    return {"truncated": truncated, "oversized": oversized, "huge": huge}
-
-
-@pytest.mark.parametrize("kind", ["truncated", "oversized", "huge"])
-def test_check_refuses_exactly_what_the_loader_refuses(tmp_path, kind):
-    path = _hostile_images(tmp_path)[kind]
-    with pytest.raises(ImageError) as refused:
-        load_image(path)
-    assert verify_image(path) == str(refused.value)
+# --- training meets an image the check refuses ------------------------------------------------------------
 
 
 def test_training_skips_or_refuses_a_truncated_image_and_leaves_no_half_run(folder, tmp_path):
@@ -142,57 +124,10 @@ def test_training_skips_or_refuses_a_truncated_image_and_leaves_no_half_run(fold
     assert not (tmp_path / "late").exists()
 
 
-# --- bad model arguments are usage errors everywhere --------------------------------------------------------
+# --- archives: an extracted folder gets normal modes -----------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [["--model", "nosuch"], ["--model", "tiny_cnn", "--image-size", "4"],
-                                 ["--model", "tiny_cnn", "--image-size", "0"],
-                                 ["--model", "tiny_cnn", "--embedding-dim", "0"]])
-def test_bad_model_arguments_exit_2_in_every_command(folder, tmp_path, capsys, bad):
-    triplets = _write(tmp_path / "t.csv", ["r0.jpg,r1.jpg,b3.jpg"])
-    commands = [["embed", "--images", str(folder), "--store", str(tmp_path / "store")],
-                ["search", "--image", str(folder / "r0.jpg"), "--store", str(tmp_path / "store")],
-                ["evaluate", "--images", str(folder), "--triplets", str(triplets), "--no-baselines"]]
-    for command in commands:
-        assert main(command + bad) == 2, command
-        err = capsys.readouterr().err
-        assert err.startswith("error:") and err.count("\n") == 1, err
-
-
-def test_an_empty_triplet_file_fails_the_check(folder, tmp_path, capsys):
-    empty = _write(tmp_path / "empty.csv", [""])
-    assert main(["data", "check", "--images", str(folder), "--triplets", str(empty)]) == 1
-    assert "no triplets: 1" in capsys.readouterr().out
-
-
-# --- archives: bombs are refused, extracted folders get normal modes ----------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
-def test_archive_bombs_are_refused_and_leave_nothing(tmp_path, kind):
-    import tarfile
-    import zipfile
-
-    from mildnet.data.fetch import extract
-
-    zeros = tmp_path / "zeros.csv"
-    with open(zeros, "wb") as f:
-        f.truncate(200 << 20)  # 200 MB of zeros: ~200 kB compressed
-    archive = tmp_path / f"bomb.{kind}"
-    if kind == "zip":
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.write(zeros, "data/zeros.csv")
-    else:
-        with tarfile.open(archive, "w:gz") as tf:
-            tf.add(zeros, "data/zeros.csv")
-    zeros.unlink()
-    with pytest.raises(DataError, match="zip bomb"):
-        extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    assert [p.name for p in tmp_path.iterdir()] == [archive.name]  # no staging folder left either
-
-
-def test_an_extracted_dataset_folder_has_normal_modes(tmp_path, folder):
+def test_an_extracted_archive_has_normal_modes(tmp_path, folder):
     import stat
     import zipfile
 
@@ -207,7 +142,316 @@ def test_an_extracted_dataset_folder_has_normal_modes(tmp_path, folder):
     assert sorted(p.name for p in (out / "photos").iterdir()) == sorted(p.name for p in folder.iterdir())
 
 
-# --- stores: vanished Redis keys, malformed URLs, a .npy header claiming a huge shape -----------------------
+# Whole-run scenarios, listed for docs/reliability.md (the doc test checks that every test in this module is
+# either one of these or runs a table).
+SCENARIOS = [
+    Case("test_a_named_pipe_in_a_triplet_file_never_blocks_check_or_training",
+         "a triplet names a FIFO (named pipe) as an image",
+         "load_image/verify_image refuse it unopened ('not a regular file'); data check exits 1 listing it; "
+         "train --skip-missing drops its triplet and trains the rest"),
+    Case("test_training_skips_or_refuses_a_truncated_image_and_leaves_no_half_run",
+         "a triplet names a truncated JPEG",
+         "train stops before epoch 1 naming the file and leaves no run folder; --skip-missing trains without it; "
+         "without the pre-check the mid-epoch failure also leaves no folder"),
+    Case("test_an_extracted_archive_has_normal_modes",
+         "a well-formed zip of photos is imported",
+         "extracted folder mode 0755 (not mkdtemp's 0700), every photo present"),
+]
+
+
+# --- hostile images: the upload path (bytes), the loader, the check, and data check ------------------------
+
+
+def _truncated_jpeg(root: Path) -> Path:
+    data = _jpeg(root / "whole.jpg", size=128).read_bytes()
+    (root / "whole.jpg").unlink()
+    return _bytes(root / "x.jpg", data[: len(data) // 2])
+
+
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _oversized(root: Path) -> Path:
+    path = _jpeg(root / "x.jpg", size=32)
+    with open(path, "ab") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # a valid JPEG padded past the 20 MB cap (sparse on disk)
+    return path
+
+
+def _png_of(root: Path, mode: str, size: tuple[int, int]) -> Path:
+    Image.new(mode, size).save(root / "x.png")  # 1-bit pixels compress to a few kB whatever the size
+    return root / "x.png"
+
+
+def _fifo(root: Path) -> Path:
+    os.mkfifo(root / "x.jpg")
+    return root / "x.jpg"
+
+
+def _folder_named_jpg(root: Path) -> Path:
+    (root / "x.jpg").mkdir()
+    return root / "x.jpg"
+
+
+def _dangling_link(root: Path) -> Path:
+    os.symlink(root / "gone.jpg", root / "x.jpg")
+    return root / "x.jpg"
+
+
+def _flipped_png(root: Path) -> Path:
+    out = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(out, "PNG")
+    data = bytearray(out.getvalue())
+    data[-20:-12] = b"\xff" * 8  # inside the IDAT stream: zlib fails mid-decode
+    return _bytes(root / "x.png", bytes(data))
+
+
+IMAGES = [
+    Case("empty", "a 0-byte .jpg", "ImageError 'not an image Pillow can read'; check: unreadable",
+         {"build": lambda r: _bytes(r / "x.jpg", b""), "match": "not an image", "check": "unreadable"}),
+    Case("text", "a text file named .jpg", "ImageError 'not an image Pillow can read'; check: unreadable",
+         {"build": lambda r: _bytes(r / "x.jpg", b"hello, not a photo\n" * 20), "match": "not an image",
+          "check": "unreadable"}),
+    Case("jpeg-magic-then-garbage", "a JPEG signature followed by random bytes",
+         "ImageError 'cannot open' or 'damaged'; check: unreadable",
+         {"build": lambda r: _bytes(r / "x.jpg", b"\xff\xd8\xff\xe0" + np.random.default_rng(0).bytes(300)),
+          "match": "cannot open|damaged", "check": "unreadable"}),
+    Case("truncated-jpeg", "a JPEG cut in half (the header check alone passes it)",
+         "ImageError 'damaged or truncated'; check: unreadable (same message)",
+         {"build": _truncated_jpeg, "match": "damaged or truncated", "check": "unreadable"}),
+    Case("corrupt-png-stream", "a PNG whose compressed pixel stream is overwritten",
+         "ImageError 'damaged or truncated'; check: unreadable",
+         {"build": _flipped_png, "match": "damaged or truncated|cannot open", "check": "unreadable"}),
+    Case("over-20MB", "a valid JPEG padded to 20 MB + 1 byte", "ImageError 'too large', never decoded; check: unreadable",
+         {"build": _oversized, "match": "too large", "check": "unreadable"}),
+    Case("over-50Mpx", "a 8000x7000 (56 Mpx) 1-bit PNG of a few kB", "ImageError 'Mpx limit'; check: unreadable",
+         {"build": lambda r: _png_of(r, "1", (8000, 7000)), "match": "Mpx limit", "check": "unreadable"}),
+    Case("decompression-bomb", "a 15000x13000 (195 Mpx) PNG: over Pillow's own bomb limit",
+         "ImageError 'too many pixels' (Pillow's DecompressionBombError translated); check: unreadable",
+         {"build": lambda r: _png_of(r, "1", (15000, 13000)), "match": "too many pixels",
+          "check": "unreadable"}),
+    Case("fifo", "a named pipe named .jpg", "ImageError 'not a regular file', never opened (no hang); check: unreadable",
+         {"build": _fifo, "match": "not a regular file", "check": "unreadable", "no_bytes": True}),
+    Case("directory", "a folder named .jpg", "ImageError 'not a regular file'; check: missing (not a file)",
+         {"build": _folder_named_jpg, "match": "not a regular file", "check": "missing", "no_bytes": True}),
+    Case("dangling-symlink", "a symlink to a deleted file", "ImageError 'not found'; check: unreadable",
+         {"build": _dangling_link, "match": "not found", "check": "unreadable", "no_bytes": True}),
+]
+
+
+@pytest.mark.parametrize("case", params(IMAGES))
+def test_hostile_image(case, folder, tmp_path, capsys):
+    if case.id == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("needs POSIX named pipes")
+    path = case.check["build"](folder)
+    with pytest.raises(ImageError, match=case.check["match"]) as refused:
+        _within(30, load_image, path)
+    assert "\n" not in str(refused.value)
+    # The check gives the loader's own words, so data check and training never disagree about a file.
+    assert _within(30, verify_image, path) == str(refused.value)
+    if not case.check.get("no_bytes"):  # the Search page's upload path decodes bytes, not files
+        with pytest.raises(ImageError) as uploaded:
+            load_image(path.read_bytes(), 32)
+        assert "\n" not in str(uploaded.value)
+    triplets = _write(tmp_path / "t.csv", [f"r0.jpg,r1.jpg,{path.name}", "r0.jpg,r2.jpg,b3.jpg"])
+    report = _within(60, check_triplets, folder, [triplets])
+    assert path.name in report.bad_images
+    assert case.check["check"] in {p.kind for p in report.problems}
+    assert _within(60, main, ["data", "check", "--images", str(folder), "--triplets", str(triplets)]) == 1
+    out, err = capsys.readouterr()
+    assert path.name in out and "Traceback" not in out + err
+
+
+# --- triplet CSVs: the reader and data check ----------------------------------------------------------------
+
+GOOD_ROW = "r0.jpg,r1.jpg,b3.jpg"
+CSVS = [
+    Case("field-over-csv-limit", "a 200,000-character field (over the csv module's 131,072 limit)",
+         "that row is 'malformed' (line 2, 'field limit'); the others are read; data check exits 1",
+         {"text": f"{GOOD_ROW}\n{'x' * 200_000},r1.jpg,b3.jpg\nr0.jpg,r2.jpg,b4.jpg\n",
+          "problems": [("malformed", 2)], "rows": 2, "exit": 1}),
+    Case("two-columns", "a row with two cells", "'malformed' (expected 3 columns); data check exits 1",
+         {"text": f"{GOOD_ROW}\nr0.jpg,r1.jpg\n", "problems": [("malformed", 2)], "rows": 1, "exit": 1}),
+    Case("unclosed-quote", "a quote that never closes, swallowing the rest of the file",
+         "one 'malformed' row at the quote's line; data check exits 1",
+         {"text": f'{GOOD_ROW}\n"r0.jpg,r2.jpg,b4.jpg\n{GOOD_ROW}\n', "problems": [("malformed", 3)], "rows": 1,
+          "exit": 1}),
+    Case("header-row", "a spreadsheet header 'query,positive,negative' (with a UTF-8 BOM)",
+         "skipped, not a triplet; data check exits 0",
+         {"text": f"\ufeffquery,positive,negative\n{GOOD_ROW}\n", "problems": [], "rows": 1, "exit": 0}),
+    Case("dotdot", "'../secret.jpg' as an image", "'unsafe' ('..' escapes the image root), never opened; exit 1",
+         {"text": f"{GOOD_ROW}\n../secret.jpg,r1.jpg,b3.jpg\n", "problems": [("unsafe", 2)], "rows": 1, "exit": 1}),
+    Case("absolute", "'/etc/passwd' as an image", "'unsafe' (absolute path); exit 1",
+         {"text": f"{GOOD_ROW}\n/etc/passwd,r1.jpg,b3.jpg\n", "problems": [("unsafe", 2)], "rows": 1, "exit": 1}),
+    Case("windows-paths", "'C:\\\\x.jpg' and '..\\\\x.jpg' as images", "both 'unsafe'; exit 1",
+         {"text": f"{GOOD_ROW}\nC:\\x.jpg,r1.jpg,b3.jpg\n..\\x.jpg,r1.jpg,b3.jpg\n",
+          "problems": [("unsafe", 2), ("unsafe", 3)], "rows": 1, "exit": 1}),
+    Case("empty-cell", "a row with an empty image name", "'empty'; exit 1",
+         {"text": f"{GOOD_ROW}\nr0.jpg,,b3.jpg\n", "problems": [("empty", 2)], "rows": 1, "exit": 1}),
+    Case("duplicate", "the same triplet twice", "the second is 'duplicate' (names the first line); exit 1",
+         {"text": f"{GOOD_ROW}\n{GOOD_ROW}\n", "problems": [("duplicate", 2)], "rows": 1, "exit": 1}),
+    Case("degenerate", "a negative equal to the query", "'degenerate'; exit 1",
+         {"text": f"{GOOD_ROW}\nr0.jpg,r1.jpg,r0.jpg\n", "problems": [("degenerate", 2)], "rows": 1, "exit": 1}),
+    Case("nul-in-name", "a NUL byte inside an image name", "read as a name that exists nowhere: 'missing'; exit 1",
+         {"text": f"{GOOD_ROW}\nr0.jpg,r1.jpg,b\x003.jpg\n", "problems": [], "rows": 2, "exit": 1,
+          "check": "missing"}),
+    Case("missing-image", "a triplet naming a file that is not there", "'missing'; exit 1",
+         {"text": f"{GOOD_ROW}\nr0.jpg,r1.jpg,nope.jpg\n", "problems": [], "rows": 2, "exit": 1, "check": "missing"}),
+    Case("empty-file", "a triplet file with no rows", "no problems when read; data check fails it ('no triplets'), exit 1",
+         {"text": "\n", "problems": [], "rows": 0, "exit": 1, "check": "no triplets"}),
+    Case("not-utf8", "a file of Latin-1 bytes", "one-line DataError 'cannot read triplet file'; exit 1",
+         {"bytes": "r0.jpg,r1.jpg,caf\xe9.jpg\n".encode("latin-1"), "raises": "cannot read triplet file", "exit": 1}),
+]
+
+
+@pytest.mark.parametrize("case", params(CSVS))
+def test_hostile_triplet_file(case, folder, tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_bytes(case.check["bytes"] if "bytes" in case.check else case.check["text"].encode())
+    if "raises" in case.check:
+        with pytest.raises(DataError, match=case.check["raises"]):
+            read_triplets(path)
+    else:
+        parsed = read_triplets(path)
+        assert [(p.kind, p.line) for p in parsed.problems] == case.check["problems"]
+        assert len(parsed.triplets) == case.check["rows"]
+    assert main(["data", "check", "--images", str(folder), "--triplets", str(path)]) == case.check["exit"]
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    if "check" in case.check:
+        assert case.check["check"] in out
+
+
+# --- manifests: load_manifest and `data fetch` reading it -------------------------------------------------------
+
+_HEADER = ",".join(manifest.COLUMNS)
+
+
+def _manifest_row(**values) -> str:
+    return ",".join(values.get(c, "") for c in manifest.COLUMNS)
+
+
+_GOOD_MANIFEST_ROW = _manifest_row(dataset="d", split="train", triplets="t.csv", image_root="images", source="local")
+MANIFESTS = [
+    Case("field-over-csv-limit", "a manifest cell of 200,000 characters", "one-line DataError 'unreadable CSV'",
+         {"text": f"{_HEADER}\n{_GOOD_MANIFEST_ROW.replace('t.csv', 'x' * 200_000)}\n", "match": "unreadable CSV"}),
+    Case("missing-column", "no image_root column", "DataError 'missing column'",
+         {"text": "dataset,split,triplets,source\nd,train,t.csv,local\n", "match": "missing column"}),
+    Case("unknown-source", "source 'ftp'", "DataError \"unknown source 'ftp'\"",
+         {"text": f"{_HEADER}\n{_GOOD_MANIFEST_ROW.replace('local', 'ftp')}\n", "match": "unknown source 'ftp'"}),
+    Case("duplicate-split", "the same dataset/split twice", "DataError 'duplicate d/train'",
+         {"text": f"{_HEADER}\n{_GOOD_MANIFEST_ROW}\n{_GOOD_MANIFEST_ROW}\n", "match": "duplicate d/train"}),
+    Case("bad-name", "a dataset name with a space", "DataError 'dataset name'",
+         {"text": f"{_HEADER}\n{_GOOD_MANIFEST_ROW.replace('d,', 'bad name,', 1)}\n", "match": "dataset name"}),
+    Case("empty", "a manifest with only a comment", "DataError 'empty manifest'",
+         {"text": "# nothing\n", "match": "empty manifest"}),
+    Case("not-utf8", "Latin-1 bytes", "one-line DataError naming the file",
+         {"bytes": (_HEADER + "\n" + _GOOD_MANIFEST_ROW.replace("t.csv", "caf\xe9.csv") + "\n").encode("latin-1"),
+          "match": "cannot read|manifest"}),
+]
+
+
+@pytest.mark.parametrize("case", params(MANIFESTS))
+def test_hostile_manifest(case, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(case.check["bytes"] if "bytes" in case.check else case.check["text"].encode())
+    with pytest.raises(DataError, match=case.check["match"]) as refused:
+        manifest.load_manifest(path)
+    assert str(path) in str(refused.value) and "\n" not in str(refused.value)
+    monkeypatch.setenv(manifest.ENV_VAR, str(path))
+    monkeypatch.setenv("MILDNET_USER_MANIFEST", str(tmp_path / "user.csv"))
+    assert main(["data", "fetch", "d", "--to", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1, err
+
+
+# --- checkpoints: load_model (safe_mode) -------------------------------------------------------------------------
+
+
+def _keras_file(path: Path, config: dict) -> Path:
+    import json
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.0.0"}))
+        archive.writestr("config.json", json.dumps(config))
+    return path
+
+
+def _tiny(path: Path) -> Path:
+    from mildnet.models import build_model, save_model
+
+    return save_model(build_model("tiny_cnn", input_size=16), path)
+
+
+def _lambda_calling_os_system(path: Path) -> Path:
+    import keras
+
+    marker = str(path.parent / "pwned")
+    inputs = keras.Input((4,))
+    # The Lambda's bytecode is marshalled into config.json; loading it would run os.system.
+    outputs = keras.layers.Lambda(lambda x: x + 0 * os.system(f"touch {marker}"))(inputs)
+    keras.Model(inputs, outputs).save(path)
+    Path(marker).unlink(missing_ok=True)  # building the model ran it once here; only loading must not
+    return path
+
+
+def _config_naming_os_system(path: Path) -> Path:
+    marker = path.parent / "pwned"
+    return _keras_file(path, {"module": "os", "class_name": "system", "config": f"touch {marker}",
+                              "registered_name": "system"})
+
+
+def _foreign(path: Path) -> Path:
+    import keras
+
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(path)
+    return path
+
+
+def _truncated_keras(path: Path) -> Path:
+    data = _tiny(path.with_name("good.keras")).read_bytes()
+    return _bytes(path, data[:-200])
+
+
+CHECKPOINTS = [
+    Case("missing", "a path with no file", "ModelError 'not found'",
+         {"build": lambda p: p, "match": "not found"}),
+    Case("not-a-zip", "a .keras that is plain text", "ModelError 'not a Keras model file'",
+         {"build": lambda p: _bytes(p, b"not a zip"), "match": "not a Keras model file"}),
+    Case("truncated", "a real .keras with its last 200 bytes cut", "ModelError 'could not load model' / not a Keras file",
+         {"build": _truncated_keras, "match": "could not load|not a Keras"}),
+    Case("unknown-layer", "a config naming a layer class that does not exist", "ModelError 'could not load model'",
+         {"build": lambda p: _keras_file(p, {"class_name": "NoSuchLayer", "config": {}}), "match": "could not load"}),
+    Case("another-model", "a .keras of a different model (4 inputs -> 2 outputs, not an image embedder)",
+         "ModelError 'not an embedding model'",
+         {"build": _foreign, "match": "not an embedding model"}),
+    Case("wrong-architecture", "a tiny_cnn checkpoint where mildnet_squeezenet is expected",
+         "ModelError \"expected 'mildnet_squeezenet'\"",
+         {"build": _tiny, "match": "expected 'mildnet_squeezenet'", "expected_name": "mildnet_squeezenet"}),
+    Case("lambda-os-system", "a Lambda layer whose bytecode calls os.system",
+         "refused by Keras safe_mode: ModelError, the command never runs",
+         {"build": _lambda_calling_os_system, "match": "could not load|safe_mode|Lambda"}),
+    Case("config-os-system", "a config whose module/class_name is os.system",
+         "ModelError, os.system never called",
+         {"build": _config_naming_os_system, "match": "could not load|not a Keras"}),
+]
+
+
+@pytest.mark.parametrize("case", params(CHECKPOINTS))
+def test_hostile_checkpoint(case, tmp_path):
+    from mildnet.models import load_model
+
+    path = case.check["build"](tmp_path / "model.keras")
+    with pytest.raises(ModelError, match=case.check["match"]) as refused:
+        load_model(path, expected_name=case.check.get("expected_name"))
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "pwned").exists(), "loading a checkpoint ran a shell command"
+
+
+# --- stores: search against a damaged local store or a Redis set whose keys vanished ----------------------------
 
 
 def _embedded(capsys, folder, store):
@@ -220,40 +464,241 @@ def _search(store, folder):
             "--store", store]
 
 
-def test_redis_keys_gone_under_the_pointer_say_what_happened(capsys, folder, redis_url):
-    import redis
-
-    _embedded(capsys, folder, redis_url)
-    client = redis.Redis.from_url(redis_url)
-    meta_keys = [k for k in client.keys("*") if k.endswith(b":meta")]
-    assert meta_keys
-    client.delete(*meta_keys)  # what an eviction under maxmemory does to a set
-    assert main(_search(redis_url, folder)) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "gone from Redis" in err and "--rebuild" in err
+def _version(store: Path) -> Path:
+    (current,) = store.rglob("CURRENT")
+    return current.parent / current.read_text().strip()
 
 
-@pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:notaport/0", "redis://[::1/0", "redis://:s3cret@[::1/0",
-                                 "redis://localhost:6379/x", "http://example.com/store"])
-def test_malformed_store_urls_are_usage_errors_with_the_password_masked(capsys, folder, url):
-    for command in (["embed", "--model", "tiny_cnn", "--images", str(folder), "--store", url],
-                    ["search", "--model", "tiny_cnn", "--image", str(folder / "r0.jpg"), "--store", url,
-                     "--fallback-local", str(folder.parent / "fallback")]):
-        assert main(command) == 2, command
-        err = capsys.readouterr().err
-        assert err.startswith("error:") and err.count("\n") == 1 and "s3cret" not in err, err
-    assert not (folder.parent / "fallback").exists()  # a typo is not an outage to fall back from
-
-
-def test_a_npy_header_claiming_a_huge_shape_is_a_one_line_error(capsys, folder, tmp_path):
-    store = tmp_path / "store"
-    _embedded(capsys, folder, str(store))
-    (matrix,) = store.rglob("vectors.npy")
+def _huge_header(store: Path) -> None:
+    matrix = _version(store) / "vectors.npy"
     small = np.load(matrix)
     with open(matrix, "wb") as f:  # the same bytes behind a header that claims 4e12 rows
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
                                                  "shape": (4_000_000_000_000, small.shape[1])})
         f.write(small.astype("<f4").tobytes())
-    assert main(_search(str(store), folder)) == 1
+
+
+def _truncate_vectors(store: Path) -> None:
+    matrix = _version(store) / "vectors.npy"
+    matrix.write_bytes(matrix.read_bytes()[:100])
+
+
+def _pickled_vectors(store: Path) -> None:
+    np.save(_version(store) / "vectors.npy", np.array(["a"] * 6, dtype=object), allow_pickle=True)
+
+
+def _garbled_meta(store: Path) -> None:
+    (_version(store) / "meta.json").write_text("{oops")
+
+
+def _escaping_pointer(store: Path) -> None:
+    (current,) = store.rglob("CURRENT")
+    current.write_text("../../etc")
+
+
+def _redis_keys_evicted(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    meta_keys = [k for k in client.keys("*") if k.endswith(b":meta")]
+    assert meta_keys
+    client.delete(*meta_keys)  # what an eviction under maxmemory does to a set
+
+
+STORES = [
+    Case("npy-header-huge-shape", "vectors.npy whose header claims 4e12 rows", "one-line 'corrupt embedding matrix', "
+         "nothing allocated; exit 1", {"damage": _huge_header, "match": "corrupt embedding matrix"}),
+    Case("npy-truncated", "vectors.npy cut to 100 bytes", "one-line StoreError naming the file; exit 1",
+         {"damage": _truncate_vectors, "match": "vectors.npy|corrupt"}),
+    Case("npy-pickle", "vectors.npy holding a pickled object array", "refused, never unpickled: "
+         "'corrupt embedding matrix'; exit 1", {"damage": _pickled_vectors, "match": "corrupt embedding matrix"}),
+    Case("meta-garbled", "meta.json that is not JSON", "one-line StoreError naming meta.json; exit 1",
+         {"damage": _garbled_meta, "match": "meta.json"}),
+    Case("pointer-escapes", "CURRENT pointing to '../../etc'", "one-line StoreError naming CURRENT; exit 1",
+         {"damage": _escaping_pointer, "match": "CURRENT"}),
+    Case("redis-keys-evicted", "a Redis set whose keys were evicted under its 'current' pointer",
+         "one line: 'gone from Redis', how to rebuild (--rebuild); exit 1 (was 'keeps changing' forever)",
+         {"damage": _redis_keys_evicted, "match": "gone from Redis.*--rebuild", "redis": True}),
+]
+
+
+@pytest.mark.parametrize("case", params(STORES))
+def test_hostile_store(case, capsys, folder, tmp_path, request):
+    store = request.getfixturevalue("redis_url") if case.check.get("redis") else str(tmp_path / "store")
+    _embedded(capsys, folder, store)
+    case.check["damage"](store if case.check.get("redis") else Path(store))
+    # --images names the catalogue, so the damaged set itself is read (a bare search lists keys, which skips
+    # unreadable folders and then says no embeddings exist).
+    assert main(_search(store, folder) + ["--images", str(folder)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "corrupt embedding matrix" in err, err
+    assert err.startswith("error:") and err.count("\n") == 1 and re.search(case.check["match"], err), err
+
+
+# --- archives: extract() for data fetch and archive imports --------------------------------------------------------
+
+
+def _zip_of(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _tar_of(path: Path, members: list[tarfile.TarInfo]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for info in members:
+            archive.addfile(info, io.BytesIO(b"E" * info.size) if info.isfile() else None)
+    return path
+
+
+def _tar_member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, 1 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+def _bomb(path: Path, kind: str) -> Path:
+    zeros = path.with_name("zeros.csv")
+    with open(zeros, "wb") as f:
+        f.truncate(200 << 20)  # 200 MB of zeros: ~200 kB compressed
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.write(zeros, "data/zeros.csv")
+    else:
+        with tarfile.open(path, "w:gz") as archive:
+            archive.add(zeros, "data/zeros.csv")
+    zeros.unlink()
+    return path
+
+
+ARCHIVES = [
+    Case("zip-dotdot", "a zip member '../evil.txt'", "refused ('refusing to extract'), nothing written",
+         {"build": lambda p: _zip_of(p, {"pkg/ok.txt": b"ok", "../evil.txt": b"E"}), "match": "refusing"}),
+    Case("zip-nested-dotdot", "a zip member 'pkg/../../evil.txt'", "refused, nothing written",
+         {"build": lambda p: _zip_of(p, {"pkg/../../evil.txt": b"E"}), "match": "refusing"}),
+    Case("zip-absolute", "a zip member '/abs/evil.txt'", "refused, nothing written",
+         {"build": lambda p: _zip_of(p, {"/abs/evil.txt": b"E"}), "match": "refusing"}),
+    Case("zip-backslash", "a zip member '..\\\\evil.txt' (made on Windows)", "refused, nothing written",
+         {"build": lambda p: _zip_of(p, {"..\\evil.txt": b"E"}), "match": "refusing"}),
+    Case("tar-dotdot", "a tar member '../evil.txt'", "refused, nothing written",
+         {"build": lambda p: _tar_of(p, [_tar_member("../evil.txt")]), "match": "refusing"}),
+    Case("tar-symlink", "a tar symlink to /etc/passwd", "refused ('link'), nothing written",
+         {"build": lambda p: _tar_of(p, [_tar_member("top/link", tarfile.SYMTYPE, "/etc/passwd")]), "match": "link"}),
+    Case("tar-hardlink", "a tar hard link to /etc/passwd", "refused ('link'), nothing written",
+         {"build": lambda p: _tar_of(p, [_tar_member("top/link", tarfile.LNKTYPE, "/etc/passwd")]), "match": "link"}),
+    Case("zip-bomb", "a 200 kB zip that inflates to 200 MB", "refused ('zip bomb': ratio over 100x), nothing written",
+         {"build": lambda p: _bomb(p, "zip"), "match": "zip bomb"}),
+    Case("tar-bomb", "a 200 kB tar.gz that inflates to 200 MB", "refused ('zip bomb'), nothing written",
+         {"build": lambda p: _bomb(p, "tar.gz"), "match": "zip bomb"}),
+    Case("not-an-archive", "random bytes named .zip", "one-line DataError, nothing written",
+         {"build": lambda p: _bytes(p, b"not an archive at all"), "match": "archive|zip|tar"}),
+]
+
+
+@pytest.mark.parametrize("case", params(ARCHIVES))
+def test_hostile_archive(case, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = case.check["build"](work / "in.archive")
+    with pytest.raises(DataError, match=case.check["match"]) as refused:
+        extract(archive, work / "out")
+    assert "\n" not in str(refused.value)
+    assert sorted(p.name for p in work.iterdir()) == ["in.archive"]  # no output, no staging folder
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+# --- URLs: store URLs in embed/search, download URLs ---------------------------------------------------------------
+
+URLS = [
+    Case("redis-port-not-a-number", "--store redis://:s3cret@127.0.0.1:notaport/0",
+         "usage error, exit 2, one line, password masked, no --fallback-local", {"store": "redis://:s3cret@127.0.0.1:notaport/0"}),
+    Case("redis-unclosed-ipv6", "--store redis://[::1/0", "usage error, exit 2, one line",
+         {"store": "redis://[::1/0"}),
+    Case("redis-unclosed-ipv6-password", "--store redis://:s3cret@[::1/0", "usage error, exit 2, password masked",
+         {"store": "redis://:s3cret@[::1/0"}),
+    Case("redis-db-not-a-number", "--store redis://localhost:6379/x", "usage error, exit 2",
+         {"store": "redis://localhost:6379/x"}),
+    Case("unsupported-scheme", "--store http://example.com/store", "usage error, exit 2",
+         {"store": "http://example.com/store"}),
+    Case("download-unclosed-ipv6", "a dataset URL http://[::1/x.zip",
+         "one-line DownloadError 'malformed URL' (was a ValueError traceback)",
+         {"download": "http://[::1/x.zip", "match": "malformed URL"}),
+    Case("download-port-not-a-number", "a dataset URL http://127.0.0.1:notaport/x.zip",
+         "one-line DownloadError 'malformed URL'", {"download": "http://127.0.0.1:notaport/x.zip", "match": "malformed URL"}),
+    Case("download-refused", "a dataset URL whose server is down (port 1)",
+         "one-line DownloadError 'cannot reach', with the --from PATH hint",
+         {"download": "http://127.0.0.1:1/x.zip", "match": "cannot reach.*--from PATH"}),
+    Case("download-remote-file-url", "file://otherhost/x.zip", "DownloadError 'names a remote host'",
+         {"download": "file://otherhost/x.zip", "match": "remote host"}),
+]
+
+
+@pytest.mark.parametrize("case", params(URLS))
+def test_hostile_url(case, capsys, folder, tmp_path):
+    if "download" in case.check:
+        with pytest.raises(DownloadError, match=case.check["match"]) as refused:
+            download(case.check["download"], tmp_path / "x.zip", timeout=5)
+        assert "\n" not in str(refused.value)
+        assert not list(tmp_path.glob("x.zip*"))
+        return
+    url = case.check["store"]
+    for command in (["embed", "--model", "tiny_cnn", "--images", str(folder), "--store", url],
+                    ["search", "--model", "tiny_cnn", "--image", str(folder / "r0.jpg"), "--store", url,
+                     "--fallback-local", str(tmp_path / "fallback")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1 and "s3cret" not in err, err
+    assert not (tmp_path / "fallback").exists()  # a typo is not an outage to fall back from
+
+
+# --- model arguments: the same usage error in every command ----------------------------------------------------------
+
+ARGUMENTS = [
+    Case("unknown-model", "--model nosuch", "exit 2 in embed, search and evaluate, one line listing the names",
+         {"args": ["--model", "nosuch"]}),
+    Case("image-size-4", "--image-size 4", "exit 2 everywhere (was 1 in embed/search)",
+         {"args": ["--model", "tiny_cnn", "--image-size", "4"]}),
+    Case("image-size-0", "--image-size 0", "exit 2 everywhere (was silently 224)",
+         {"args": ["--model", "tiny_cnn", "--image-size", "0"]}),
+    Case("embedding-dim-0", "--embedding-dim 0", "exit 2 everywhere",
+         {"args": ["--model", "tiny_cnn", "--embedding-dim", "0"]}),
+]
+
+
+@pytest.mark.parametrize("case", params(ARGUMENTS))
+def test_bad_model_arguments(case, folder, tmp_path, capsys):
+    triplets = _write(tmp_path / "t.csv", [GOOD_ROW])
+    commands = [["embed", "--images", str(folder), "--store", str(tmp_path / "store")],
+                ["search", "--image", str(folder / "r0.jpg"), "--store", str(tmp_path / "store")],
+                ["evaluate", "--images", str(folder), "--triplets", str(triplets), "--no-baselines"]]
+    messages = set()
+    for command in commands:
+        assert main(command + case.check["args"]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1, err
+        messages.add(err)
+    assert len(messages) == 1, messages  # the same words whichever command was given them
+
+
+# The tables docs/make_reliability.py renders, in order: (title, what the inputs go through, table, test).
+TABLES = [
+    ("Images", "load_image (file and uploaded bytes), verify_image, check_triplets, `data check`",
+     IMAGES, "test_hostile_image"),
+    ("Triplet CSVs", "read_triplets, `data check`", CSVS, "test_hostile_triplet_file"),
+    ("Manifests", "load_manifest, `data fetch` with MILDNET_MANIFEST", MANIFESTS, "test_hostile_manifest"),
+    ("Checkpoints", "load_model (Keras safe_mode)", CHECKPOINTS, "test_hostile_checkpoint"),
+    ("Stores", "`search` against a damaged local store / Redis set", STORES, "test_hostile_store"),
+    ("Archives", "extract (data fetch, archive imports)", ARCHIVES, "test_hostile_archive"),
+    ("URLs", "`embed`/`search --store URL`, download()", URLS, "test_hostile_url"),
+    ("Model arguments", "`embed`, `search`, `evaluate`", ARGUMENTS, "test_bad_model_arguments"),
+    ("Scenarios", "whole training runs and imports", SCENARIOS, None),
+]
+
+
+def test_the_reliability_doc_is_current():
+    from docs.make_reliability import DOC, render
+
+    tested = {name for _, _, _, name in TABLES if name} | {case.id for case in SCENARIOS}
+    tests_here = {name for name in globals() if name.startswith("test_")} - {"test_the_reliability_doc_is_current"}
+    assert tests_here == tested, "every test in this module is a table's or a listed scenario"
+    assert DOC.read_text() == render(), "docs/reliability.md is stale: run python docs/make_reliability.py"

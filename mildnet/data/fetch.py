@@ -166,10 +166,10 @@ def _fetch_http(url: str, part: Path, progress: Progress | None, timeout: float)
     """Stream ``url`` into ``part``, resuming from its current size when the server honours Range."""
     for attempt in range(2):
         offset = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        if offset:
-            request.add_header("Range", f"bytes={offset}-")
         try:
+            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+            if offset:
+                request.add_header("Range", f"bytes={offset}-")
             response = urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
@@ -178,6 +178,9 @@ def _fetch_http(url: str, part: Path, progress: Progress | None, timeout: float)
                 part.unlink()
                 continue
             raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
+        except (ValueError, http.client.InvalidURL) as exc:
+            # urllib parses the URL only here: a bad IPv6 literal is a ValueError, a bad port InvalidURL.
+            raise DownloadError(f"malformed URL {url}: {exc}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise DownloadError(
