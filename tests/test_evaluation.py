@@ -270,7 +270,8 @@ def colour_catalog(root) -> pd.DataFrame:
 
 @pytest.fixture
 def unreachable_weights(monkeypatch, tmp_path):
-    """No SqueezeNet weights anywhere: an empty cache and a download URL on a closed localhost port."""
+    """No SqueezeNet weights anywhere: an empty cache, a download URL on a closed localhost port, and no
+    shipped runs (whose frozen backbone would carry them)."""
     import socket
 
     with socket.socket() as sock:
@@ -280,6 +281,7 @@ def unreachable_weights(monkeypatch, tmp_path):
     cache.mkdir()
     monkeypatch.setenv("MILDNET_WEIGHTS_CACHE", str(cache))
     monkeypatch.setenv("MILDNET_WEIGHTS_URL_SQUEEZENET", f"http://127.0.0.1:{port}/squeezenet.h5")
+    monkeypatch.setenv("MILDNET_PRETRAINED", str(tmp_path / "no-shipped-runs"))
     return cache
 
 

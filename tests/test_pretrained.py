@@ -84,3 +84,19 @@ def test_cli_uses_the_real_photo_model_when_no_run_is_given(tmp_path, capsys):
     assert result["results"][0]["id"] == query.relative_to(images).as_posix()
     assert all(r["id"].startswith("red/") for r in result["results"])
     assert result["results"][0]["match"] >= 0.99 and result["close_match"] is True
+
+
+def test_imagenet_baselines_read_the_weights_from_the_real_photo_models_frozen_backbone(squeezenet_weights, tmp_path):
+    import numpy as np
+
+    from mildnet.evaluation import imagenet_source, make_baseline
+    from tests.conftest import make_labelled_folder
+
+    assert imagenet_source() == str(REAL)
+    assert imagenet_source(tmp_path) == "imagenet"  # no shipped run there: the download
+    images = make_labelled_folder(tmp_path / "images", per_class=2, size=48)
+    paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg"))
+    offline = make_baseline("imagenet", imagenet_source()).embed(images, paths)
+    shared = make_baseline("imagenet", str(squeezenet_weights)).embed(images, paths)
+    # The backbone never trained, so these are the ImageNet features themselves.
+    np.testing.assert_allclose(offline.vectors, shared.vectors, atol=1e-5)

@@ -17,6 +17,14 @@ PRETRAINED_DIR = Path(__file__).resolve().parent
 REAL_PHOTOS = "real"
 
 
+ENV_VAR = "MILDNET_PRETRAINED"  # another folder of shipped runs (tests, deployments)
+
+
+def pretrained_root() -> Path:
+    value = os.environ.get(ENV_VAR, "").strip()
+    return Path(value).expanduser() if value else PRETRAINED_DIR
+
+
 def default_run_dir(root: str | os.PathLike | None = None) -> Path:
-    """The run used wherever no run is chosen: the real-photo model."""
-    return (Path(root) if root is not None else PRETRAINED_DIR) / REAL_PHOTOS
+    """The run used wherever no run is chosen: the real-photo model (under ``$MILDNET_PRETRAINED`` if set)."""
+    return (Path(root) if root is not None else pretrained_root()) / REAL_PHOTOS

@@ -308,10 +308,11 @@ def _weights_stamp() -> tuple:
 # cache_data: the value is plain JSON-like dicts (baseline_summary), cheap to copy and safe across reloads.
 @st.cache_data(show_spinner=False, max_entries=16)
 def _baselines(dataset_name: str, split: str, stamp: tuple, weights_stamp: tuple) -> dict:
-    from mildnet.evaluation import baseline_summary, evaluate_baselines
+    from mildnet.evaluation import baseline_summary, evaluate_baselines, imagenet_source
 
     ds = dataset(dataset_name)
-    results = evaluate_baselines(ds.image_root, uidata.read_split(ds, split), uidata.read_catalog(ds))
+    weights = imagenet_source(settings.pretrained_dir())
+    results = evaluate_baselines(ds.image_root, uidata.read_split(ds, split), uidata.read_catalog(ds), weights)
     return baseline_summary(results)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mildnet.pretrained import pretrained_root
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATASET = "sample"
 
@@ -33,7 +35,7 @@ def runs_dir() -> Path:
 
 
 def pretrained_dir() -> Path:
-    return _env_path("MILDNET_PRETRAINED") or PROJECT_ROOT / "mildnet" / "pretrained"
+    return pretrained_root()
 
 
 def store_spec() -> str:
