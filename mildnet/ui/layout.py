@@ -18,6 +18,34 @@ from mildnet.ui import resources, sidebar, widgets
 from mildnet.ui.runs import Run
 
 
+def keep_keras_session() -> None:
+    """Stops Streamlit from calling ``keras.backend.clear_session()`` after every script run.
+
+    Streamlit does that for scripts that build a model on each run; this app keeps its models in
+    ``st.cache_resource``, and the reset (a full ``gc.collect`` of a TensorFlow-sized heap, and TensorFlow's
+    kernel cache emptied, so the next upload re-creates every kernel) measured ~0.5 s of every rerun, most of
+    an upload's time to results in the browser. Matplotlib figures are still closed as Streamlit does.
+    """
+    import sys
+
+    from streamlit.runtime.scriptrunner import script_runner
+
+    current = getattr(script_runner, "_clean_problem_modules", None)
+    if current is None or getattr(current, "keeps_keras_session", False):
+        return
+
+    def clean_problem_modules() -> None:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            plt.close("all")
+
+    clean_problem_modules.keeps_keras_session = True
+    script_runner._clean_problem_modules = clean_problem_modules
+
+
+keep_keras_session()
+
+
 @dataclass
 class Context:
     dataset: uidata.Dataset
