@@ -125,21 +125,26 @@ def _hit_images(page) -> int:
     return page.locator('[class*="st-key-mn_hit_"] [data-testid="stImage"] img').count()
 
 
-def test_search_upload_shows_five_results_and_click_searches_again(page, server, tmp_path):
-    page.goto(server["url"] + "/search")
-    _idle(page)
-    assert page.locator(".mn-hero h1").inner_text() == "Visual search"
-    photo = server["root"] / "tiny" / "images" / "p0003" / "wild-1.jpg"
+def upload_and_wait_for_five_results(page, photo: Path) -> None:
+    """Drops ``photo`` on the Search page's uploader and waits until five result images have really loaded
+    (complete, with pixels: not a broken link)."""
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(photo))
     page.wait_for_function(
         "document.querySelectorAll('[class*=\"st-key-mn_hit_\"] [data-testid=\"stImage\"] img').length >= 5",
         timeout=LOAD_TIMEOUT_MS)
     _idle(page)
     assert _hit_images(page) == 5
-    # Every result image has really loaded (not a broken link).
     loaded = page.eval_on_selector_all('[class*="st-key-mn_hit_"] [data-testid="stImage"] img',
                                        "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
     assert loaded == 5
+
+
+def test_search_upload_shows_five_results_and_click_searches_again(page, server, tmp_path):
+    page.goto(server["url"] + "/search")
+    _idle(page)
+    assert page.locator(".mn-hero h1").inner_text() == "Visual search"
+    photo = server["root"] / "tiny" / "images" / "p0003" / "wild-1.jpg"
+    upload_and_wait_for_five_results(page, photo)
     first_card = page.locator(".st-key-mn_hit_1").inner_text()
     # The photo finds itself: cosine 1.000 on an uncalibrated model, "100% match" on a calibrated one.
     assert "p0003" in first_card and ("1.000" in first_card or "100% match" in first_card)

@@ -17,6 +17,7 @@ from tests.test_browser import (  # noqa: F401 - playwright_api is a fixture
     _idle,
     _shoot,
     serve_app,
+    upload_and_wait_for_five_results,
     playwright_api,
 )
 
@@ -69,15 +70,7 @@ def test_add_a_folder_then_upload_a_photo_and_see_five_results(page, server, tmp
     # Same session (a link, not a reload): the new catalogue is selected on the Search page.
     main.get_by_role("link", name="Search it now").click()
     _idle(page)
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(folder / "item4.jpg"))
-    page.wait_for_function(
-        "document.querySelectorAll('[class*=\"st-key-mn_hit_\"] [data-testid=\"stImage\"] img').length >= 5",
-        timeout=LOAD_TIMEOUT_MS)
-    _idle(page)
-    assert _hit_images(page) == 5
-    loaded = page.eval_on_selector_all('[class*="st-key-mn_hit_"] [data-testid="stImage"] img',
-                                       "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
-    assert loaded == 5
+    upload_and_wait_for_five_results(page, folder / "item4.jpg")
     # The photo finds itself first, among the real photos (never an augmented view).
     assert "item4.jpg" in page.locator(".st-key-mn_hit_1").inner_text()
     assert not page.locator('[data-testid="stException"]').count()
