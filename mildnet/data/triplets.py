@@ -50,8 +50,10 @@ def unsafe_reason(name: str) -> str | None:
     """Why an image name may not be used under an image root (escapes it), or None if it is safe."""
     # Fast path for the common case (called for every cell of 100k-row files): without these
     # characters a name can neither be absolute nor climb out of the root.
-    if ".." not in name and ":" not in name and "\\" not in name and not name.startswith("/"):
+    if ".." not in name and ":" not in name and "\\" not in name and not name.startswith("/") and "\0" not in name:
         return None
+    if "\0" in name:
+        return "NUL character in the name"  # no file system accepts it; open() would raise, not report
     if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or name.startswith(("/", "\\")):
         return "absolute path"
     if ".." in PurePosixPath(name.replace("\\", "/")).parts:
