@@ -30,6 +30,7 @@ BENCHES = {
     "check": ([], [], ["--full"]),
     "embed": (["--n", "150"], [], ["--full"]),
     "store": (["--quick"], [], ["--repeat", "5"]),
+    "train": (["--quick", "--json", "bench/results/train-quick.json"], [], ["--json", "bench/results/train.json"]),
     "perf": (["--quick", "--json", "bench/results/perf-quick.json"],
              ["--quick", "--json", "bench/results/perf-quick.json"],
              ["--full", "--json", "bench/results/perf-full.json"]),
