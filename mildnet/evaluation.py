@@ -238,11 +238,9 @@ class ImageNetFeatures(FeatureExtractor):
     fire9, 512-d) with the ImageNet weights.
 
     This is where fine-tuning starts, so it is the baseline that says whether the triplet training itself
-    bought anything. ``weights`` is ``"imagenet"`` (the cached download, see
-    :func:`mildnet.models.squeezenet.resolve_weights`), a path to a local copy of the weights file, or a
-    training run whose SqueezeNet backbone was frozen from those weights (the shipped real-photo model:
-    :func:`imagenet_source`), whose conv layers are then the ImageNet weights themselves, offline. The
-    network is built on first use; a missing or broken weights source raises :class:`ModelError` then.
+    bought anything. ``weights`` is ``"imagenet"`` (read from the shipped real-photo model's frozen backbone,
+    else downloaded: see :func:`mildnet.models.squeezenet.load_weights`) or a path to a local copy of the
+    weights file. The network is built on first use; missing or broken weights raise :class:`ModelError` then.
     """
 
     name = "imagenet"
@@ -273,9 +271,6 @@ class ImageNetFeatures(FeatureExtractor):
             # Keras announces a weights download on stdout, where the CLI writes its report and JSON: the
             # notice goes to stderr once the download worked, and is dropped when it failed (the
             # ModelError then says what happened, in one line).
-            if Path(self.weights).is_dir():
-                self._model = _squeezenet_from_frozen_run(Path(self.weights), self.decode_size)
-                return self._model
             notice = io.StringIO()
             with contextlib.redirect_stdout(notice):
                 model = build_model("squeezenet_gap", self.decode_size, weights=self.weights)
@@ -293,41 +288,6 @@ class ImageNetFeatures(FeatureExtractor):
     def describe(self) -> dict:
         return {"baseline": self.name, "model": "squeezenet_gap", "weights": self.weights,
                 "image_size": self.decode_size}
-
-
-def imagenet_source(pretrained_root: str | os.PathLike | None = None) -> str:
-    """Where the ImageNet baselines take their weights without a download: the shipped real-photo run
-    (its SqueezeNet backbone is frozen, so its conv layers are the ImageNet weights), else ``"imagenet"``."""
-    from mildnet.pretrained import default_run_dir
-
-    run = default_run_dir(pretrained_root)
-    return str(run) if _frozen_imagenet_squeezenet(run) else "imagenet"
-
-
-def _frozen_imagenet_squeezenet(run: Path) -> bool:
-    from mildnet.training import read_run
-
-    try:
-        config = read_run(run).config
-    except ModelError:
-        return False
-    return (config.model == "squeezenet_colour" and config.freeze == "features" and config.weights is not None
-            and not config.init_from and (run / "best.keras").is_file())
-
-
-def _squeezenet_from_frozen_run(run: Path, image_size: int):
-    """``squeezenet_gap`` with the conv weights of a run whose backbone never trained (checked)."""
-    from mildnet.models import build_model
-    from mildnet.models.squeezenet import conv_layer_names
-    from mildnet.training import load_run_model
-
-    if not _frozen_imagenet_squeezenet(run):
-        raise ModelError(f"{run} is not a run whose SqueezeNet backbone was frozen from the ImageNet weights")
-    source = load_run_model(run)
-    model = build_model("squeezenet_gap", image_size, weights=None)
-    for name in conv_layer_names():
-        model.get_layer(name).set_weights(source.get_layer(name).get_weights())
-    return model
 
 
 def concat_tables(tables: Sequence[EmbeddingTable]) -> EmbeddingTable:

@@ -195,6 +195,7 @@ def _closed_port_url():
 def test_imagenet_offline_raises_and_names_local_path_option(tmp_path, monkeypatch):
     monkeypatch.setenv("MILDNET_WEIGHTS_URL_SQUEEZENET", _closed_port_url())
     monkeypatch.setenv("MILDNET_WEIGHTS_CACHE", str(tmp_path))
+    monkeypatch.setenv("MILDNET_PRETRAINED", str(tmp_path / "no-shipped-runs"))  # no local copy of the weights
     with pytest.raises(ModelError, match=r"could not download ImageNet weights.*weights=PATH"):
         build_model("mildnet_squeezenet", input_size=32, weights="imagenet")
 

@@ -86,17 +86,28 @@ def test_cli_uses_the_real_photo_model_when_no_run_is_given(tmp_path, capsys):
     assert result["results"][0]["match"] >= 0.99 and result["close_match"] is True
 
 
-def test_imagenet_baselines_read_the_weights_from_the_real_photo_models_frozen_backbone(squeezenet_weights, tmp_path):
+def test_imagenet_weights_are_read_from_the_real_photo_models_frozen_backbone(squeezenet_weights, tmp_path,
+                                                                             monkeypatch):
     import numpy as np
 
-    from mildnet.evaluation import imagenet_source, make_baseline
+    from mildnet.evaluation import make_baseline
+    from mildnet.models import build_model
+    from mildnet.pretrained import frozen_imagenet_backbone
     from tests.conftest import make_labelled_folder
 
-    assert imagenet_source() == str(REAL)
-    assert imagenet_source(tmp_path) == "imagenet"  # no shipped run there: the download
+    assert frozen_imagenet_backbone() == REAL / "best.keras"
+    # No download possible: the weights come from the shipped model, offline, for training and baselines alike.
+    monkeypatch.setenv("MILDNET_WEIGHTS_URL_SQUEEZENET", "http://127.0.0.1:9/squeezenet.h5")
+    monkeypatch.setenv("MILDNET_WEIGHTS_CACHE", str(tmp_path / "empty-cache"))
+    offline_model = build_model("squeezenet_colour", 64, weights="imagenet")
+    file_model = build_model("squeezenet_colour", 64, weights=str(squeezenet_weights))
+    for name in ("conv1", "fire5_expand3x3", "fire9_expand3x3"):
+        for a, b in zip(offline_model.get_layer(name).get_weights(), file_model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
     images = make_labelled_folder(tmp_path / "images", per_class=2, size=48)
     paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg"))
-    offline = make_baseline("imagenet", imagenet_source()).embed(images, paths)
+    offline = make_baseline("imagenet").embed(images, paths)
     shared = make_baseline("imagenet", str(squeezenet_weights)).embed(images, paths)
-    # The backbone never trained, so these are the ImageNet features themselves.
     np.testing.assert_allclose(offline.vectors, shared.vectors, atol=1e-5)
+    monkeypatch.setenv("MILDNET_PRETRAINED", str(tmp_path / "none-shipped"))
+    assert frozen_imagenet_backbone() is None

@@ -75,9 +75,9 @@ def _load_model(args: argparse.Namespace):
         if args.weights or args.embedding_dim or args.image_size:
             raise UsageError("--weights/--embedding-dim/--image-size go with --model, not --baseline "
                              "(local ImageNet weights for a baseline: --baseline-weights PATH)")
-        from mildnet.evaluation import imagenet_source, make_baseline
+        from mildnet.evaluation import make_baseline
 
-        baseline = make_baseline(args.baseline, args.baseline_weights or imagenet_source())
+        baseline = make_baseline(args.baseline, args.baseline_weights or "imagenet")
         return baseline, None, baseline.describe()
     if args.run:
         if args.weights or args.embedding_dim:
@@ -220,9 +220,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _score_baselines(args, names, image_root, triplets, catalog, report) -> dict:
-    from mildnet.evaluation import baseline_summary, evaluate_baselines, imagenet_source
+    from mildnet.evaluation import baseline_summary, evaluate_baselines
 
-    weights = args.baseline_weights or imagenet_source()
+    weights = args.baseline_weights or "imagenet"
     if args.quiet:
         results = evaluate_baselines(image_root, triplets, catalog, weights, names)
     else:

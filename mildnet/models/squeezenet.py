@@ -66,6 +66,27 @@ def conv_layer_names():
     return names
 
 
+def load_weights(model: keras.Model, weights: str) -> None:
+    """Loads ``weights`` ("imagenet" or a Keras-2 HDF5 file) into ``model``'s SqueezeNet layers.
+
+    For "imagenet" the shipped real-photo model is read first when its backbone was frozen from these weights
+    (``mildnet.pretrained.frozen_imagenet_backbone``): the same numbers, on disk, so training and baselines work
+    offline. Only without it is the file downloaded (or taken from the Keras cache).
+    """
+    if weights == "imagenet":
+        from mildnet.pretrained import frozen_imagenet_backbone
+
+        shipped = frozen_imagenet_backbone()
+        if shipped is not None:
+            from mildnet.models.io import load_model
+
+            source = load_model(shipped)
+            for name in conv_layer_names():
+                model.get_layer(name).set_weights(source.get_layer(name).get_weights())
+            return
+    load_keras2_weights(model, resolve_weights(weights))
+
+
 def resolve_weights(weights: str) -> Path:
     """Returns a local path to the no-top weights: the cached download for "imagenet", else ``weights``."""
     if weights != "imagenet":

@@ -273,7 +273,7 @@ def _build_mildnet_squeezenet(input_size, embedding_dim, weights):
     outputs = _mildnet_head(features, 512, embedding_dim, dropout=0.5, final_activation=None)
     model = keras.Model(inputs, outputs, name="mildnet_squeezenet")
     if weights is not None:
-        squeezenet.load_keras2_weights(model, squeezenet.resolve_weights(weights))
+        squeezenet.load_weights(model, weights)
     return model
 
 
@@ -295,7 +295,7 @@ def _build_squeezenet_gap(input_size, embedding_dim, weights):
     outputs = L2Normalize(name="l2_norm")(x)
     model = keras.Model(inputs, outputs, name="squeezenet_gap")
     if weights is not None:
-        squeezenet.load_keras2_weights(model, squeezenet.resolve_weights(weights))
+        squeezenet.load_weights(model, weights)
     return model
 
 
@@ -333,7 +333,7 @@ def _build_squeezenet_colour(input_size, embedding_dim, weights):
     outputs = L2Normalize(name="l2_norm")(x)
     model = keras.Model(inputs, outputs, name="squeezenet_colour")
     if weights is not None:
-        squeezenet.load_keras2_weights(model, squeezenet.resolve_weights(weights))
+        squeezenet.load_weights(model, weights)
     return model
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -23,6 +24,19 @@ ENV_VAR = "MILDNET_PRETRAINED"  # another folder of shipped runs (tests, deploym
 def pretrained_root() -> Path:
     value = os.environ.get(ENV_VAR, "").strip()
     return Path(value).expanduser() if value else PRETRAINED_DIR
+
+
+def frozen_imagenet_backbone(root: str | os.PathLike | None = None) -> Path | None:
+    """The shipped real-photo model's ``best.keras`` when its SqueezeNet backbone was frozen from the ImageNet
+    weights (so its conv layers ARE those weights, a local copy that needs no download), else None."""
+    run = default_run_dir(root)
+    try:
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    frozen = (config.get("model") == "squeezenet_colour" and config.get("freeze") == "features"
+              and config.get("weights") not in (None, "none") and not config.get("init_from"))
+    return run / "best.keras" if frozen and (run / "best.keras").is_file() else None
 
 
 def default_run_dir(root: str | os.PathLike | None = None) -> Path:

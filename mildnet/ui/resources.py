@@ -308,11 +308,10 @@ def _weights_stamp() -> tuple:
 # cache_data: the value is plain JSON-like dicts (baseline_summary), cheap to copy and safe across reloads.
 @st.cache_data(show_spinner=False, max_entries=16)
 def _baselines(dataset_name: str, split: str, stamp: tuple, weights_stamp: tuple) -> dict:
-    from mildnet.evaluation import baseline_summary, evaluate_baselines, imagenet_source
+    from mildnet.evaluation import baseline_summary, evaluate_baselines
 
     ds = dataset(dataset_name)
-    weights = imagenet_source(settings.pretrained_dir())
-    results = evaluate_baselines(ds.image_root, uidata.read_split(ds, split), uidata.read_catalog(ds), weights)
+    results = evaluate_baselines(ds.image_root, uidata.read_split(ds, split), uidata.read_catalog(ds))
     return baseline_summary(results)
 
 

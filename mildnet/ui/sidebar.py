@@ -133,10 +133,10 @@ def _training_form(dataset: str, runs: list[Run], active: Run | None, manager: j
             f"- **{name}**: {describe_model(name)}" for name in MODEL_NAMES)
         model_name = st.selectbox("Model", MODEL_NAMES, index=MODEL_NAMES.index(default_model),
                                   key="mn_train_model", help=model_help)
-        # Random init first: it works offline (the shipped default model was trained that way); ImageNet
-        # weights need one download per backbone.
+        # Random init first: it works offline with every model. ImageNet weights: SqueezeNet's are read from
+        # the shipped real-photo model (no download); the VGG/MobileNet backbones download once.
         weights = st.selectbox("Backbone weights", ["none", "auto"], key="mn_train_weights",
-                               format_func={"auto": "ImageNet where available (downloads once)",
+                               format_func={"auto": "ImageNet where available (VGG/MobileNet download once)",
                                             "none": "Random init (works offline)"}.get)
         default_size = active.image_size if active and active.image_size in IMAGE_SIZES else 64
         image_size = st.select_slider("Image size (px)", IMAGE_SIZES, value=default_size, key="mn_train_size")
