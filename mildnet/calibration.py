@@ -358,12 +358,16 @@ def calibrate_run(
     images: str | os.PathLike | None = None,
     triplets: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    distances: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Calibration:
     """Embeds a run's validation triplets with its best model, fits the match map and writes
     ``RUN/calibration.json``; returns the calibration.
 
     The triplets are ``images`` + ``triplets`` when given (both), else the run's own validation set: its
     config's ``images`` and ``val_triplets``, or the held-out ``val_triplets.csv`` the run wrote.
+    ``distances`` (squared distances of the run's validation (query, positive) and (query, negative) pairs,
+    measured with its best model) skips the embedding: training has them from its best epoch already.
     ``progress(done, total)`` follows the embedding. DataError for missing data, ModelError for a bad run.
     """
     from mildnet import training
@@ -378,15 +382,18 @@ def calibrate_run(
     if images is None:
         images, triplets = _run_validation_set(info)
     images, triplets = Path(images), Path(triplets)
-    if not images.is_dir():
-        raise DataError(f"image folder not found: {images} (pass the folder the triplets' paths are relative to)")
-    frame = read_triplets(triplets).triplets
-    if frame.empty:
-        raise DataError(f"{triplets} holds no usable triplets")
     model = training.load_run_model(run_dir)
-    paths = list(frame["query"]) + list(frame["positive"]) + list(frame["negative"])
-    table = embed_paths(model, images, paths, info.config.image_size, progress=progress)
-    d_pos, d_neg = triplet_distances(table, frame)
+    if distances is None:
+        if not images.is_dir():
+            raise DataError(f"image folder not found: {images} (pass the folder the triplets' paths are relative to)")
+        frame = read_triplets(triplets).triplets
+        if frame.empty:
+            raise DataError(f"{triplets} holds no usable triplets")
+        paths = list(frame["query"]) + list(frame["positive"]) + list(frame["negative"])
+        table = embed_paths(model, images, paths, info.config.image_size, progress=progress)
+        d_pos, d_neg = triplet_distances(table, frame)
+    else:
+        d_pos, d_neg = distances
     # Squared distance of unit vectors is 2 - 2 cos.
     cos_pos, cos_neg = 1.0 - np.asarray(d_pos) / 2.0, 1.0 - np.asarray(d_neg) / 2.0
     source = {
@@ -394,7 +401,7 @@ def calibrate_run(
         "model_fingerprint": model_fingerprint(model),
         "images": str(images),
         "triplets": str(triplets),
-        "n_triplets": int(len(frame)),
+        "n_triplets": int(len(d_pos)),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     calibration = fit(cos_pos, cos_neg, source)

@@ -373,9 +373,7 @@ def triplet_dataset(
 
     from mildnet.data.images import tf_load_image
 
-    order = np.random.default_rng([seed, epoch]).permutation(len(triplets))
-    if max_triplets is not None:
-        order = order[:max_triplets]
+    order = _epoch_order(len(triplets), seed, epoch, max_triplets)
     roles = ("query", "positive", "negative")
     index = np.arange(len(order), dtype=np.int64)
     epoch_seed = np.int64(seed) * 100_003 + epoch
@@ -407,6 +405,13 @@ def triplet_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((*columns, index))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _epoch_order(n: int, seed: int, epoch: int, max_triplets: int | None) -> np.ndarray:
+    """The triplets an epoch visits, in order: a permutation fixed by ``(seed, epoch)`` (so a resumed run
+    replays it), cut to ``max_triplets``."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order if max_triplets is None else order[:max_triplets]
 
 
 def cache_images(
@@ -474,9 +479,7 @@ def feature_triplet_dataset(triplets: pd.DataFrame, features, batch_size: int, s
     exactly as :func:`triplet_dataset` shuffles images."""
     import tensorflow as tf
 
-    order = np.random.default_rng([seed, epoch]).permutation(len(triplets))
-    if max_triplets is not None:
-        order = order[:max_triplets]
+    order = _epoch_order(len(triplets), seed, epoch, max_triplets)
     columns = [features.rows(triplets[col].to_numpy()[order]) for col in ("query", "positive", "negative")]
     return tf.data.Dataset.from_tensor_slices(tuple(columns)).batch(batch_size)
 
@@ -1056,15 +1059,18 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
 
     if strategy.num_replicas_in_sync == 1:
         # A batch-agnostic signature: one trace serves full and last partial batches of every epoch.
-        shape = [None, features.vectors.shape[1]] if features is not None else [None, config.image_size, config.image_size, 3]
-        spec = tf.TensorSpec(shape, tf.float32)
+        if features is not None:
+            spec = tf.TensorSpec([None, features.vectors.shape[1]], tf.float32)
+        else:
+            spec = tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.float32)
         train_step = tf.function(replicated_step, input_signature=[(spec, spec, spec)])
     else:
         train_step = tf.function(replicated_step, reduce_retracing=True)
 
-    def validate() -> tuple[float, float]:
+    def validate() -> tuple[float, float, tuple | None]:
+        """Validation loss, accuracy and the (positive, negative) squared distances it measured."""
         if val_df.empty:
-            return float("nan"), float("nan")
+            return float("nan"), float("nan"), None
         images = pd.concat([val_df["query"], val_df["positive"], val_df["negative"]])
         if features is not None:
             unique = list(dict.fromkeys(images))
@@ -1075,9 +1081,10 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         d_pos, d_neg = triplet_distances(table, val_df)
         q, p, n = (table.rows(val_df[c]) for c in ("query", "positive", "negative"))
         val_loss = float(tf.reduce_mean(loss_fn(q, p, n, margin=margin)))
-        return val_loss, triplet_accuracy(d_pos, d_neg)
+        return val_loss, triplet_accuracy(d_pos, d_neg), (d_pos, d_neg)
 
     best = None
+    best_distances = None  # the best epoch's validation distances: what the match strength is fitted on
     for row in rows:
         if _is_better(row, best, monitor):
             best = row
@@ -1114,7 +1121,7 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         if stopped:
             # The partial epoch is discarded: last.keras and history stay at the last finished epoch.
             break
-        val_loss, val_accuracy = validate()
+        val_loss, val_accuracy, distances = validate()
         row = {
             "epoch": epoch,
             "loss": total_loss / max(total_n, 1),
@@ -1127,7 +1134,7 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         if _is_better(row, best, monitor):
             row["best"] = True
             models.save_model(model, _staged(run_dir / BEST_MODEL))
-            best = row
+            best, best_distances = row, distances
         models.save_model(model, _staged(run_dir / LAST_MODEL))
         _save_optimizer(optimizer, _staged(run_dir / OPTIMIZER_FILE), epoch)  # staged last: see _recover
         rows.append(row)
@@ -1149,19 +1156,20 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         seconds=round(time.monotonic() - started, 3),
     )
     _write_json(run_dir / METRICS_FILE, result.to_dict())
-    if len(val_df) and best is not None:
-        _calibrate(run_dir)
+    if best_distances is not None:
+        _calibrate(run_dir, best_distances)
     for cb in callbacks:
         cb.on_train_end(result)
     return result
 
 
-def _calibrate(run_dir: Path) -> None:
-    """Fits the run's match strength (calibration.json) on its validation triplets. A failure costs the
-    run its calibrated scores, not its model, so it is a warning (``python -m mildnet calibrate`` redoes it)."""
+def _calibrate(run_dir: Path, distances: tuple[np.ndarray, np.ndarray]) -> None:
+    """Fits the run's match strength (calibration.json) on the validation distances of its best epoch. A
+    failure costs the run its calibrated scores, not its model, so it is a warning (``python -m mildnet
+    calibrate`` redoes it)."""
     from mildnet.calibration import calibrate_run
 
     try:
-        calibrate_run(run_dir)
+        calibrate_run(run_dir, distances=distances)
     except MildnetError as exc:
         log.warning("could not calibrate the run's match strength: %s", exc)

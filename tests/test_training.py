@@ -217,6 +217,12 @@ def test_frozen_backbone_trains_the_head_on_cached_features(sample, tmp_path):
     result = train(config)
     assert result.epochs_completed == 2 and 0.0 <= result.history[-1]["val_accuracy"] <= 1.0
     assert (result.run_dir / "calibration.json").is_file()  # every run with a val set gets its match strength
+    # Fitted on the best epoch's validation distances, it matches a calibration that embeds the val set again.
+    from mildnet import calibration
+
+    grid = np.linspace(-1.0, 1.0, 41)
+    fitted = calibration.load(result.run_dir).match(grid)
+    np.testing.assert_allclose(calibration.calibrate_run(result.run_dir).match(grid), fitted, atol=1e-4)
     first = load_model(result.run_dir / "last.keras")
     resume(result.run_dir, epochs=3)
     again = load_model(result.run_dir / "last.keras")
