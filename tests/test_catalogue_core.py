@@ -61,13 +61,19 @@ def _registry(tmp_path: Path) -> Path:
     return manifest
 
 
-def test_refresh_takes_in_new_removed_and_replaced_photos_only(tmp_path):
+def _added_shop(tmp_path: Path) -> tuple[Path, Path]:
+    """``(manifest, folder)``: a flat folder of 12 photos added as dataset "shop"."""
     manifest = _registry(tmp_path)
     folder = tmp_path / "flat"
     folder.mkdir()
     for i in range(12):
         (folder / f"p{i:02d}.jpg").write_bytes(_jpeg(i))
     ud.add_dataset("shop", folder, manifest=manifest)
+    return manifest, folder
+
+
+def test_refresh_takes_in_new_removed_and_replaced_photos_only(tmp_path):
+    manifest, folder = _added_shop(tmp_path)
     home = tmp_path / "data" / "shop"
     before = read_catalog(home / "catalog.csv")
     assert not ud.folder_changes("shop", manifest=manifest)
@@ -138,12 +144,7 @@ def test_thumbnails_are_made_once_and_small(tmp_path, monkeypatch):
 def test_refresh_lists_only_splits_with_triplets(tmp_path):
     from mildnet.data import manifest as mf
 
-    manifest = _registry(tmp_path)
-    folder = tmp_path / "flat"
-    folder.mkdir()
-    for i in range(12):
-        (folder / f"p{i:02d}.jpg").write_bytes(_jpeg(i))
-    ud.add_dataset("shop", folder, manifest=manifest)
+    manifest, folder = _added_shop(tmp_path)
     splits = {s.split: s for s in mf.load_manifest(manifest) if s.dataset == "shop"}
     assert set(splits) == {"train", "val", "test"}
     test_photos = [i for i in gallery(read_catalog(tmp_path / "data" / "shop" / "catalog.csv")).itertuples()

@@ -41,8 +41,9 @@ def register(subparsers) -> None:
                          f"{','.join(BASELINE_CHOICES)}; with --baseline: none)")
     compare.add_argument("--no-baselines", action="store_true", help="score the model alone")
     compare.add_argument("--baseline-weights", metavar="PATH",
-                         help="local SqueezeNet ImageNet weights for the imagenet baselines "
-                         "(default: the cached download; offline and uncached they are reported unavailable)")
+                         help="local SqueezeNet ImageNet weights for the imagenet baselines (default: the shipped "
+                         "real-photo model's frozen backbone, else the download; without either they are "
+                         "reported unavailable)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--images", metavar="DIR", help="image root the triplet paths are relative to")
