@@ -184,12 +184,7 @@ class EmbeddingSet:
     def subset(self, ids: Iterable[str], *, meta: dict | None = None) -> EmbeddingSet:
         """Rows for ``ids``, in the given order (unknown or repeated ids -> DataError)."""
         rows = self.rows_of(ids)
-        return EmbeddingSet(
-            [self.ids[r] for r in rows],
-            [self.paths[r] for r in rows],
-            self.vectors[rows],
-            {**self.meta, **(meta or {})},
-        )
+        return self._take(rows, meta)
 
     def without(self, ids: Iterable[str], *, missing: str = "error", meta: dict | None = None) -> EmbeddingSet:
         """The set minus ``ids`` (order of the remaining rows kept).
@@ -205,6 +200,10 @@ class EmbeddingSet:
                 raise DataError(f"cannot remove {len(absent)} id(s) that are not in the set: {_preview(absent)}")
         keep = np.fromiter((i not in drop for i in self.ids), dtype=bool, count=len(self))
         rows = np.flatnonzero(keep)
+        return self._take(rows, meta)
+
+    def _take(self, rows: np.ndarray, meta: dict | None) -> EmbeddingSet:
+        """The set of ``rows`` in that order, with ``meta`` over this set's meta."""
         return EmbeddingSet(
             [self.ids[r] for r in rows],
             [self.paths[r] for r in rows],
