@@ -37,23 +37,23 @@ from mildnet.errors import DataError, ImageError, ModelError, StoreError
 from mildnet.store import EmbeddingSet, Store, utc_now_iso
 
 __all__ = [
+    "EmbedOptions",
     "EmbedResult",
+    "UpdatePlan",
     "cache_key",
     "catalog_fingerprint",
     "catalog_ids",
     "dataset_name",
-    "embed_catalog",
     "embed_image",
     "embed_images",
-    "get_or_build",
     "load_cached",
     "merge_shards",
     "model_fingerprint",
     "model_image_size",
     "run_model",
     "open_run",
-    "open_searcher",
     "parse_shard",
+    "plan_update",
     "shard_ids",
     "shard_key",
     "update_catalog",
@@ -419,45 +419,116 @@ def _incremental_base(cached: EmbeddingSet | None, model_fp: str, image_size: in
     return isinstance(sigs, list) and len(sigs) == len(cached)
 
 
+@dataclasses.dataclass(frozen=True)
+class EmbedOptions:
+    """How :func:`update_catalog` names, embeds and labels a catalogue's set; every field may be left out.
+
+    ``key`` defaults to ``cache_key(dataset or dataset_name(image_root), model fingerprint)``; ``shard=(i, n)``
+    embeds the i-th of n slices under :func:`shard_key`; ``rebuild`` ignores the cached set; ``model_fp``
+    spares hashing a big model's weights again when the caller knows it; ``model_name`` and ``extra_meta``
+    go into the set's metadata.
+    """
+
+    key: str | None = None
+    dataset: str | None = None
+    image_size: int | None = None
+    batch_size: int = 64
+    shard: tuple[int, int] | None = None
+    rebuild: bool = False
+    model_fp: str | None = None
+    model_name: str | None = None
+    extra_meta: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdatePlan:
+    """What :func:`update_catalog` does to a cached set, decided without the model (see :func:`plan_update`).
+
+    ``keep``: id -> row of the cached set whose vector still belongs to the unchanged file; ``embed``: ids to
+    run through the model, in catalogue order; ``kept_skips``: remembered unreadable images whose file has not
+    changed (not retried); ``missing``: ids whose file is absent; ``dropped``: cached ids that left the catalogue.
+    """
+
+    status: str  # "reused", "updated", "built" or "rebuilt", as in EmbedResult
+    catalog_fp: str
+    keep: dict[str, int]
+    embed: list[str]
+    kept_skips: dict[str, dict]
+    missing: list[str]
+    dropped: list[str]
+
+
+def plan_update(
+    cached: EmbeddingSet | None,
+    ids: Sequence[str],
+    signatures: Sequence[str],
+    *,
+    model_fp: str,
+    image_size: int,
+    rebuild: bool = False,
+) -> UpdatePlan:
+    """Which images to keep, embed or drop, from the cached set (None: nothing cached), the catalogue's
+    ``ids`` and their file ``signatures`` (size and mtime, or ``"missing"``), the model fingerprint and the
+    image size. Pure: no file, store or model is touched.
+
+    Rows (and remembered skips) of unchanged files are kept when the cache comes from the same model and
+    pixels; anything else is (re-)embedded, and ``rebuild=True`` embeds everything whatever the cache holds.
+    """
+    catalog_fp = _fingerprint_of(ids, signatures)
+    if not rebuild and _is_fresh(cached, model_fp, catalog_fp, image_size):
+        return UpdatePlan("reused", catalog_fp, {i: r for r, i in enumerate(cached.ids)}, [], {}, [], [])
+    keep: dict[str, int] = {}
+    kept_skips: dict[str, dict] = {}
+    dropped: list[str] = []
+    if not rebuild and _incremental_base(cached, model_fp, image_size):
+        now = dict(zip(ids, signatures))
+        for row, (i, sig) in enumerate(zip(cached.ids, cached.meta["signatures"])):
+            if now.get(i) == sig:
+                keep[i] = row
+            elif i not in now:
+                dropped.append(i)
+        for entry in cached.meta.get("skipped", []):
+            if isinstance(entry, dict) and now.get(entry.get("id")) == entry.get("signature"):
+                kept_skips[entry["id"]] = entry
+        status = "updated"
+    else:
+        status = "rebuilt" if cached is not None or rebuild else "built"
+    embed = [i for i, sig in zip(ids, signatures) if i not in keep and i not in kept_skips and sig != _MISSING]
+    missing = [i for i, sig in zip(ids, signatures) if sig == _MISSING]
+    return UpdatePlan(status, catalog_fp, keep, embed, kept_skips, missing, dropped)
+
+
 def update_catalog(
     model,
     image_root: str | os.PathLike,
     store: Store,
     ids: Iterable[str] | None = None,
     *,
-    key: str | None = None,
-    dataset: str | None = None,
-    image_size: int | None = None,
-    batch_size: int = 64,
     progress: Progress | None = None,
-    shard: tuple[int, int] | None = None,
-    rebuild: bool = False,
-    model_fp: str | None = None,
-    model_name: str | None = None,
-    extra_meta: dict | None = None,
+    **options: Any,
 ) -> EmbedResult:
     """Embeds a catalog into ``store`` (or reuses/updates the cached set) and reports what was done.
 
     ``ids``: relative image paths; default :func:`catalog_ids` (``catalog.csv`` in the root, else all
-    images). ``key`` defaults to ``cache_key(dataset or dataset_name(image_root), model fingerprint)``.
-    ``shard=(i, n)`` embeds the i-th of n slices under :func:`shard_key` (merge with :func:`merge_shards`).
-    ``model_fp`` may be passed when already known (hashing a big model's weights takes a moment).
+    images). ``options``: the fields of :class:`EmbedOptions` (``key``, ``dataset``, ``image_size``,
+    ``batch_size``, ``shard``, ``rebuild``, ``model_fp``, ``model_name``, ``extra_meta``); merge shards with
+    :func:`merge_shards`. :func:`plan_update` decides what to embed; this runs the model and writes the set.
     Unreadable images are skipped and listed in ``meta["skipped"]``; the job never dies on one bad file.
     """
     start = time.perf_counter()
+    opts = EmbedOptions(**options)
     root = Path(image_root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    size = _resolve_size(model, image_size)
-    model_fp = model_fp or model_fingerprint(model)
+    size = _resolve_size(model, opts.image_size)
+    model_fp = opts.model_fp or model_fingerprint(model)
     all_ids = catalog_ids(root) if ids is None else _normalise_ids(ids)
     if not all_ids:
         raise DataError(f"no images to embed under {root}")
-    base_key = key or cache_key(dataset or dataset_name(root), model_fp)
+    base_key = opts.key or cache_key(opts.dataset or dataset_name(root), model_fp)
     all_sigs = _signatures(root, all_ids)
-    full_catalog_fp = _fingerprint_of(all_ids, all_sigs)
-    if shard is not None:
-        index, count = shard
+    if opts.shard is not None:
+        index, count = opts.shard
         wanted = set(shard_ids(all_ids, index, count))
         pairs = [(i, s) for i, s in zip(all_ids, all_sigs) if i in wanted]
         ids_now, sigs_now = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -465,94 +536,65 @@ def update_catalog(
     else:
         ids_now, sigs_now = all_ids, all_sigs
         store_key = base_key
-    catalog_fp = _fingerprint_of(ids_now, sigs_now)
 
-    cached = None if rebuild else store.get(store_key)
-    if _is_fresh(cached, model_fp, catalog_fp, size):
+    cached = None if opts.rebuild else store.get(store_key)
+    plan = plan_update(cached, ids_now, sigs_now, model_fp=model_fp, image_size=size, rebuild=opts.rebuild)
+    if plan.status == "reused":
         return EmbedResult(cached, store_key, "reused", 0, 0, list(cached.meta.get("skipped", [])),
                            time.perf_counter() - start)
 
-    # Rows (and remembered skips) of unchanged files are kept; everything else is (re-)embedded.
-    keep_rows: dict[str, int] = {}
-    keep_skips: dict[str, dict] = {}
-    removed = 0
-    if not rebuild and _incremental_base(cached, model_fp, size):
-        now = dict(zip(ids_now, sigs_now))
-        for row, (i, sig) in enumerate(zip(cached.ids, cached.meta["signatures"])):
-            if now.get(i) == sig:
-                keep_rows[i] = row
-            elif i not in now:
-                removed += 1
-        for entry in cached.meta.get("skipped", []):
-            if isinstance(entry, dict) and now.get(entry.get("id")) == entry.get("signature"):
-                keep_skips[entry["id"]] = entry
-        status = "updated"
-    else:
-        status = "rebuilt" if cached is not None or rebuild else "built"
-
-    to_embed = [i for i, sig in zip(ids_now, sigs_now) if i not in keep_rows and i not in keep_skips
-                and sig != _MISSING]
-    skipped = dict(keep_skips)
-    for i, sig in zip(ids_now, sigs_now):
-        if sig == _MISSING:
-            skipped[i] = {"id": i, "reason": f"image file not found: {root / i}", "signature": sig}
-    vectors, bad = _embed_skipping(model, [str(root / i) for i in to_embed], size, batch_size, progress)
-    bad_ids = {i for i in to_embed if str(root / i) in bad}
+    out_ids, matrix, skipped, embedded = _run_plan(model, root, plan, cached, ids_now, sigs_now, size,
+                                                   opts.batch_size, progress)
     sig_of = dict(zip(ids_now, sigs_now))
-    for i in to_embed:
-        if i in bad_ids:
-            skipped[i] = {"id": i, "reason": bad[str(root / i)], "signature": sig_of[i]}
-    for entry in skipped.values():
-        if entry["id"] not in keep_skips:
-            # Callers show EmbedResult.skipped; a log warning would print a second copy on the CLI.
-            log.info("skipping unreadable image %s: %s", entry["id"], entry["reason"])
-
-    fresh_row = {i: r for r, i in enumerate(i for i in to_embed if i not in bad_ids)}
-    dim = _embedding_dim(model)
-    out_ids = [i for i in ids_now if i in keep_rows or i in fresh_row]
-    matrix = np.empty((len(out_ids), dim), dtype=np.float32)
-    for r, i in enumerate(out_ids):
-        matrix[r] = cached.vectors[keep_rows[i]] if i in keep_rows else vectors[fresh_row[i]]
     meta = {
         "model_fingerprint": model_fp,
-        "catalog_fingerprint": catalog_fp,
-        "dim": dim,
+        "catalog_fingerprint": plan.catalog_fp,
+        "dim": int(matrix.shape[1]),
         "image_size": size,
-        "model_name": model_name or model.name,
-        "dataset": (dataset or dataset_name(root)) if key is None else base_key,
+        "model_name": opts.model_name or model.name,
+        "dataset": (opts.dataset or dataset_name(root)) if opts.key is None else base_key,
         "image_root": str(root.resolve()),
         "created": utc_now_iso(),
         "embedding_version": EMBEDDING_VERSION,
         "signatures": [sig_of[i] for i in out_ids],
-        "skipped": sorted(skipped.values(), key=lambda e: e["id"]),
-        **(extra_meta or {}),
+        "skipped": skipped,
+        **(opts.extra_meta or {}),
     }
-    if shard is not None:
-        meta["shard"] = [shard[0], shard[1]]
-        meta["full_catalog_fingerprint"] = full_catalog_fp
+    if opts.shard is not None:
+        meta["shard"] = [opts.shard[0], opts.shard[1]]
+        meta["full_catalog_fingerprint"] = _fingerprint_of(all_ids, all_sigs)
     result = EmbeddingSet(out_ids, out_ids, matrix, meta)
     store.put(store_key, result)
-    return EmbedResult(result, store_key, status, len(fresh_row), removed, meta["skipped"],
+    return EmbedResult(result, store_key, plan.status, embedded, len(plan.dropped), meta["skipped"],
                        time.perf_counter() - start)
 
 
-def embed_catalog(
-    model,
-    image_root: str | os.PathLike,
-    ids: Iterable[str] | None = None,
-    store: Store | None = None,
-    key: str | None = None,
-    image_size: int | None = None,
-    batch_size: int = 64,
-    progress: Progress | None = None,
-    shard: tuple[int, int] | None = None,
-    **options: Any,
-) -> EmbeddingSet:
-    """:func:`update_catalog` returning just the embedding set (row-aligned ids/paths, float32 vectors, meta)."""
-    if store is None:
-        raise StoreError("embed_catalog needs a store (mildnet.store.open_store(...))")
-    return update_catalog(model, image_root, store, ids, key=key, image_size=image_size, batch_size=batch_size,
-                          progress=progress, shard=shard, **options).embeddings
+def _run_plan(
+    model, root: Path, plan: UpdatePlan, cached: EmbeddingSet | None, ids: Sequence[str], signatures: Sequence[str],
+    size: int, batch_size: int, progress: Progress | None,
+) -> tuple[list[str], np.ndarray, list[dict], int]:
+    """Embeds ``plan.embed`` and joins the kept rows: ``(row ids in catalogue order, their float32 matrix,
+    skipped entries sorted by id, images embedded)``."""
+    sig_of = dict(zip(ids, signatures))
+    skipped = dict(plan.kept_skips)
+    for i in plan.missing:
+        skipped[i] = {"id": i, "reason": f"image file not found: {root / i}", "signature": _MISSING}
+    vectors, bad = _embed_skipping(model, [str(root / i) for i in plan.embed], size, batch_size, progress)
+    bad_ids = {i for i in plan.embed if str(root / i) in bad}
+    for i in plan.embed:
+        if i in bad_ids:
+            skipped[i] = {"id": i, "reason": bad[str(root / i)], "signature": sig_of[i]}
+    for entry in skipped.values():
+        if entry["id"] not in plan.kept_skips:
+            # Callers show EmbedResult.skipped; a log warning would print a second copy on the CLI.
+            log.info("skipping unreadable image %s: %s", entry["id"], entry["reason"])
+
+    fresh_row = {i: r for r, i in enumerate(i for i in plan.embed if i not in bad_ids)}
+    out_ids = [i for i in ids if i in plan.keep or i in fresh_row]
+    matrix = np.empty((len(out_ids), _embedding_dim(model)), dtype=np.float32)
+    for r, i in enumerate(out_ids):
+        matrix[r] = cached.vectors[plan.keep[i]] if i in plan.keep else vectors[fresh_row[i]]
+    return out_ids, matrix, sorted(skipped.values(), key=lambda e: e["id"]), len(fresh_row)
 
 
 def merge_shards(store: Store, key: str, count: int, *, delete_shards: bool = False) -> EmbeddingSet:
@@ -622,43 +664,6 @@ def load_cached(
     if _is_fresh(cached, model_fp, catalog_fingerprint(root, all_ids), size):
         return cached
     return None
-
-
-def get_or_build(
-    model,
-    image_root: str | os.PathLike,
-    store: Store,
-    ids: Iterable[str] | None = None,
-    *,
-    progress: Progress | None = None,
-    batch_size: int = 64,
-    **options: Any,
-) -> EmbedResult:
-    """The fresh cached set, or one built/updated now (``progress(done, total)`` counts embedded images)."""
-    return update_catalog(model, image_root, store, ids, progress=progress, batch_size=batch_size, **options)
-
-
-def open_searcher(
-    run_dir: str | os.PathLike,
-    image_root: str | os.PathLike,
-    store: Store,
-    *,
-    progress: Progress | None = None,
-    batch_size: int = 64,
-    **options: Any,
-):
-    """Everything the app needs for a trained run and a catalog: ``(searcher, model, config, result)``.
-
-    Loads the run's model, gets the embeddings (cached, incrementally updated or built, reporting
-    ``progress(done, total)``) and wraps them in a :class:`~mildnet.search.Searcher`. Queries are embedded
-    with ``embed_image(model, upload_bytes, config["image_size"])``.
-    """
-    from mildnet.search import Searcher
-
-    model, config = open_run(run_dir)
-    result = get_or_build(model, image_root, store, progress=progress, batch_size=batch_size,
-                          image_size=_config_size(config, model), model_name=config.get("model"), **options)
-    return Searcher(result.embeddings), model, config, result
 
 
 def _config_size(config: dict, model) -> int | None:

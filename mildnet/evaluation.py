@@ -1,12 +1,13 @@
 """Evaluating an embedding model: triplet accuracy, distance distributions and retrieval metrics.
 
 The heavy part (running the network) is :func:`embed_paths`; everything after it is plain numpy on
-an :class:`EmbeddingTable`, so the metrics are tested on hand-made embeddings and the training loop
-reuses the same code for its per-epoch validation.
+an :class:`~mildnet.store.EmbeddingSet` keyed by image path, so the metrics are tested on hand-made
+embeddings, the training loop reuses the same code for its per-epoch validation and the app scores a
+catalogue's cached embeddings as they are.
 
 Four no-learning baselines, :class:`PixelFeatures` (tiny raw-pixel thumbnails), :class:`ColourHistogram`,
 :class:`ImageNetFeatures` (SqueezeNet ImageNet features, no training) and ImageNet features concatenated
-with the histogram, produce the same :class:`EmbeddingTable`, so every metric here scores them exactly
+with the histogram, produce the same :class:`~mildnet.store.EmbeddingSet`, so every metric here scores them exactly
 like a network: a trained model is only worth its cost if it beats them. :func:`evaluate_baselines`
 scores them all on a run's triplets, reporting one it cannot compute (no weights offline) as unavailable
 with the reason instead of failing.
@@ -33,6 +34,7 @@ import pandas as pd
 from mildnet.data.images import ImageCache, map_images, missing_message, pipeline_error_reason
 from mildnet.embeddings import model_image_size, normalize_rows, run_model
 from mildnet.errors import DataError, MildnetError, ModelError
+from mildnet.store import EmbeddingSet
 
 RETRIEVAL_KS = (1, 5, 10)
 HISTOGRAM_BINS = 20
@@ -45,31 +47,6 @@ _RETRIEVAL_BLOCK = 1024
 # --- embedding -----------------------------------------------------------------------------------
 
 
-@dataclass
-class EmbeddingTable:
-    """Unique image paths (relative to the image root) and their L2-normalised embeddings."""
-
-    paths: list[str]
-    vectors: np.ndarray  # (len(paths), dim) float32
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self):
-        self.vectors = np.asarray(self.vectors, dtype=np.float32)
-        if self.vectors.ndim != 2 or len(self.paths) != len(self.vectors):
-            raise ValueError(f"{len(self.paths)} paths but embeddings of shape {self.vectors.shape}")
-        self._index = {p: i for i, p in enumerate(self.paths)}
-
-    def __contains__(self, path: str) -> bool:
-        return path in self._index
-
-    def rows(self, paths: Iterable[str]) -> np.ndarray:
-        """Embeddings of ``paths`` in that order (a path may repeat)."""
-        try:
-            return self.vectors[[self._index[p] for p in paths]]
-        except KeyError as exc:
-            raise KeyError(f"no embedding for image {exc.args[0]!r}") from None
-
-
 def embed_paths(
     model,
     image_root: str | os.PathLike,
@@ -79,7 +56,7 @@ def embed_paths(
     progress: Callable[[int, int], None] | None = None,
     cache: ImageCache | None = None,
     normalize: bool = True,
-) -> EmbeddingTable:
+) -> EmbeddingSet:
     """Embeds each distinct image of ``rel_paths`` once (first-seen order), last partial batch included.
 
     ``image_size`` defaults to the model's input size. ``progress(done, total)`` is called after
@@ -98,7 +75,7 @@ def embed_paths(
             raise ValueError("the model accepts any input size: pass image_size")
     if not unique:
         dim = int(model.outputs[0].shape[-1])
-        return EmbeddingTable([], np.zeros((0, dim), dtype=np.float32))
+        return EmbeddingSet.from_paths([], np.zeros((0, dim), dtype=np.float32))
     if cache is not None and cache.size == image_size and all(p in cache for p in unique):
         return _embed_cached(model, cache, unique, batch_size, progress, normalize)
     root = Path(image_root)
@@ -117,10 +94,10 @@ def embed_paths(
     except tf.errors.OpError as exc:
         raise DataError(f"could not read an image under {root}: {pipeline_error_reason(exc)}") from None
     vectors = np.concatenate(chunks)
-    return EmbeddingTable(unique, normalize_rows(vectors) if normalize else vectors)
+    return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)
 
 
-def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress, normalize=True) -> EmbeddingTable:
+def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress, normalize=True) -> EmbeddingSet:
     rows = cache.rows(unique)
     chunks = []
     for start in range(0, len(rows), batch_size):
@@ -129,7 +106,7 @@ def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, 
         if progress is not None:
             progress(min(start + batch_size, len(rows)), len(rows))
     vectors = np.concatenate(chunks)
-    return EmbeddingTable(unique, normalize_rows(vectors) if normalize else vectors)
+    return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)
 
 
 # --- learning-free baselines --------------------------------------------------------------------
@@ -137,7 +114,7 @@ def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, 
 
 class FeatureExtractor:
     """A learning-free image -> feature-vector baseline; ``embed`` gives the same
-    :class:`EmbeddingTable` as :func:`embed_paths`, so every metric scores it like a network."""
+    :class:`~mildnet.store.EmbeddingSet` as :func:`embed_paths`, so every metric scores it like a network."""
 
     name = "baseline"
     decode_size = 32  # side the image is shrunk to (load_image's antialiased resize) before features
@@ -156,7 +133,7 @@ class FeatureExtractor:
         rel_paths: Iterable[str],
         progress: Callable[[int, int], None] | None = None,
         workers: int | None = None,
-    ) -> EmbeddingTable:
+    ) -> EmbeddingSet:
         """Features of each distinct image of ``rel_paths`` (first-seen order), L2-normalised."""
         from mildnet.data.images import load_image
 
@@ -167,7 +144,7 @@ class FeatureExtractor:
             vectors[i] = self.features(load_image(path, self.decode_size))
 
         map_images(image_root, unique, work, workers, progress)
-        return EmbeddingTable(unique, normalize_rows(vectors))
+        return EmbeddingSet.from_paths(unique, normalize_rows(vectors))
 
     def describe(self) -> dict:
         return {"baseline": self.name}
@@ -282,7 +259,7 @@ class ImageNetFeatures(FeatureExtractor):
         batch = np.asarray(image, dtype=np.float32)[None]
         return run_model(self.model(), batch)[0]
 
-    def embed(self, image_root, rel_paths, progress=None, workers=None) -> EmbeddingTable:
+    def embed(self, image_root, rel_paths, progress=None, workers=None) -> EmbeddingSet:
         return embed_paths(self.model(), image_root, rel_paths, self.decode_size, self.batch_size, progress)
 
     def describe(self) -> dict:
@@ -290,7 +267,7 @@ class ImageNetFeatures(FeatureExtractor):
                 "image_size": self.decode_size}
 
 
-def concat_tables(tables: Sequence[EmbeddingTable]) -> EmbeddingTable:
+def concat_tables(tables: Sequence[EmbeddingSet]) -> EmbeddingSet:
     """Rows of several tables over the same paths, each L2-normalised then concatenated (and the result
     normalised): every part weighs the same, so cosine similarity is the mean of the parts' cosines."""
     if not tables:
@@ -299,7 +276,7 @@ def concat_tables(tables: Sequence[EmbeddingTable]) -> EmbeddingTable:
     for table in tables[1:]:
         if table.paths != paths:
             raise ValueError("tables to concatenate must hold the same paths in the same order")
-    return EmbeddingTable(list(paths), normalize_rows(np.hstack([normalize_rows(t.vectors) for t in tables])))
+    return EmbeddingSet.from_paths(paths, normalize_rows(np.hstack([normalize_rows(t.vectors) for t in tables])))
 
 
 class ConcatenatedFeatures(FeatureExtractor):
@@ -321,7 +298,7 @@ class ConcatenatedFeatures(FeatureExtractor):
     def features(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError("the parts decode at different sizes: use embed()")
 
-    def embed(self, image_root, rel_paths, progress=None, workers=None) -> EmbeddingTable:
+    def embed(self, image_root, rel_paths, progress=None, workers=None) -> EmbeddingSet:
         unique = list(dict.fromkeys(rel_paths))
         return concat_tables([part.embed(image_root, unique, progress, workers) for part in self.parts])
 
@@ -387,9 +364,9 @@ def evaluate_baselines(
     if len(triplets) == 0:
         raise DataError("no triplets to evaluate")
     paths = list(dict.fromkeys(pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])))
-    features: dict[str, EmbeddingTable | str] = {}  # part name -> its table, or why it failed
+    features: dict[str, EmbeddingSet | str] = {}  # part name -> its table, or why it failed
 
-    def part_table(part: str) -> EmbeddingTable | str:
+    def part_table(part: str) -> EmbeddingSet | str:
         if part not in features:
             step = None if progress is None else (lambda done, total: progress(done, total, part))
             try:
@@ -465,7 +442,7 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(np.square(a - b), axis=-1)
 
 
-def triplet_distances(table: EmbeddingTable, triplets: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def triplet_distances(table: EmbeddingSet, triplets: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """``(d(q,p), d(q,n))`` for every triplet row."""
     q = table.rows(triplets["query"])
     return squared_distances(q, table.rows(triplets["positive"])), squared_distances(q, table.rows(triplets["negative"]))
@@ -605,7 +582,7 @@ def _pct(x) -> str:
 
 
 def evaluate_embeddings(
-    table: EmbeddingTable,
+    table: EmbeddingSet,
     triplets: pd.DataFrame,
     catalog: pd.DataFrame | None = None,
     ks: Sequence[int] = RETRIEVAL_KS,
@@ -641,43 +618,6 @@ def evaluate_embeddings(
         d_pos=d_pos,
         d_neg=d_neg,
     )
-
-
-# --- catalog lookup ------------------------------------------------------------------------------
-
-
-def find_catalog(image_root: str | os.PathLike) -> Path | None:
-    """``catalog.csv`` in the image root or beside it (the sample layout: DIR/images + DIR/catalog.csv)."""
-    root = Path(image_root)
-    for candidate in (root / "catalog.csv", root.parent / "catalog.csv"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_catalog_for(image_root: str | os.PathLike, path: str | os.PathLike | None = None) -> pd.DataFrame | None:
-    """The catalog table with ``image`` made relative to ``image_root``; None when there is none.
-
-    A catalog found beside the image folder may name images relative to its own folder
-    (``images/a.jpg``); that prefix is removed so the names match the triplet files.
-    """
-    catalog_path = Path(path) if path is not None else find_catalog(image_root)
-    if catalog_path is None:
-        return None
-    from mildnet.data.catalog import read_catalog
-
-    catalog = read_catalog(catalog_path)  # validated: image, product_id, category, split (+ extras)
-    root = Path(image_root).resolve()
-    try:
-        prefix = root.relative_to(catalog_path.resolve().parent).as_posix()
-    except ValueError:
-        prefix = "."
-    if prefix != ".":
-        under = catalog["image"].str.startswith(prefix + "/")
-        if under.any() and not (root / catalog["image"].iloc[0]).is_file():
-            catalog = catalog[under].copy()
-            catalog["image"] = catalog["image"].str.slice(len(prefix) + 1)
-    return catalog.reset_index(drop=True)
 
 
 def evaluate_triplets(

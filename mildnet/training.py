@@ -475,7 +475,7 @@ def _cached_features(model, config: TrainConfig, frames: Sequence[pd.DataFrame],
 
 def feature_triplet_dataset(triplets: pd.DataFrame, features, batch_size: int, seed: int = 0, epoch: int = 1,
                             max_triplets: int | None = None):
-    """One epoch of ``(q, p, n)`` feature batches (rows of ``features``, an EmbeddingTable), shuffled
+    """One epoch of ``(q, p, n)`` feature batches (rows of ``features``, an EmbeddingSet), shuffled
     exactly as :func:`triplet_dataset` shuffles images."""
     import tensorflow as tf
 
@@ -1005,9 +1005,10 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
 
     from mildnet import models
     from mildnet.embeddings import normalize_rows
-    from mildnet.evaluation import EmbeddingTable, embed_paths, triplet_accuracy, triplet_distances
+    from mildnet.evaluation import embed_paths, triplet_accuracy, triplet_distances
     from mildnet.losses import get_loss
     from mildnet.losses import triplet_distances as tf_triplet_distances
+    from mildnet.store import EmbeddingSet
 
     train_df, val_df = data["train"], data["val"]
     should_stop = stop_event.is_set if stop_event is not None else None
@@ -1074,7 +1075,8 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         images = pd.concat([val_df["query"], val_df["positive"], val_df["negative"]])
         if features is not None:
             unique = list(dict.fromkeys(images))
-            table = EmbeddingTable(unique, normalize_rows(np.asarray(head(features.rows(unique), training=False))))
+            vectors = normalize_rows(np.asarray(head(features.rows(unique), training=False)))
+            table = EmbeddingSet.from_paths(unique, vectors)
         else:
             table = embed_paths(model, config.images, images, config.image_size,
                                 batch_size=max(3 * config.batch_size, 32), cache=cache)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from mildnet import embeddings as emb
 from mildnet.errors import ImageError, StoreError
+from mildnet.search import Searcher
 from mildnet.store import LocalStore
 from tests.conftest import make_labelled_folder
 
@@ -153,6 +154,27 @@ def test_cache_reuse_and_incremental_update(model, images, tmp_path):
     assert emb.update_catalog(model, images, store).status == "reused"
 
 
+def test_plan_update_decides_without_a_model():
+    from mildnet.store import EmbeddingSet
+
+    fp, size = "f" * 64, SIZE
+    ids, sigs = ["a", "b", "c", "x"], ["1:1", "2:2", "3:3", "5:5"]
+    meta = {"model_fingerprint": fp, "catalog_fingerprint": emb.plan_update(None, ids, sigs, model_fp=fp,
+            image_size=size).catalog_fp, "image_size": size, "embedding_version": emb.EMBEDDING_VERSION,
+            "signatures": sigs[:3], "skipped": [{"id": "x", "reason": "not an image", "signature": "5:5"}]}
+    cached = EmbeddingSet(ids[:3], ids[:3], np.eye(3, dtype=np.float32), meta)
+    assert emb.plan_update(None, ids, sigs, model_fp=fp, image_size=size).status == "built"
+    assert emb.plan_update(cached, ids, sigs, model_fp=fp, image_size=size).status == "reused"
+    # b rewritten, c removed, d new, e gone from the disk, x still the same unreadable file.
+    plan = emb.plan_update(cached, ["a", "b", "d", "e", "x"], ["1:1", "9:9", "4:4", "missing", "5:5"],
+                           model_fp=fp, image_size=size)
+    assert plan.status == "updated" and plan.keep == {"a": 0} and plan.embed == ["b", "d"]
+    assert plan.missing == ["e"] and plan.dropped == ["c"] and list(plan.kept_skips) == ["x"]
+    other = emb.plan_update(cached, ids, sigs, model_fp="0" * 64, image_size=size)
+    assert other.status == "rebuilt" and other.keep == {} and other.embed == ids
+    assert emb.plan_update(cached, ids, sigs, model_fp=fp, image_size=size, rebuild=True).embed == ids
+
+
 def test_changed_model_is_rebuilt_never_served(model, images, tmp_path):
     store = LocalStore(tmp_path / "store")
     first = emb.update_catalog(model, images, store)
@@ -207,13 +229,16 @@ def test_open_searcher_for_a_run(model, images, tmp_path):
     run = make_run(tmp_path / "run", model)
     store = LocalStore(tmp_path / "store")
     counter = Counter()
-    searcher, loaded, config, result = emb.open_searcher(run, images, store, progress=counter)
+    # What the app does (ui/resources.searcher): embed the catalogue when needed, then search the fresh set.
+    loaded, config = emb.open_run(run)
+    result = emb.update_catalog(loaded, images, store, progress=counter, image_size=config["image_size"])
+    searcher = Searcher(emb.load_cached(loaded, images, store, image_size=config["image_size"]))
     assert config["model"] == "tiny_cnn" and config["image_size"] == SIZE
     assert result.status == "built" and counter.done == 12 and len(searcher) == 12
     query = emb.embed_image(loaded, images / "green/green_2.jpg", config["image_size"])
     hits = searcher.query(query, k=3)[0]
     assert hits[0].id == "green/green_2.jpg"
-    assert emb.open_searcher(run, images, store)[3].status == "reused"
+    assert emb.update_catalog(loaded, images, store, image_size=config["image_size"]).status == "reused"
 
 
 def make_run(run_dir, model, image_size=SIZE):

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mildnet.data.catalog import read_catalog_for
 from mildnet.data.images import ImageCache
 from mildnet.errors import DataError
 from mildnet.evaluation import (
     BASELINE_NAMES,
     ColourHistogram,
-    EmbeddingTable,
     ImageNetFeatures,
     PixelFeatures,
     baseline_summary,
@@ -21,10 +21,10 @@ from mildnet.evaluation import (
     evaluate_embeddings,
     evaluate_triplets,
     make_baseline,
-    read_catalog_for,
     retrieval_metrics,
     triplet_accuracy,
 )
+from mildnet.store import EmbeddingSet
 from tests.conftest import make_labelled_folder
 
 
@@ -34,7 +34,7 @@ def unit(deg):
 
 
 # Four images on the unit circle at 0, 30, 50 and 90 degrees: a, b of product A; c, d of product B.
-TABLE = EmbeddingTable(["a", "b", "c", "d"], np.array([unit(0), unit(30), unit(50), unit(90)]))
+TABLE = EmbeddingSet.from_paths(["a", "b", "c", "d"], np.array([unit(0), unit(30), unit(50), unit(90)]))
 TRIPLETS = pd.DataFrame(
     [("a", "b", "d"), ("b", "a", "c"), ("c", "d", "a")],  # correct (30 < 90), wrong (30 > 20), correct (40 < 50)
     columns=["query", "positive", "negative"],
@@ -292,15 +292,15 @@ def test_cli_baseline_names_match_the_library():
 
 
 def test_concat_tables_weighs_parts_equally():
-    a = EmbeddingTable(["x", "y"], np.array([[3.0, 0.0], [0.0, 1.0]]))
-    b = EmbeddingTable(["x", "y"], np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))
+    a = EmbeddingSet.from_paths(["x", "y"], np.array([[3.0, 0.0], [0.0, 1.0]]))
+    b = EmbeddingSet.from_paths(["x", "y"], np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))
     joined = concat_tables([a, b])
     assert joined.vectors.shape == (2, 5)
     np.testing.assert_allclose(np.linalg.norm(joined.vectors, axis=1), 1.0, atol=1e-6)
     # cos(x, y) is 0 in a and 1 in b: equal weight makes it their mean, whatever the parts' scales.
     assert float(joined.vectors[0] @ joined.vectors[1]) == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(ValueError, match="same paths"):
-        concat_tables([a, EmbeddingTable(["y", "x"], a.vectors)])
+        concat_tables([a, EmbeddingSet.from_paths(["y", "x"], a.vectors)])
 
 
 def test_evaluate_baselines_scores_each_on_the_same_triplets(tmp_path):

@@ -143,10 +143,9 @@ def registered_catalog(name: str) -> tuple[Path, list[str]]:
     """``(image root, searchable ids)`` of registered dataset ``name``: its catalogue's images without the
     augmented views of an instance-level dataset (the app searches the same ids), else every image."""
     from mildnet.data import manifest
-    from mildnet.data.catalog import gallery
+    from mildnet.data.catalog import gallery, read_catalog_for
     from mildnet.embeddings import catalog_ids
     from mildnet.errors import DataError
-    from mildnet.evaluation import read_catalog_for
 
     splits = manifest.dataset_splits(name)
     missing = manifest.missing_files(splits)

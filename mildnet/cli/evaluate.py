@@ -157,13 +157,13 @@ def _baseline_names(args: argparse.Namespace) -> tuple[str, ...]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mildnet.cli import UsageError
+    from mildnet.data.catalog import read_catalog_for
     from mildnet.evaluation import (
         FeatureExtractor,
         embed_paths,
         evaluate_embeddings,
         format_baseline_table,
         model_image_size,
-        read_catalog_for,
         unavailable_reason,
     )
     from mildnet.errors import ModelError

@@ -55,6 +55,38 @@ def write_catalog(path: str | os.PathLike, catalog: pd.DataFrame) -> Path:
     return path
 
 
+def find_catalog(image_root: str | os.PathLike) -> Path | None:
+    """``catalog.csv`` in the image root or beside it (the sample layout: DIR/images + DIR/catalog.csv)."""
+    root = Path(image_root)
+    for candidate in (root / "catalog.csv", root.parent / "catalog.csv"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_catalog_for(image_root: str | os.PathLike, path: str | os.PathLike | None = None) -> pd.DataFrame | None:
+    """The catalog table with ``image`` made relative to ``image_root``; None when there is none.
+
+    A catalog found beside the image folder may name images relative to its own folder
+    (``images/a.jpg``); that prefix is removed so the names match the triplet files.
+    """
+    catalog_path = Path(path) if path is not None else find_catalog(image_root)
+    if catalog_path is None:
+        return None
+    catalog = read_catalog(catalog_path)  # validated: image, product_id, category, split (+ extras)
+    root = Path(image_root).resolve()
+    try:
+        prefix = root.relative_to(catalog_path.resolve().parent).as_posix()
+    except ValueError:
+        prefix = "."
+    if prefix != ".":
+        under = catalog["image"].str.startswith(prefix + "/")
+        if under.any() and not (root / catalog["image"].iloc[0]).is_file():
+            catalog = catalog[under].copy()
+            catalog["image"] = catalog["image"].str.slice(len(prefix) + 1)
+    return catalog.reset_index(drop=True)
+
+
 def normalise_catalog(frame: pd.DataFrame, source: str = "catalog") -> pd.DataFrame:
     """Validate a catalog table and bring it to the standard columns (extra columns are kept)."""
     frame = frame.copy()

@@ -92,7 +92,7 @@ def read_split(dataset: Dataset, split: str) -> pd.DataFrame:
 
 def read_catalog(dataset: Dataset) -> pd.DataFrame | None:
     """The catalog with image names relative to ``dataset.image_root``; None where the dataset has none."""
-    from mildnet.evaluation import read_catalog_for
+    from mildnet.data.catalog import read_catalog_for
 
     path = dataset.catalog_path
     if path is None or not path.is_file():

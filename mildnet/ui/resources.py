@@ -273,17 +273,16 @@ def embedding_changes(run: uiruns.Run, ds: uidata.Dataset):
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _evaluation(run_dir: str, stamp: float, dataset_name: str, split: str, triplets_stamp: float,
                 catalog_fp: str, _searcher_obj):
-    from mildnet.evaluation import EmbeddingTable, evaluate_embeddings, evaluate_triplets
+    from mildnet.evaluation import evaluate_embeddings, evaluate_triplets
 
     ds = dataset(dataset_name)
     table_triplets = uidata.read_split(ds, split)
     catalog = uidata.read_catalog(ds)
     emb = _searcher_obj.embeddings
-    table = EmbeddingTable(list(emb.ids), emb.vectors)
     needed = set(table_triplets["query"]) | set(table_triplets["positive"]) | set(table_triplets["negative"])
-    if all(name in table for name in needed):
+    if all(name in emb for name in needed):
         # The catalog embeddings already hold every image: the metrics are pure numpy, no network pass.
-        return evaluate_embeddings(table, table_triplets, catalog)
+        return evaluate_embeddings(emb, table_triplets, catalog)
     bundle = _model(run_dir, stamp)
     return evaluate_triplets(bundle.model, ds.image_root, table_triplets, bundle.image_size, catalog)
 
