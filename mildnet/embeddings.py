@@ -34,6 +34,7 @@ import numpy as np
 
 from mildnet.data.images import ImageSource, image_dataset, list_images, load_image, pipeline_error_reason
 from mildnet.errors import DataError, ImageError, ModelError, StoreError
+from mildnet.runs import open_run
 from mildnet.store import EmbeddingSet, Store, utc_now_iso
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "model_fingerprint",
     "model_image_size",
     "run_model",
-    "open_run",
     "open_searcher",
     "parse_shard",
     "shard_ids",
@@ -657,32 +657,5 @@ def open_searcher(
 
     model, config = open_run(run_dir)
     result = get_or_build(model, image_root, store, progress=progress, batch_size=batch_size,
-                          image_size=_config_size(config, model), model_name=config.get("model"), **options)
+                          image_size=config["image_size"], model_name=config.get("model"), **options)
     return Searcher(result.embeddings), model, config, result
-
-
-def _config_size(config: dict, model) -> int | None:
-    size = config.get("image_size") or config.get("input_size")
-    return int(size) if size else model_image_size(model)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Run directories
-# --------------------------------------------------------------------------------------------------------------
-
-
-def open_run(run_dir: str | os.PathLike) -> tuple[Any, dict]:
-    """``(model, config)`` of a training run: its ``best.keras`` and its settings as a dict.
-
-    A thin wrapper over :func:`mildnet.training.load_run_model` / :func:`~mildnet.training.read_run`
-    (which own the run layout); ``config`` always holds ``model`` (name) and ``image_size``.
-    """
-    from mildnet import training
-
-    info = training.read_run(run_dir)
-    model = training.load_run_model(run_dir)
-    config = info.config.to_dict()
-    config["model"] = config.get("model") or model.name
-    config["image_size"] = config.get("image_size") or model_image_size(model)
-    config["run_dir"] = str(Path(run_dir).resolve())
-    return model, config

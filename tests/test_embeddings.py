@@ -13,6 +13,7 @@ from PIL import Image
 
 from mildnet import embeddings as emb
 from mildnet.errors import ImageError, StoreError
+from mildnet.runs import open_run
 from mildnet.store import LocalStore
 from tests.conftest import make_labelled_folder
 
@@ -276,5 +277,5 @@ def test_the_shipped_calibration_still_belongs_to_the_shipped_model():
     from mildnet.pretrained import default_run_dir
 
     run = default_run_dir()
-    model, _ = emb.open_run(run)
+    model, _ = open_run(run)
     assert cal.load(run).model_fingerprint == emb.model_fingerprint(model)
