@@ -29,7 +29,8 @@ def _variant(name: str, size: int, batch: int, steps: int) -> dict:
 
     from mildnet.losses import get_loss
     from mildnet.models import build_model
-    from mildnet.training import feature_head, freeze_layers
+    from mildnet.models import freeze_layers
+    from mildnet.training import feature_head
 
     tf.keras.utils.set_random_seed(0)
     model = build_model("squeezenet_colour", size, None, None)

@@ -31,7 +31,8 @@ def upload_section(n: int, photos: int, out: dict) -> None:
     from PIL import Image
 
     from mildnet.data.images import load_image
-    from mildnet.embeddings import embed_image, open_run
+    from mildnet.embeddings import embed_image
+    from mildnet.runs import open_run
     from mildnet.pretrained import default_run_dir
     from mildnet.search import Searcher
     from mildnet.store import EmbeddingSet

@@ -61,13 +61,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mildnet.errors import DataError, ModelError
+from mildnet.runs import CALIBRATION_FILE, HELDOUT_FILE, load_run_model, read_run
 
 __all__ = [
     "CALIBRATION_FILE", "CATALOGUE_QUANTILE", "MIN_MATCH", "Calibration", "CalibrationError", "Verdict",
     "assess", "calibrate_run", "catalogue_reference", "close_match", "fit", "load", "save",
 ]
 
-CALIBRATION_FILE = "calibration.json"
 FORMAT = 1
 # A best result must be more likely a match than not...
 MIN_MATCH = 0.5
@@ -370,7 +370,6 @@ def calibrate_run(
     measured with its best model) skips the embedding: training has them from its best epoch already.
     ``progress(done, total)`` follows the embedding. DataError for missing data, ModelError for a bad run.
     """
-    from mildnet import training
     from mildnet.data.triplets import read_triplets
     from mildnet.embeddings import model_fingerprint
     from mildnet.evaluation import embed_paths, triplet_distances
@@ -378,11 +377,11 @@ def calibrate_run(
     run_dir = Path(run_dir)
     if (images is None) != (triplets is None):
         raise DataError("give both the image folder and the triplet file, or neither (the run's own val split)")
-    info = training.read_run(run_dir)
+    info = read_run(run_dir)
     if images is None:
         images, triplets = _run_validation_set(info)
     images, triplets = Path(images), Path(triplets)
-    model = training.load_run_model(run_dir)
+    model = load_run_model(run_dir)
     if distances is None:
         if not images.is_dir():
             raise DataError(f"image folder not found: {images} (pass the folder the triplets' paths are relative to)")
@@ -410,8 +409,6 @@ def calibrate_run(
 
 
 def _run_validation_set(info) -> tuple[Path, Path]:
-    from mildnet.training import HELDOUT_FILE
-
     config = info.config
     if config.val_triplets:
         return Path(config.images), Path(config.val_triplets)

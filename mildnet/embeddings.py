@@ -51,7 +51,6 @@ __all__ = [
     "model_fingerprint",
     "model_image_size",
     "run_model",
-    "open_run",
     "parse_shard",
     "plan_update",
     "shard_ids",
@@ -666,28 +665,3 @@ def load_cached(
     return None
 
 
-def _config_size(config: dict, model) -> int | None:
-    size = config.get("image_size") or config.get("input_size")
-    return int(size) if size else model_image_size(model)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Run directories
-# --------------------------------------------------------------------------------------------------------------
-
-
-def open_run(run_dir: str | os.PathLike) -> tuple[Any, dict]:
-    """``(model, config)`` of a training run: its ``best.keras`` and its settings as a dict.
-
-    A thin wrapper over :func:`mildnet.training.load_run_model` / :func:`~mildnet.training.read_run`
-    (which own the run layout); ``config`` always holds ``model`` (name) and ``image_size``.
-    """
-    from mildnet import training
-
-    info = training.read_run(run_dir)
-    model = training.load_run_model(run_dir)
-    config = info.config.to_dict()
-    config["model"] = config.get("model") or model.name
-    config["image_size"] = config.get("image_size") or model_image_size(model)
-    config["run_dir"] = str(Path(run_dir).resolve())
-    return model, config

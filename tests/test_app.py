@@ -198,9 +198,9 @@ def test_bad_upload_shows_a_clear_error(tiny_env, name, payload):
 def test_upload_handler_decodes_formats_and_rejects_bad_bytes(tiny_env):
     from mildnet.ui.resources import ModelBundle
     from mildnet.ui.search_page import embed_upload
-    from mildnet import embeddings
+    from mildnet.runs import open_run
 
-    model, config = embeddings.open_run(tiny_env / "runs" / "first")
+    model, config = open_run(tiny_env / "runs" / "first")
     bundle = ModelBundle(model, config, "", 32)
     rgba = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 4), dtype=np.uint8), "RGBA")
     for fmt in ("PNG", "WEBP", "JPEG"):
@@ -443,7 +443,7 @@ def test_stop_button_stops_a_running_job(tiny_env):
 
 
 def test_incremental_training_continues_from_a_run(tiny_env):
-    from mildnet import training
+    from mildnet import runs
     from mildnet.ui import jobs, sidebar
 
     manager = jobs.JobManager()
@@ -452,7 +452,7 @@ def test_incremental_training_continues_from_a_run(tiny_env):
     assert manager.wait(120)
     state = job.snapshot()
     assert state.state == jobs.COMPLETED, state.error
-    info = training.read_run(state.run_dir)
+    info = runs.read_run(state.run_dir)
     assert info.config.init_from == str((tiny_env / "runs" / "first").resolve())
     assert info.config.model == "tiny_cnn" and info.config.image_size == 32  # taken from the parent
     assert info.lineage and Path(state.run_dir).name.startswith("continued-")

@@ -259,7 +259,7 @@ def test_shipped_model_is_calibrated():
     c = cal.load(SHIPPED)
     assert c is not None and c.n_positive > 300
     assert c.match(1.0) == 1.0 and c.match(0.0) < 0.1
-    from mildnet.training import read_run
+    from mildnet.runs import read_run
 
     assert c.source["run_fingerprint"] == read_run(SHIPPED).fingerprint
 
@@ -289,7 +289,7 @@ def test_sample_catalogue_image_is_a_close_match_and_a_real_photo_is_not(capsys,
 def test_most_real_photos_are_flagged_and_catalogue_photos_are_not(sample_catalogue, clothing_dir):
     from mildnet.evaluation import embed_paths
     from mildnet.store import LocalStore
-    from mildnet.training import load_run_model
+    from mildnet.runs import load_run_model
 
     store = LocalStore(sample_catalogue["store"])
     catalogue = store.get(store.keys()[0])

@@ -14,6 +14,7 @@ from PIL import Image
 from mildnet import embeddings as emb
 from mildnet.errors import ImageError, StoreError
 from mildnet.search import Searcher
+from mildnet.runs import open_run
 from mildnet.store import LocalStore
 from tests.conftest import make_labelled_folder
 
@@ -230,7 +231,7 @@ def test_open_searcher_for_a_run(model, images, tmp_path):
     store = LocalStore(tmp_path / "store")
     counter = Counter()
     # What the app does (ui/resources.searcher): embed the catalogue when needed, then search the fresh set.
-    loaded, config = emb.open_run(run)
+    loaded, config = open_run(run)
     result = emb.update_catalog(loaded, images, store, progress=counter, image_size=config["image_size"])
     searcher = Searcher(emb.load_cached(loaded, images, store, image_size=config["image_size"]))
     assert config["model"] == "tiny_cnn" and config["image_size"] == SIZE
@@ -301,5 +302,5 @@ def test_the_shipped_calibration_still_belongs_to_the_shipped_model():
     from mildnet.pretrained import default_run_dir
 
     run = default_run_dir()
-    model, _ = emb.open_run(run)
+    model, _ = open_run(run)
     assert cal.load(run).model_fingerprint == emb.model_fingerprint(model)

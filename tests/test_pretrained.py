@@ -8,7 +8,7 @@ from mildnet.data.catalog import read_catalog
 from mildnet.data.sample import generate_sample
 from mildnet.data.triplets import read_triplets
 from mildnet.evaluation import evaluate_triplets
-from mildnet.training import load_run_model, read_run
+from mildnet.runs import load_run_model, read_run
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "mildnet" / "pretrained" / "sample"
 

@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mildnet import training
+from mildnet import models, training
 from mildnet.cli import main
 from mildnet.errors import DataError, ModelError
-from mildnet.training import TrainConfig, TrainConfigError, TrainingCallback, holdout_split, read_run, resume, train
+from mildnet.runs import read_run
+from mildnet.training import TrainConfig, TrainConfigError, TrainingCallback, holdout_split, resume, train
+from mildnet.training.config import resolve_model_settings
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +164,7 @@ def test_cache_budget_decides_between_memory_and_streaming(sample, caplog):
 def test_freeze_resolution_and_layers(tmp_path):
     from mildnet.models import build_model, load_model, save_model
 
-    resolve = training._resolve_model_settings
+    resolve = resolve_model_settings
     base = TrainConfig(images="x", triplets="y")
     assert resolve(base, None).freeze == "features"  # the default model from ImageNet weights: all but its head
     squeezenet = dataclasses.replace(base, model="mildnet_squeezenet")
@@ -175,16 +177,16 @@ def test_freeze_resolution_and_layers(tmp_path):
     assert TrainConfig.from_dict(legacy).freeze == "none"
 
     model = build_model("mildnet_squeezenet", 64, 16, None)
-    frozen = training.freeze_layers(model, "fire3")
+    frozen = models.freeze_layers(model, "fire3")
     assert frozen[0] == "conv1" and frozen[-1].startswith("fire3_") and len(frozen) == 7
     trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
     assert "fire4_squeeze1x1" in trainable and "fc1" in trainable and not trainable & set(frozen)
     save_model(model, tmp_path / "m.keras")
     again = load_model(tmp_path / "m.keras")
     assert not again.get_layer("fire3_expand3x3").trainable and again.get_layer("fire4_expand3x3").trainable
-    assert training.freeze_layers(model, "none") == []
+    assert models.freeze_layers(model, "none") == []
     with pytest.raises(ModelError, match="no such layer"):
-        training.freeze_layers(model, "fire99")
+        models.freeze_layers(model, "fire99")
 
 
 def test_frozen_layers_keep_their_weights_in_training(sample, tmp_path):
@@ -211,7 +213,7 @@ def test_frozen_backbone_trains_the_head_on_cached_features(sample, tmp_path):
                          epochs=2, learning_rate=0.01)
     start = build_model("squeezenet_colour", 32, None, None)
     assert training.feature_head(start) is None  # nothing frozen yet: the whole network would train
-    training.freeze_layers(start, "features")
+    models.freeze_layers(start, "features")
     head = training.feature_head(start)
     assert [layer.name for layer in head.layers if layer.weights] == ["embedding"]
     result = train(config)
@@ -297,7 +299,7 @@ def test_stop_after_epoch_then_resume_continues_history(sample, tmp_path):
 def test_crash_during_the_epoch_hand_over_resumes_from_a_consistent_epoch(sample, tmp_path):
     """An epoch's files are staged, history.csv commits, then they are renamed: a crash at either side of
     the commit is completed (history has the epoch) or rolled back (it does not) by resume."""
-    from mildnet.training import _recover_staged
+    from mildnet.training.loop import _recover_staged
 
     stop = threading.Event()
     first = train(tiny_config(sample, tmp_path / "run", epochs=2, val_triplets=None, val_fraction=0.25),

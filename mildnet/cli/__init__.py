@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 
+from mildnet.cli.common import UsageError
 from mildnet.errors import MildnetError
 
 # Command groups, imported lazily so `data check` does not pay for importing TensorFlow.
@@ -23,10 +24,6 @@ COMMANDS = {
     "search": "mildnet.cli.search",
     "calibrate": "mildnet.cli.calibrate",
 }
-
-
-class UsageError(MildnetError):
-    """Bad combination of arguments that argparse itself cannot detect (exit code 2)."""
 
 
 # Commands that run a model import TensorFlow; the others stay light.

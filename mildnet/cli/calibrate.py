@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mildnet.cli.common import UsageError
 from mildnet.cli.progress import ProgressBar
 
 
@@ -27,7 +28,6 @@ def register(subparsers) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from mildnet.calibration import CALIBRATION_FILE, calibrate_run
-    from mildnet.cli import UsageError
 
     if (args.images is None) != (args.triplets is None):
         raise UsageError("give --images and --triplets together, or neither (the run's own validation triplets)")

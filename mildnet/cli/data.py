@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mildnet.cli.common import UsageError
 from mildnet.cli.progress import ProgressBar
 
 
@@ -77,8 +78,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         with ProgressBar("rendering") as bar:
             out = generate_sample(args.out, progress=bar.update, **options)
     except ValueError as exc:  # out-of-range --products/--size/--seed: an argument error, no traceback
-        from mildnet.cli import UsageError
-
         raise UsageError(str(exc)) from None
     print(f"sample catalog written to {out}")
     return 0
@@ -97,12 +96,8 @@ def cmd_triplets(args: argparse.Namespace) -> int:
     from mildnet.data.triplets import write_triplets
 
     if args.per_query < 1:
-        from mildnet.cli import UsageError
-
         raise UsageError("--per-query must be at least 1")
     if args.out.exists() and not args.out.is_dir():
-        from mildnet.cli import UsageError
-
         raise UsageError(f"--out {args.out} exists and is not a folder; choose an output folder")
     catalog = catalog_from_folder(args.images, labels_csv=args.labels, seed=args.seed)
     splits = generate_triplets(catalog, per_query=args.per_query, seed=args.seed)
@@ -142,7 +137,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from mildnet.cli import UsageError
     from mildnet.data.manifest import name_problem
     from mildnet.data.user_datasets import add_dataset
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
+from mildnet.cli.common import (
+    UsageError,
+    add_model_arguments,
+    add_store_arguments,
+    load_model_from_args,
+    open_store_from_args,
+)
 from mildnet.cli.progress import ProgressBar
 from mildnet.errors import MildnetError
 
@@ -37,106 +42,6 @@ def register(subparsers) -> None:
                         help="stored precision: float16 halves the store's RAM and Redis bytes (recall@5 against "
                         "float32 0.9997 on real photos); give it on every embed of that set (default float32)")
     parser.set_defaults(func=cmd_embed)
-
-
-# --- shared with `search` --------------------------------------------------------------------------------------
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (--run or --model; default: the shipped real-photo model)")
-    group.add_argument("--run", type=Path, help="training run folder (best.keras + config.json; default: "
-                       "the shipped real-photo model, mildnet/pretrained/real)")
-    group.add_argument("--model", help="zoo model name, for an untrained or ImageNet-initialised network")
-    group.add_argument("--weights", help="with --model: 'imagenet', a backbone weights file, or none (random)")
-    group.add_argument("--image-size", type=int, help="with --model: input side in pixels (default 224)")
-    group.add_argument("--embedding-dim", type=int, help="with --model: embedding size (default: the model's)")
-
-
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store",
-        help="folder or redis://host:port/db (default: $MILDNET_REDIS_URL, else RUN/embeddings with --run, "
-        "else .mildnet/embeddings)",
-    )
-    parser.add_argument("--fallback-local", type=Path, metavar="PATH",
-                        help="use a local store at PATH when Redis cannot be reached (with a warning)")
-
-
-def load_model_from_args(args: argparse.Namespace):
-    """``(model, config)`` from --run or --model/--weights/--image-size/--embedding-dim."""
-    from mildnet.cli import UsageError
-
-    if args.run is not None and args.model is not None:
-        raise UsageError("give one of --run RUN_DIR or --model NAME, not both")
-    if args.run is None and args.model is None:
-        if args.weights or args.image_size or args.embedding_dim:
-            raise UsageError("--weights/--image-size/--embedding-dim go with --model NAME")
-        args.run = use_default_run(args)
-    if args.run is not None:
-        if args.weights or args.image_size or args.embedding_dim:
-            raise UsageError("--weights/--image-size/--embedding-dim go with --model, not --run (the run has its own)")
-        from mildnet.embeddings import open_run
-
-        return open_run(args.run)
-    import keras
-
-    from mildnet.models import build_model
-
-    size = check_model_arguments(args)
-    # A fixed seed makes a randomly initialised network (and so its fingerprint and cache key) the same in
-    # every invocation, so `search --model NAME` finds what `embed --model NAME` stored.
-    keras.utils.set_random_seed(0)
-    model = build_model(args.model, input_size=size, embedding_dim=args.embedding_dim, weights=args.weights)
-    return model, {"model": args.model, "image_size": size, "weights": args.weights or "none"}
-
-
-def check_model_arguments(args: argparse.Namespace) -> int:
-    """The input size for --model NAME (default 224), after the checks ``train`` makes: a name, size or
-    embedding size no zoo model accepts is a usage error (exit 2) in every command, not a model error."""
-    from mildnet.cli import UsageError
-    from mildnet.models.zoo import ModelArgumentError
-    from mildnet.models.zoo import check_model_arguments as check
-
-    size = 224 if args.image_size is None else args.image_size
-    try:
-        check(args.model, size, args.embedding_dim)
-    except ModelArgumentError as exc:
-        raise UsageError(str(exc)) from None
-    return size
-
-
-def use_default_run(args: argparse.Namespace) -> Path:
-    """The shipped run used when neither --run nor --model is given, said on stderr (stdout may be JSON)."""
-    from mildnet.pretrained import default_run_dir
-
-    run = default_run_dir()
-    print(f"model: {run} (the shipped default; choose another with --run or --model)", file=sys.stderr)
-    return run
-
-
-def open_store_from_args(args: argparse.Namespace):
-    from mildnet.cli import UsageError
-    from mildnet.store import DEFAULT_LOCAL_PATH, StoreURLError, open_store
-
-    default_local = Path(args.run) / "embeddings" if getattr(args, "run", None) else Path(DEFAULT_LOCAL_PATH)
-    store_log = logging.getLogger("mildnet.store")
-    level = store_log.level
-    # The fallback notice is both logged and warned; without logging configured the log copy would reach
-    # stderr through logging's last-resort handler, printing the line twice.
-    store_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            store = open_store(args.store, fallback_local=args.fallback_local, default_local=default_local,
-                               dtype=getattr(args, "dtype", None))
-    except StoreURLError as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        store_log.setLevel(level)
-    for warning in caught:
-        # One line on stderr instead of Python's two-line warning format with a source excerpt.
-        print(f"warning: {warning.message}", file=sys.stderr)
-    return store
 
 
 def registered_catalog(name: str) -> tuple[Path, list[str]]:
@@ -168,8 +73,6 @@ def is_registered(name: str | None) -> bool:
 def catalog_from_args(args: argparse.Namespace) -> tuple[Path, list[str] | None]:
     """``(image folder, ids or None for "every image")``: --images as given (--dataset then only names the
     store key, as before), else the folder and catalogue of the registered dataset --dataset NAME."""
-    from mildnet.cli import UsageError
-
     if args.images is not None:
         return args.images, None
     if not args.dataset:
@@ -198,7 +101,6 @@ def print_skipped(skipped: list[dict], limit: int = 5) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from mildnet.cli import UsageError
     from mildnet import embeddings as emb
 
     if args.batch_size < 1:

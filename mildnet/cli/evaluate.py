@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from mildnet.cli.common import UsageError, build_model_from_args, use_default_run
 from mildnet.cli.progress import ProgressBar
+from mildnet.errors import DataError, ModelError
 
 # Kept literal (not imported from mildnet.evaluation) so `evaluate --help` does not import numpy/pandas;
 # test_evaluation checks it matches evaluation.BASELINE_NAMES.
@@ -60,8 +62,6 @@ def register(subparsers) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from mildnet.cli import UsageError
-
     if sum(bool(x) for x in (args.run, args.model, args.baseline)) > 1:
         raise UsageError(f"give one of --run RUN_DIR, --model NAME or --baseline {'|'.join(BASELINE_CHOICES)}")
     if not (args.run or args.model or args.baseline):
@@ -69,8 +69,6 @@ def _load_model(args: argparse.Namespace):
             # The shipped run's own validation files live on the machine that trained it, not here.
             raise UsageError("give the triplets to score (--images DIR --triplets CSV, or --dataset NAME); "
                              "the model defaults to the shipped real-photo run")
-        from mildnet.cli.embed import use_default_run
-
         args.run = use_default_run(args)
     if args.baseline:
         if args.weights or args.embedding_dim or args.image_size:
@@ -83,45 +81,33 @@ def _load_model(args: argparse.Namespace):
     if args.run:
         if args.weights or args.embedding_dim:
             raise UsageError("--weights/--embedding-dim go with --model, not --run")
-        from mildnet.training import load_run_model, read_run
+        from mildnet.runs import load_run_model, read_run
 
         info = read_run(args.run)
         model = load_run_model(args.run, args.checkpoint)
         source = {"run": str(Path(args.run).resolve()), "checkpoint": args.checkpoint, "model": info.config.model,
                   "fingerprint": info.fingerprint}
         return model, info, source
-    import keras
-
-    from mildnet.cli.embed import check_model_arguments
-    from mildnet.models import build_model
-
-    size = check_model_arguments(args)
-    keras.utils.set_random_seed(args.seed)
-    model = build_model(args.model, size, args.embedding_dim, args.weights)
+    model, _ = build_model_from_args(args, seed=args.seed)
     return model, None, {"model": args.model, "weights": args.weights or "none", "seed": args.seed}
 
 
 def _load_data(args: argparse.Namespace, run_info):
     """(image_root, triplets DataFrame, catalog path or None, description)."""
-    from mildnet.cli import UsageError
-    from mildnet.training import HELDOUT_FILE, _read_triplet_frame
+    from mildnet.runs import HELDOUT_FILE
+    from mildnet.training import dataset_splits, read_triplet_frame
 
     if args.dataset:
         if args.images or args.triplets:
             raise UsageError("give either --dataset or --images/--triplets, not both")
-        from mildnet.errors import DataError
-        from mildnet.training import dataset_splits
-
         splits = dataset_splits(args.dataset)
         if args.split not in splits:
             raise DataError(f"dataset {args.dataset!r} has no split {args.split!r}; it has: {', '.join(splits)}")
         split = splits[args.split]
-        triplets = split.triplets
-        frame = _read_triplet_frame(triplets) if isinstance(triplets, (str, Path)) else triplets
-        catalog = args.catalog or getattr(split, "catalog", None)
-        return Path(split.image_root), frame, catalog, f"{args.dataset}:{args.split}"
+        catalog = args.catalog or split.catalog
+        return Path(split.image_root), read_triplet_frame(split.triplets), catalog, f"{args.dataset}:{args.split}"
     if args.images and args.triplets:
-        return Path(args.images), _read_triplet_frame(args.triplets), args.catalog, str(args.triplets)
+        return Path(args.images), read_triplet_frame(args.triplets), args.catalog, str(args.triplets)
     if args.images or args.triplets:
         raise UsageError("give both --images DIR and --triplets CSV")
     if run_info is None:
@@ -130,14 +116,12 @@ def _load_data(args: argparse.Namespace, run_info):
     val = config.val_triplets or (run_info.run_dir / HELDOUT_FILE)
     if not Path(val).is_file():
         raise UsageError(f"{run_info.run_dir} has no validation triplets: give --images and --triplets")
-    return Path(config.images), _read_triplet_frame(val), args.catalog, f"{val} (the run's validation set)"
+    return Path(config.images), read_triplet_frame(val), args.catalog, f"{val} (the run's validation set)"
 
 
 def _baseline_names(args: argparse.Namespace) -> tuple[str, ...]:
     """The baselines to compare with: bad names and contradictory options are usage errors (exit 2),
     raised before anything is loaded."""
-    from mildnet.cli import UsageError
-
     if args.baseline_weights and not Path(args.baseline_weights).expanduser().is_file():
         raise UsageError(f"--baseline-weights: no such file: {args.baseline_weights}")
     if args.no_baselines:
@@ -156,7 +140,6 @@ def _baseline_names(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mildnet.cli import UsageError
     from mildnet.data.catalog import read_catalog_for
     from mildnet.evaluation import (
         FeatureExtractor,
@@ -166,17 +149,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model_image_size,
         unavailable_reason,
     )
-    from mildnet.errors import ModelError
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     baseline_names = _baseline_names(args)
     model, run_info, source = _load_model(args)
     image_root, triplets, catalog_path, described = _load_data(args, run_info)
-    if triplets.empty:
-        from mildnet.errors import DataError
-
-        raise DataError(f"{described}: no triplets to evaluate")
     baseline = isinstance(model, FeatureExtractor)
     if baseline:
         size = model.decode_size  # None for a concatenated baseline: its parts decode at their own sizes

@@ -7,14 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from mildnet.cli.embed import (
+from mildnet.cli.common import (
+    UsageError,
     add_model_arguments,
     add_store_arguments,
-    is_registered,
     load_model_from_args,
     open_store_from_args,
-    registered_catalog,
 )
+from mildnet.cli.embed import is_registered, registered_catalog
 from mildnet.errors import ImageError, MildnetError
 
 
@@ -47,7 +47,6 @@ def register(subparsers) -> None:
 
 
 def _find_key(store, model_fp: str, args: argparse.Namespace, run_hint: str) -> str:
-    from mildnet.cli import UsageError
     from mildnet import embeddings as emb
 
     missing = EmbeddingsMissing(
@@ -87,7 +86,6 @@ def _calibration(args: argparse.Namespace, model_fp: str):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from mildnet.cli import UsageError
     from mildnet import embeddings as emb
     from mildnet.calibration import assess, catalogue_reference
     from mildnet.search import Searcher

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+from mildnet.cli.common import UsageError
 from mildnet.cli.progress import ProgressBar
 
 # Options that define a new run; with --resume the run's saved settings are used instead.
@@ -159,7 +160,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mildnet.cli import UsageError
     from mildnet.training import TrainConfigError, resume, train
 
     callbacks = [] if args.quiet else [ProgressPrinter()]

@@ -2,7 +2,14 @@
 
 from mildnet.models.io import load_model, save_model
 from mildnet.models.layers import L2Normalize, Preprocess
-from mildnet.models.zoo import DEFAULT_MODEL, MODEL_NAMES, build_model, describe_model, has_pretrained_weights
+from mildnet.models.zoo import (
+    DEFAULT_MODEL,
+    MODEL_NAMES,
+    build_model,
+    describe_model,
+    freeze_layers,
+    has_pretrained_weights,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -11,6 +18,7 @@ __all__ = [
     "Preprocess",
     "build_model",
     "describe_model",
+    "freeze_layers",
     "has_pretrained_weights",
     "load_model",
     "save_model",

@@ -27,6 +27,9 @@ class ModelSpec:
     description: str
     min_input_size: int = 32
     pretrained: bool = True  # whether weights="imagenet" means anything for this model
+    # What training's freeze="auto" freezes when the model starts from pretrained weights: the layers
+    # feeding (and including) this layer or block. None keeps the trainable flags the builder set.
+    freeze_through: str | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -114,18 +117,6 @@ def _keras_application(app, x, weights, input_size):
         raise ModelError(f"could not load {backbone} weights from {weights}: {_first_line(exc)}") from exc
 
 
-def _freeze_through(backbone, last_frozen):
-    """Freezes the backbone's layers up to and including ``last_frozen``.
-
-    Generic low-level filters keep their ImageNet values, which regularises and speeds up training.
-    The reference froze ``vgg_model.layers[:10]``; we name the boundary instead of counting layers,
-    because the count silently shifts with the input/preprocessing layers in front of the backbone.
-    """
-    names = [layer.name for layer in backbone.layers]
-    for layer in backbone.layers[: names.index(last_frozen) + 1]:
-        layer.trainable = False
-
-
 def _first_line(exc):
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
@@ -142,10 +133,14 @@ def _mildnet_vgg(app, name, input_size, embedding_dim, weights, hidden):
     inputs = _image_input(input_size)
     x = Preprocess("caffe", name="preprocess")(inputs)
     backbone = _keras_application(app, x, weights, input_size)
-    _freeze_through(backbone, VGG_LAST_FROZEN)
     features = _gap_concat({tap: backbone.get_layer(tap).output for tap in VGG_TAPS})
     outputs = _mildnet_head(features, hidden, embedding_dim, dropout=0.6)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    # Generic low-level filters keep their ImageNet values, which regularises and speeds up training. The
+    # reference froze ``vgg_model.layers[:10]``; the boundary is named instead, because that count silently
+    # shifts with the input/preprocessing layers in front of the backbone.
+    freeze_layers(model, VGG_LAST_FROZEN)
+    return model
 
 
 @_register(
@@ -255,6 +250,13 @@ def _build_multiscale_vgg19(input_size, embedding_dim, weights):
 
 # ---------------------------------------------------------------------------------------------------
 # mildnet_squeezenet: the MILDNet head on SqueezeNet v1.1, the CPU-friendly default.
+#
+# Their freeze point (freeze_through): on CPU the backward pass dominates a step, and most of it is spent in
+# the high-resolution early blocks (SqueezeNet at 224 px, CPU-s per step of 16 triplets: all trainable ~1.1,
+# conv1..fire3 frozen ~0.66, conv1..fire5 ~0.49). Their ImageNet edge/colour/texture filters need no
+# retuning for product photos: on clothing-dataset-small, 5 epochs with conv1..fire5 frozen reached the
+# held-out accuracy of conv1..fire3 frozen (91.0% vs 90.6%) with 19% less CPU time (14.6 vs 17.9
+# CPU-minutes; docs/results-clothing-small.md). The VGG models freeze their own early blocks instead.
 
 SQUEEZENET_TAPS = ("fire3", "fire5", "fire7", "fire9")  # the last fire block of each stage: 128+256+384+512
 
@@ -263,6 +265,7 @@ SQUEEZENET_TAPS = ("fire3", "fire5", "fire7", "fire9")  # the last fire block of
     "mildnet_squeezenet",
     default_embedding_dim=256,
     description="MILDNet head on SqueezeNet v1.1: multi-scale GAP skips, 256-d, ~1.5M params. Fast on CPU.",
+    freeze_through="fire5",
 )
 def _build_mildnet_squeezenet(input_size, embedding_dim, weights):
     inputs = _image_input(input_size)
@@ -281,6 +284,7 @@ def _build_mildnet_squeezenet(input_size, embedding_dim, weights):
     "squeezenet_gap",
     default_embedding_dim=512,
     description="SqueezeNet v1.1 ImageNet features (GAP of fire9), 512-d, ~0.7M params: search without training.",
+    freeze_through="fire5",
 )
 def _build_squeezenet_gap(input_size, embedding_dim, weights):
     # No dense head, so pretrained features are usable as-is (a random head would scramble them).
@@ -303,7 +307,10 @@ def _build_squeezenet_gap(input_size, embedding_dim, weights):
 # squeezenet_colour: the CPU default. ImageNet SqueezeNet's multi-scale features and a colour histogram,
 # kept as they are, under one linear embedding layer that triplet training fits.
 
-FEATURES_LAYER = "features"  # models whose layers up to this one are frozen train on cached features
+# Models whose layers up to this one are frozen train on cached features. squeezenet_colour freezes its whole
+# backbone: only its linear embedding layer trains, on features computed once per image
+# (mildnet.training.pipeline.feature_head), which on real photos learnt more than fine-tuning fire6..fire9 did.
+FEATURES_LAYER = "features"
 
 
 @_register(
@@ -311,6 +318,7 @@ FEATURES_LAYER = "features"  # models whose layers up to this one are frozen tra
     default_embedding_dim=256,
     description="Default. SqueezeNet v1.1 ImageNet features (GAP of fire3/5/7/9) + centre-weighted colour "
     "histogram, linear 256-d embedding: learns a real catalogue in minutes on CPU.",
+    freeze_through=FEATURES_LAYER,
 )
 def _build_squeezenet_colour(input_size, embedding_dim, weights):
     # Why this shape (docs/training-recipe.md): on real photos a linear layer over frozen ImageNet taps
@@ -357,6 +365,38 @@ def has_pretrained_weights(name: str) -> bool:
     return bool(_spec(name).pretrained)
 
 
+def default_freeze(name: str) -> str:
+    """What ``freeze="auto"`` freezes when model ``name`` starts from pretrained weights: a layer or block
+    name, or ``"none"``. An unknown name is left to :func:`build_model`, which lists the known ones."""
+    spec = _REGISTRY.get(name)
+    return spec.freeze_through if spec is not None and spec.freeze_through else "none"
+
+
+def freeze_layers(model: keras.Model, freeze: str) -> list[str]:
+    """Freezes every layer feeding ``freeze`` (a layer name, or a block prefix such as ``"fire3"``
+    meaning the last layer named ``fire3_*``), that layer included. ``"none"`` changes nothing:
+    layers the model was built or saved frozen stay frozen. Returns the names of the layers with
+    weights that are now frozen. Raises ModelError for a name the model does not have."""
+    if freeze in ("none", "auto"):
+        return []
+    names = [layer.name for layer in model.layers]
+    if freeze in names:
+        boundary = freeze
+    else:
+        matches = [n for n in names if n.startswith(freeze + "_")]
+        if not matches:
+            raise ModelError(f"cannot freeze through {freeze!r}: {model.name} has no such layer or block")
+        boundary = matches[-1]
+    # The layers of the sub-graph input -> boundary are exactly its ancestors, whatever the layer order.
+    feeding = keras.Model(model.inputs, model.get_layer(boundary).output)
+    frozen = []
+    for layer in feeding.layers:
+        layer.trainable = False
+        if layer.weights:
+            frozen.append(layer.name)
+    return frozen
+
+
 def build_model(
     name: str = DEFAULT_MODEL,
     input_size: int = 224,
@@ -380,7 +420,7 @@ def build_model(
     check_model_arguments(name, input_size, embedding_dim)
     size = _as_int(input_size)
     dim = spec.default_embedding_dim if embedding_dim is None else _as_int(embedding_dim)
-    weights = _normalise_weights(weights)
+    weights = normalise_weights(weights)
     if weights is not None and not spec.pretrained:
         raise ModelError(f"{name} has no pretrained backbone; use weights=None")
     return spec.build(size, dim, weights)
@@ -419,7 +459,9 @@ def _spec(name) -> ModelSpec:
         raise ModelArgumentError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
 
 
-def _normalise_weights(weights):
+def normalise_weights(weights):
+    """The one reading of a weights setting: None for random initialisation (None, "", "none", "random"),
+    "imagenet" (any case), else the path as given."""
     if weights is None:
         return None
     weights = str(weights)

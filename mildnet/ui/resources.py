@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from mildnet.pretrained import REAL_PHOTOS
+from mildnet.runs import METRICS_FILE, model_path, open_run
 from mildnet.ui import data as uidata
 from mildnet.ui import runs as uiruns
 from mildnet.ui import settings
@@ -146,7 +147,7 @@ def _runs_stamp(dataset_name: str | None) -> tuple:
     if dataset_name:
         folders.append(settings.pretrained_dir() / dataset_name)
     folders.append(settings.pretrained_dir() / REAL_PHOTOS)
-    return tuple(sorted((str(p), _mtime(p / uiruns.MODEL_FILE), _mtime(p / "metrics.json")) for p in folders))
+    return tuple(sorted((str(p), _mtime(model_path(p)), _mtime(p / METRICS_FILE)) for p in folders))
 
 
 def runs(dataset_name: str | None) -> list[uiruns.Run]:
@@ -170,18 +171,9 @@ class ModelBundle:
 def _model(run_dir: str, stamp: float) -> ModelBundle:
     from mildnet import embeddings
 
-    from mildnet.errors import ModelError
-    from mildnet.models import load_model
-
-    try:
-        model, config = embeddings.open_run(run_dir)
-    except ModelError:
-        # A run folder not written by mildnet.training (e.g. a hand-assembled default model): the .keras
-        # file is self-contained, so it still searches; only the training settings are unknown.
-        path = Path(run_dir) / uiruns.MODEL_FILE
-        if not path.is_file():
-            raise
-        model, config = load_model(path), {}
+    # A run folder not written by mildnet.training (e.g. a hand-assembled default model) still searches:
+    # only its training settings are unknown.
+    model, config = open_run(run_dir, bare_model=True)
     size = config.get("image_size") or embeddings.model_image_size(model) or 224
     return ModelBundle(model, config, embeddings.model_fingerprint(model), int(size))
 

@@ -1,24 +1,22 @@
 """Training runs as the app lists them: the shipped real-photo model, a dataset's own shipped model, the user's runs.
 
-A run is a folder holding ``best.keras`` and, when written by :mod:`mildnet.training`, ``config.json``,
-``metrics.json`` and ``history.csv``. Reading never raises for a damaged side file: the app still lists
-the run (a model without history can still search) and shows what is missing.
+A run is a folder holding a best model and, when written by :mod:`mildnet.training`, its settings, metrics
+and history (layout and reading: :mod:`mildnet.runs`). Reading never raises for a damaged side file: the
+app still lists the run (a model without history can still search) and shows what is missing.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from mildnet import runs
 from mildnet.pretrained import REAL_PHOTOS
+from mildnet.runs import headline_accuracy
 from mildnet.ui import settings
-
-MODEL_FILE = "best.keras"
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,7 @@ class Run:
 
     @property
     def model_file(self) -> Path:
-        return self.path / MODEL_FILE
+        return runs.model_path(self.path)
 
     @property
     def stamp(self) -> float:
@@ -47,17 +45,16 @@ class Run:
 
     @property
     def settings(self) -> dict:
-        """The training settings: config.json nests them under "config" (mildnet.training's layout)."""
-        inner = self.config.get("config")
-        return inner if isinstance(inner, dict) else self.config
+        """The training settings (``{}`` for a folder holding only a model)."""
+        return runs.settings_of(self.config)
 
     @property
     def dataset(self) -> str | None:
-        return _first(self.settings, "dataset", "dataset_name")
+        return _text(self.settings, "dataset")
 
     @property
     def model_name(self) -> str | None:
-        return _first(self.settings, "model", "model_name", "name")
+        return _text(self.settings, "model")
 
     @property
     def image_size(self) -> int | None:
@@ -90,55 +87,20 @@ class Run:
         return self.pretrained and self.path.name == REAL_PHOTOS
 
     def history(self) -> pd.DataFrame | None:
-        path = self.path / "history.csv"
-        if not path.is_file():
-            return None
-        try:
-            frame = pd.read_csv(path)
-        except (OSError, ValueError, pd.errors.ParserError):
-            return None
-        if "epoch" not in frame.columns:
-            frame.insert(0, "epoch", range(1, len(frame) + 1))
-        return frame
+        return runs.history_table(self.path)
 
 
-def _first(mapping: dict, *keys: str):
-    for key in keys:
-        value = mapping.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def headline_accuracy(metrics: dict) -> float | None:
-    """The best triplet accuracy a metrics.json reports (test, else val), whatever its nesting."""
-    candidates = []
-    for scope in ("test", "best", "val", None):
-        node = metrics.get(scope) if scope else metrics
-        if isinstance(node, dict):
-            for key in ("triplet_accuracy", "val_triplet_accuracy", "val_accuracy", "accuracy"):
-                value = node.get(key)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    candidates.append(float(value))
-        if candidates:
-            return candidates[0]
-    return None
+def _text(mapping: dict, key: str) -> str | None:
+    value = mapping.get(key)
+    return value if isinstance(value, str) and value else None
 
 
 def read_run(path: Path, pretrained: bool = False) -> Run | None:
     path = Path(path)
-    if not (path / MODEL_FILE).is_file():
+    if not runs.model_path(path).is_file():
         return None
     return Run(path=path, name=path.name, pretrained=pretrained,
-               config=_read_json(path / "config.json"), metrics=_read_json(path / "metrics.json"))
+               config=runs.read_config_file(path), metrics=runs.read_metrics(path))
 
 
 def list_runs(dataset: str | None) -> list[Run]:

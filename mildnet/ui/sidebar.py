@@ -164,10 +164,11 @@ def launch(manager: jobs.JobManager, dataset: str, *, model_name: str, weights: 
            steps_per_epoch: int | None = None) -> jobs.Job:
     """Validates the settings in the script thread (errors show at once) and starts the worker thread."""
     from mildnet import training
+    from mildnet.runs import new_run_dir
 
     ds = resources.dataset(dataset)
     val = ds.split("val").triplets if "val" in ds.split_names else None
-    out = training.new_run_dir(settings.runs_dir(), model_name if not init_from else "continued")
+    out = new_run_dir(settings.runs_dir(), model_name if not init_from else "continued")
     config = training.TrainConfig(
         images=str(ds.image_root),
         triplets=str(ds.split("train").triplets),
