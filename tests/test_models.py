@@ -5,10 +5,9 @@ import zipfile
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from mildnet.errors import ModelError
 from mildnet.models import MODEL_NAMES, build_model, describe_model, load_model, save_model
@@ -113,7 +112,8 @@ def test_bad_sizes_raise():
 SMALL_MODELS = [name for name in MODEL_NAMES if name not in ("multiscale_vgg19", "mildnet_vgg16")]
 
 
-@pytest.mark.parametrize("name", SMALL_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "mildnet_mobilenetv2" else name
+                                  for name in SMALL_MODELS])
 def test_model_outputs_unit_rows_at_small_size(name):
     model = build_model(name, input_size=32)
     assert model.name == name
@@ -168,6 +168,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
+@pytest.mark.shared
 @pytest.mark.skipif(not SQUEEZENET_H5.is_file(), reason=f"shared SqueezeNet weights not found at {SQUEEZENET_H5}")
 @pytest.mark.parametrize("name", ["mildnet_squeezenet", "squeezenet_gap"])
 def test_squeezenet_loads_shared_keras2_weights(name):

@@ -216,6 +216,7 @@ def test_plot_results_unwritable_path_is_a_one_line_error_and_keeps_the_old_plot
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
 
 
+@pytest.mark.slow
 def test_plot_results_decompression_bomb_hit_is_a_blank_tile(tmp_path):
     Image.new("RGB", (15000, 15000), (200, 10, 10)).save(tmp_path / "bomb.png")
     buf = io.BytesIO()
@@ -344,6 +345,7 @@ def test_float16_set_searches_its_own_values_block_by_block():
     assert_same(s.query(q, k=6), reference(as_f32, q, 6))
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_however_many_queries():
     import tracemalloc
 

@@ -21,10 +21,10 @@ from PIL import Image
 
 from mildnet.cli import main
 from mildnet.data import manifest as mf
+from mildnet.data import user_datasets as ud
 from mildnet.data.catalog import AUGMENTED_COLUMN, gallery, read_catalog
 from mildnet.data.instance import MAX_VIEW_SIDE
 from mildnet.data.triplets import read_triplets
-from mildnet.data import user_datasets as ud
 from mildnet.data.user_datasets import escaping_links
 from tests.conftest import make_labelled_folder
 
@@ -152,6 +152,7 @@ def test_flat_folder_without_labels_is_instance_level_and_searchable(registry, t
     assert f"shop:{split}" in out and "triplet accuracy" in out
 
 
+@pytest.mark.slow
 def test_flat_folder_of_real_photos(registry, clothing_dir, tmp_path, capsys):
     shop = tmp_path / "real-shop"
     shop.mkdir()
@@ -323,7 +324,8 @@ def _bad_input(case: str, tmp_path: Path) -> tuple[list, int, str]:
 
 
 BAD_INPUTS = ["missing folder", "not a folder", "no images", "unreadable images", "tracked name", "added name",
-              "bad name", "labels name missing files", "labels file missing", "file link escaping", "folder link escaping",
+              "bad name", "labels name missing files", "labels file missing", "file link escaping",
+              "folder link escaping",
               "folder holding the dataset's files"]
 
 
