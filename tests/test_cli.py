@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -12,6 +14,7 @@ def _run(*args):
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_model_command_error_is_one_line_without_tensorflow_chatter(tmp_path):
     result = _run("evaluate", "--run", str(tmp_path / "no-such-run"), "--dataset", "sample")
     assert result.returncode == 1

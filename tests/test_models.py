@@ -112,8 +112,7 @@ def test_bad_sizes_raise():
 SMALL_MODELS = [name for name in MODEL_NAMES if name not in ("multiscale_vgg19", "mildnet_vgg16")]
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "mildnet_mobilenetv2" else name
-                                  for name in SMALL_MODELS])
+@pytest.mark.parametrize("name", SMALL_MODELS)
 def test_model_outputs_unit_rows_at_small_size(name):
     model = build_model(name, input_size=32)
     assert model.name == name

@@ -216,7 +216,6 @@ def test_plot_results_unwritable_path_is_a_one_line_error_and_keeps_the_old_plot
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
 
 
-@pytest.mark.slow
 def test_plot_results_decompression_bomb_hit_is_a_blank_tile(tmp_path):
     Image.new("RGB", (15000, 15000), (200, 10, 10)).save(tmp_path / "bomb.png")
     buf = io.BytesIO()

@@ -188,7 +188,6 @@ def test_freeze_resolution_and_layers(tmp_path):
         training.freeze_layers(model, "fire99")
 
 
-@pytest.mark.slow
 def test_frozen_layers_keep_their_weights_in_training(sample, tmp_path):
     from mildnet.models import load_model
 
@@ -271,6 +270,7 @@ def test_train_writes_the_run_directory(base_run):
     assert kinds.count("batch") == 6
 
 
+@pytest.mark.slow
 def test_stop_after_epoch_then_resume_continues_history(sample, tmp_path):
     stop = threading.Event()
     recorder = Recorder(stop, stop_after_epoch=1)
@@ -467,7 +467,6 @@ def test_cli_train_then_evaluate_json(sample, base_run, tmp_path, capsys):
     assert rc == 0 and "triplet_accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 def test_cli_train_from_a_manifest_dataset(sample, tmp_path, monkeypatch, capsys):
     manifest = tmp_path / "data_manifest.csv"
     rows = ["dataset,split,triplets,image_root,catalog,source"]

@@ -152,7 +152,6 @@ def test_flat_folder_without_labels_is_instance_level_and_searchable(registry, t
     assert f"shop:{split}" in out and "triplet accuracy" in out
 
 
-@pytest.mark.slow
 def test_flat_folder_of_real_photos(registry, clothing_dir, tmp_path, capsys):
     shop = tmp_path / "real-shop"
     shop.mkdir()
