@@ -30,9 +30,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
+
+import _common as C  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -171,7 +171,7 @@ def _measure(sync_playwright, root: Path, uploads: int, out: dict) -> int:
             browser.close()
     median, p95 = float(np.median(times)), float(np.percentile(times, 95))
     C.print_table(
-        f"Upload -> five result images loaded, real browser (headless Chromium), sample catalogue, default model",
+        "Upload -> five result images loaded, real browser (headless Chromium), sample catalogue, default model",
         ["figure", "uploads", "seconds", "target"],
         [["median", len(times), median, "< 0.7 s"], ["p95", len(times), p95, "-"],
          ["min / max", len(times), f"{min(times):.3f} / {max(times):.3f}", "-"]],

@@ -306,8 +306,9 @@ def cli_load(env: dict, searches: int, rebuilds: int, workers: int) -> dict:
                 if out.returncode == 0:
                     first_id = json.loads(out.stdout.strip().splitlines()[-1])["results"][0]["id"]
                 with lock:
+                    correct = out.returncode == 0 and first_id == f"images/{photo.parent.name}/catalog.jpg"
                     results.append({"rc": out.returncode, "seconds": seconds, "during_rewrite": not done.is_set(),
-                                    "correct": out.returncode == 0 and first_id == f"images/{photo.parent.name}/catalog.jpg",
+                                    "correct": correct,
                                     "first": first_id, "stderr": out.stderr.strip().splitlines()[-1:]
                                     if out.returncode else []})
 

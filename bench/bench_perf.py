@@ -31,9 +31,9 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
+
+import _common as C  # noqa: E402
 
 PHOTOS = C.SHARED_DATA / "clothing-dataset-small"
 SECTIONS = ("search_one", "search_all", "embed", "float16", "upload")

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
+
+import _common as C  # noqa: E402
 
 
 def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:

@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for label, store in [("LocalStore (fsync=True, default)", LocalStore(tmp / "store")),
                              ("LocalStore (fsync=False)", LocalStore(tmp / "store_nosync", fsync=False))]:
-            t_put, _ = C.best_of(lambda: store.put("bench/set", emb), args.repeat)
-            t_get, got = C.best_of(lambda: store.get("bench/set"), args.repeat)
+            t_put, _ = C.best_of(lambda store=store: store.put("bench/set", emb), args.repeat)
+            t_get, got = C.best_of(lambda store=store: store.get("bench/set"), args.repeat)
             results[label] = got.equals(emb)
             rows.append([f"{label} put", t_put, mb / t_put, C.ratio(t_save, t_put)])
             rows.append([f"{label} get", t_get, mb / t_get, C.ratio(t_load, t_get)])

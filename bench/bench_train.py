@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     rows = [[name, f"{r['step_s'] * 1000:.0f}", f"{r['triplets_per_s']:.1f}", f"{base / r['step_s']:.2f}x",
              f"{r['peak_rss_mb']:.0f}"] for name, r in results.items()]
     feature = results["features"].get("feature_pass_s_per_image", 0.0)
-    print_table(f"training step, squeezenet_colour, {args.size} px, {args.batch} triplets", 
+    print_table(f"training step, squeezenet_colour, {args.size} px, {args.batch} triplets",
                 ["variant", "ms/step", "triplets/s", "speed vs separate", "peak RSS MB"], rows,
                 [f"features: plus a one-off frozen-backbone pass of {feature * 1000:.1f} ms per distinct image",
                  machine_line()])

@@ -20,9 +20,9 @@ import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
+
+import _common as C  # noqa: E402
 
 PHOTOS = C.SHARED_DATA / "clothing-dataset-small"
 

@@ -81,7 +81,8 @@ def mix_set(out: Path, seed: int, class_share: float = 0.3) -> None:
     folder = out / "mix"
     folder.mkdir(parents=True, exist_ok=True)
     typecolour = pd.read_csv(out / "typecolour" / "train.csv", header=None, dtype=str)
-    classes = pd.read_csv(out / "class" / "train.csv", header=None, dtype=str).sample(frac=class_share, random_state=seed)
+    classes = pd.read_csv(out / "class" / "train.csv", header=None, dtype=str)
+    classes = classes.sample(frac=class_share, random_state=seed)
     train = pd.concat([typecolour, classes], ignore_index=True)
     train.to_csv(folder / "train.csv", header=False, index=False, lineterminator="\n")
     for split in ("val", "test"):

@@ -29,6 +29,29 @@ def _shared(*parts: str) -> Path:
     return path
 
 
+# Each test is marked after what it needs, from the fixtures whose skips say so (here, tests/redis_server.py and
+# tests/test_browser.py), so `pytest -m "not redis"`, `-m browser`, `-m shared` select by need. Tests that need one
+# another way (a skipif, a fixture looked up at run time) carry the mark themselves. `slow` is marked by hand.
+FIXTURE_MARKS = {
+    "redis_server": "redis",
+    "redis_url": "redis",
+    "fresh_redis_server": "redis",
+    "playwright_api": "browser",
+    "shared_dir": "shared",
+    "clothing_dir": "shared",
+    "squeezenet_weights": "shared",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            mark = FIXTURE_MARKS.get(fixture)
+            if mark is not None and item.get_closest_marker(mark) is None:
+                item.add_marker(mark)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return _shared()

@@ -139,6 +139,7 @@ def upload_and_wait_for_five_results(page, photo: Path) -> None:
     assert loaded == 5
 
 
+@pytest.mark.slow
 def test_search_upload_shows_five_results_and_click_searches_again(page, server, tmp_path):
     page.goto(server["url"] + "/search")
     _idle(page)

@@ -16,9 +16,9 @@ from tests.test_browser import (  # noqa: F401 - playwright_api is a fixture
     _hit_images,
     _idle,
     _shoot,
+    playwright_api,
     serve_app,
     upload_and_wait_for_five_results,
-    playwright_api,
 )
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -47,6 +47,7 @@ def page(playwright_api, server):  # noqa: F811
         browser.close()
 
 
+@pytest.mark.slow
 def test_add_a_folder_then_upload_a_photo_and_see_five_results(page, server, tmp_path):
     folder = tmp_path / "my shop"
     folder.mkdir()

@@ -264,6 +264,7 @@ def test_shipped_model_is_calibrated():
     assert c.source["run_fingerprint"] == read_run(SHIPPED).fingerprint
 
 
+@pytest.mark.slow  # the module's sample_catalogue fixture embeds the sample catalogue (~15 s); every user is slow
 def test_sample_catalogue_image_is_a_close_match_and_a_real_photo_is_not(capsys, sample_catalogue, clothing_dir):
     base = ("search", "--run", SHIPPED, "--store", sample_catalogue["store"], "--json")
     own = sample_catalogue["images"] / "images" / "p0007" / "wild-2.jpg"
@@ -286,6 +287,7 @@ def test_sample_catalogue_image_is_a_close_match_and_a_real_photo_is_not(capsys,
     assert out.splitlines()[-1].startswith("no close match in this catalogue")
 
 
+@pytest.mark.slow  # the module's sample_catalogue fixture embeds the sample catalogue (~15 s); every user is slow
 def test_most_real_photos_are_flagged_and_catalogue_photos_are_not(sample_catalogue, clothing_dir):
     from mildnet.evaluation import embed_paths
     from mildnet.store import LocalStore
@@ -308,6 +310,7 @@ def test_most_real_photos_are_flagged_and_catalogue_photos_are_not(sample_catalo
     assert all(cal.close_match(float(s), c, reference) for s in (own @ catalogue.vectors.T).max(axis=1))
 
 
+@pytest.mark.slow  # the module's sample_catalogue fixture embeds the sample catalogue (~15 s); every user is slow
 def test_search_page_says_no_close_match_for_a_real_photo(sample_catalogue, clothing_dir, monkeypatch):
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest

@@ -1,7 +1,14 @@
 import pandas as pd
 import pytest
 
-from mildnet.data.catalog import assign_splits, catalog_from_folder, generate_triplets, read_catalog, triplet_types, write_catalog
+from mildnet.data.catalog import (
+    assign_splits,
+    catalog_from_folder,
+    generate_triplets,
+    read_catalog,
+    triplet_types,
+    write_catalog,
+)
 from mildnet.errors import DataError
 from tests.conftest import make_labelled_folder
 
@@ -25,7 +32,8 @@ def test_split_folders_are_recognised(tmp_path):
 def test_labels_csv(labelled_folder, tmp_path):
     labels = tmp_path / "labels.csv"
     pd.DataFrame(
-        {"image": ["red/red_0.jpg", "red/red_1.jpg", "blue/blue_0.jpg"], "label": ["r", "r", "b"], "category": ["top", "top", "top"]}
+        {"image": ["red/red_0.jpg", "red/red_1.jpg", "blue/blue_0.jpg"], "label": ["r", "r", "b"],
+         "category": ["top", "top", "top"]}
     ).to_csv(labels, index=False)
     catalog = catalog_from_folder(labelled_folder, labels_csv=labels)
     assert catalog["product_id"].tolist() == ["r", "r", "b"]
@@ -71,9 +79,11 @@ def _catalog():
     for split, products in {"train": range(0, 6), "val": range(6, 9), "test": range(9, 12)}.items():
         for p in products:
             category = "tee" if p % 2 else "dress"
-            rows.append({"image": f"p{p}_cat.jpg", "product_id": f"p{p}", "category": category, "split": split, "view": "catalog"})
+            rows.append({"image": f"p{p}_cat.jpg", "product_id": f"p{p}", "category": category, "split": split,
+                         "view": "catalog"})
             for w in range(2):
-                rows.append({"image": f"p{p}_wild{w}.jpg", "product_id": f"p{p}", "category": category, "split": split, "view": "wild"})
+                rows.append({"image": f"p{p}_wild{w}.jpg", "product_id": f"p{p}", "category": category, "split": split,
+                             "view": "wild"})
     return pd.DataFrame(rows)
 
 

@@ -145,8 +145,10 @@ def test_cache_reuse_and_incremental_update(model, images, tmp_path):
     s = updated.embeddings
     assert len(s) == 13 and "red/red_0.jpg" not in s and "cyan/cyan_1.jpg" in s
     unchanged = [i for i in built.embeddings.ids if i in s and i != changed]
-    np.testing.assert_array_equal(s.vectors[s.rows_of(unchanged)], built.embeddings.vectors[built.embeddings.rows_of(unchanged)])
-    assert not np.allclose(s.vectors[s.rows_of([changed])], built.embeddings.vectors[built.embeddings.rows_of([changed])])
+    np.testing.assert_array_equal(s.vectors[s.rows_of(unchanged)],
+                                  built.embeddings.vectors[built.embeddings.rows_of(unchanged)])
+    assert not np.allclose(s.vectors[s.rows_of([changed])],
+                           built.embeddings.vectors[built.embeddings.rows_of([changed])])
 
     full = emb.update_catalog(model, images, LocalStore(tmp_path / "other"), batch_size=5)
     assert full.embeddings.ids == s.ids

@@ -324,7 +324,8 @@ def test_evaluate_baselines_scores_each_on_the_same_triplets(tmp_path):
     summary = baseline_summary(results, run_accuracy=0.75)
     assert summary["histogram"]["gain_points"] == -25.0
     assert summary["histogram"]["by_type"]["in_class"] == {"n": 6, "accuracy": 1.0}
-    assert summary["pixels"]["gain_points"] == pytest.approx(round(100 * (0.75 - results["pixels"].triplet_accuracy), 2))
+    assert summary["pixels"]["gain_points"] == pytest.approx(
+        round(100 * (0.75 - results["pixels"].triplet_accuracy), 2))
     assert "gain_points" not in baseline_summary(results)["pixels"]
     with pytest.raises(ValueError, match="unknown baseline 'sift'"):
         evaluate_baselines(root, triplets, names=("sift",))

@@ -21,8 +21,8 @@ from PIL import Image
 
 from mildnet.cli import main
 from mildnet.data import manifest
-from mildnet.data.images import MAX_FILE_BYTES, load_image, verify_image
 from mildnet.data.fetch import download, extract
+from mildnet.data.images import MAX_FILE_BYTES, load_image, verify_image
 from mildnet.data.triplets import check_triplets, read_triplets
 from mildnet.errors import DataError, DownloadError, ImageError, ModelError
 from mildnet.training import TrainConfig, train
@@ -40,7 +40,8 @@ class Case:
 
 
 def params(table: list[Case]) -> list:
-    return [pytest.param(case, id=case.id) for case in table]
+    return [pytest.param(case, id=case.id, marks=[pytest.mark.redis] if case.check.get("redis") else [])
+            for case in table]
 
 
 def _jpeg(path: Path, colour=(200, 30, 30), size=32) -> Path:
@@ -128,7 +129,6 @@ def test_training_skips_or_refuses_a_truncated_image_and_leaves_no_half_run(fold
 
 
 def test_an_extracted_archive_has_normal_modes(tmp_path, folder):
-    import stat
     import zipfile
 
     from mildnet.data.fetch import extract
@@ -224,7 +224,8 @@ IMAGES = [
     Case("corrupt-png-stream", "a PNG whose compressed pixel stream is overwritten",
          "ImageError 'damaged or truncated'; check: unreadable",
          {"build": _flipped_png, "match": "damaged or truncated|cannot open", "check": "unreadable"}),
-    Case("over-20MB", "a valid JPEG padded to 20 MB + 1 byte", "ImageError 'too large', never decoded; check: unreadable",
+    Case("over-20MB", "a valid JPEG padded to 20 MB + 1 byte",
+         "ImageError 'too large', never decoded; check: unreadable",
          {"build": _oversized, "match": "too large", "check": "unreadable"}),
     Case("over-50Mpx", "a 8000x7000 (56 Mpx) 1-bit PNG of a few kB", "ImageError 'Mpx limit'; check: unreadable",
          {"build": lambda r: _png_of(r, "1", (8000, 7000)), "match": "Mpx limit", "check": "unreadable"}),
@@ -232,7 +233,8 @@ IMAGES = [
          "ImageError 'too many pixels' (Pillow's DecompressionBombError translated); check: unreadable",
          {"build": lambda r: _png_of(r, "1", (15000, 13000)), "match": "too many pixels",
           "check": "unreadable"}),
-    Case("fifo", "a named pipe named .jpg", "ImageError 'not a regular file', never opened (no hang); check: unreadable",
+    Case("fifo", "a named pipe named .jpg",
+         "ImageError 'not a regular file', never opened (no hang); check: unreadable",
          {"build": _fifo, "match": "not a regular file", "check": "unreadable", "no_bytes": True}),
     Case("directory", "a folder named .jpg", "ImageError 'not a regular file'; check: missing (not a file)",
          {"build": _folder_named_jpg, "match": "not a regular file", "check": "missing", "no_bytes": True}),
@@ -298,7 +300,8 @@ CSVS = [
          {"text": f"{GOOD_ROW}\nr0.jpg,r1.jpg,b\x003.jpg\n", "problems": [("unsafe", 2)], "rows": 1, "exit": 1}),
     Case("missing-image", "a triplet naming a file that is not there", "'missing'; exit 1",
          {"text": f"{GOOD_ROW}\nr0.jpg,r1.jpg,nope.jpg\n", "problems": [], "rows": 2, "exit": 1, "check": "missing"}),
-    Case("empty-file", "a triplet file with no rows", "no problems when read; data check fails it ('no triplets'), exit 1",
+    Case("empty-file", "a triplet file with no rows",
+         "no problems when read; data check fails it ('no triplets'), exit 1",
          {"text": "\n", "problems": [], "rows": 0, "exit": 1, "check": "no triplets"}),
     Case("not-utf8", "a file of Latin-1 bytes", "one-line DataError 'cannot read triplet file'; exit 1",
          {"bytes": "r0.jpg,r1.jpg,caf\xe9.jpg\n".encode("latin-1"), "raises": "cannot read triplet file", "exit": 1}),
@@ -420,7 +423,8 @@ CHECKPOINTS = [
          {"build": lambda p: p, "match": "not found"}),
     Case("not-a-zip", "a .keras that is plain text", "ModelError 'not a Keras model file'",
          {"build": lambda p: _bytes(p, b"not a zip"), "match": "not a Keras model file"}),
-    Case("truncated", "a real .keras with its last 200 bytes cut", "ModelError 'could not load model' / not a Keras file",
+    Case("truncated", "a real .keras with its last 200 bytes cut",
+         "ModelError 'could not load model' / not a Keras file",
          {"build": _truncated_keras, "match": "could not load|not a Keras"}),
     Case("unknown-layer", "a config naming a layer class that does not exist", "ModelError 'could not load model'",
          {"build": lambda p: _keras_file(p, {"class_name": "NoSuchLayer", "config": {}}), "match": "could not load"}),
@@ -623,7 +627,8 @@ URLS = [
          "one-line DownloadError 'malformed URL' (was a ValueError traceback)",
          {"download": "http://[::1/x.zip", "match": "malformed URL"}),
     Case("download-port-not-a-number", "a dataset URL http://127.0.0.1:notaport/x.zip",
-         "one-line DownloadError 'malformed URL'", {"download": "http://127.0.0.1:notaport/x.zip", "match": "malformed URL"}),
+         "one-line DownloadError 'malformed URL'",
+         {"download": "http://127.0.0.1:notaport/x.zip", "match": "malformed URL"}),
     Case("download-refused", "a dataset URL whose server is down (port 1)",
          "one-line DownloadError 'cannot reach', with the --from PATH hint",
          {"download": "http://127.0.0.1:1/x.zip", "match": "cannot reach.*--from PATH"}),

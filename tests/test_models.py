@@ -5,10 +5,9 @@ import zipfile
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from mildnet.errors import ModelError
 from mildnet.models import MODEL_NAMES, build_model, describe_model, load_model, save_model
@@ -168,6 +167,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
+@pytest.mark.shared
 @pytest.mark.skipif(not SQUEEZENET_H5.is_file(), reason=f"shared SqueezeNet weights not found at {SQUEEZENET_H5}")
 @pytest.mark.parametrize("name", ["mildnet_squeezenet", "squeezenet_gap"])
 def test_squeezenet_loads_shared_keras2_weights(name):

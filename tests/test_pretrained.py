@@ -26,6 +26,7 @@ def test_default_model_is_small_and_trained_from_scratch():
     assert (PRETRAINED / "best.keras").stat().st_size < 20 * 2**20
 
 
+@pytest.mark.slow  # its default_sample fixture generates the full default sample (~30 s)
 def test_default_model_triplet_accuracy_on_sample_test_split(default_sample):
     model = load_run_model(PRETRAINED)
     triplets = read_triplets(default_sample / "test.csv").triplets
@@ -49,6 +50,7 @@ def test_real_photo_model_is_small_calibrated_and_documented():
     assert not any(Path(p).is_absolute() for p in (run.config.images, run.config.triplets, run.config.out))
 
 
+@pytest.mark.slow
 def test_real_photo_model_beats_the_no_learning_baselines_on_unseen_photos(clothing_dir, squeezenet_weights):
     from mildnet.data.catalog import catalog_from_folder, generate_triplets
     from mildnet.evaluation import make_baseline, triplet_accuracy, triplet_distances

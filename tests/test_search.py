@@ -344,6 +344,7 @@ def test_float16_set_searches_its_own_values_block_by_block():
     assert_same(s.query(q, k=6), reference(as_f32, q, 6))
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_however_many_queries():
     import tracemalloc
 

@@ -326,7 +326,8 @@ def test_open_store_dispatch(tmp_path, monkeypatch, redis_url):
     monkeypatch.delenv("MILDNET_REDIS_URL", raising=False)
     monkeypatch.chdir(tmp_path)
     default = open_store(None)
-    assert isinstance(default, LocalStore) and default.root == tmp_path.joinpath(".mildnet/embeddings").relative_to(tmp_path)
+    assert isinstance(default, LocalStore)
+    assert default.root == tmp_path.joinpath(".mildnet/embeddings").relative_to(tmp_path)
     assert open_store(None, default_local=tmp_path / "x").root == tmp_path / "x"
     assert isinstance(open_store(str(tmp_path / "y")), LocalStore)
     assert isinstance(open_store(redis_url), RedisStore)

@@ -84,8 +84,9 @@ def test_config_json_roundtrip_and_fingerprint():
     config = TrainConfig(images="x", triplets="y", loss="contrastive", margin=0.5)
     again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.fingerprint() == config.fingerprint()
-    assert TrainConfig(images="x", triplets="y", epochs=9).fingerprint() == TrainConfig(images="x", triplets="y").fingerprint()
-    assert TrainConfig(images="x", triplets="y", margin=0.2).fingerprint() != TrainConfig(images="x", triplets="y").fingerprint()
+    plain = TrainConfig(images="x", triplets="y").fingerprint()
+    assert TrainConfig(images="x", triplets="y", epochs=9).fingerprint() == plain
+    assert TrainConfig(images="x", triplets="y", margin=0.2).fingerprint() != plain
     with pytest.raises(TrainConfigError, match="unknown training settings: colour"):
         TrainConfig.from_dict({"colour": "red"})
 
@@ -127,8 +128,8 @@ def test_triplet_dataset_batches_keep_the_last_partial_batch(sample):
 
 
 def test_cached_and_streaming_pipelines_give_identical_batches(sample):
-    from mildnet.data.triplets import read_triplets
     from mildnet.data.images import ImageCache
+    from mildnet.data.triplets import read_triplets
 
     triplets = read_triplets(sample / "train.csv").triplets
     paths = pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])
@@ -206,6 +207,7 @@ def test_frozen_layers_keep_their_weights_in_training(sample, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_frozen_backbone_trains_the_head_on_cached_features(sample, tmp_path):
     from mildnet.models import build_model, load_model
 
@@ -240,7 +242,8 @@ def test_streaming_and_cached_runs_train_identically(sample, base_run, tmp_path)
     cached = base_run[0]
     for key in ("loss", "val_loss", "val_accuracy"):
         np.testing.assert_allclose([r[key] for r in streamed.history], [r[key] for r in cached.history], rtol=1e-5)
-    assert read_run(streamed.run_dir).fingerprint == read_run(cached.run_dir).fingerprint  # cache_gb is not a model setting
+    # cache_gb is not a model setting
+    assert read_run(streamed.run_dir).fingerprint == read_run(cached.run_dir).fingerprint
 
 
 # --- end-to-end ------------------------------------------------------------------------------------
@@ -269,6 +272,7 @@ def test_train_writes_the_run_directory(base_run):
     assert kinds.count("batch") == 6
 
 
+@pytest.mark.slow
 def test_stop_after_epoch_then_resume_continues_history(sample, tmp_path):
     stop = threading.Event()
     recorder = Recorder(stop, stop_after_epoch=1)
@@ -368,6 +372,7 @@ print(json.dumps(losses))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_matches_a_single_device(sample, tmp_path):
     """Two CPU replicas must give the single-device losses (gradients averaged over the global batch)."""
     import os
@@ -437,6 +442,7 @@ def test_resume_rejects_corrupt_or_foreign_checkpoints(base_run, tmp_path):
 # --- CLI -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_train_then_evaluate_json(sample, base_run, tmp_path, capsys):
     out = tmp_path / "cli-run"
     rc = main(["train", "--images", str(sample), "--triplets", str(sample / "train.csv"), "--model", "tiny_cnn",

@@ -3,7 +3,14 @@ import time
 import pandas as pd
 import pytest
 
-from mildnet.data.triplets import check_triplets, find_leaks, parse_triplets, read_triplets, usable_triplets, write_triplets
+from mildnet.data.triplets import (
+    check_triplets,
+    find_leaks,
+    parse_triplets,
+    read_triplets,
+    usable_triplets,
+    write_triplets,
+)
 from mildnet.errors import DataError
 
 
@@ -81,7 +88,8 @@ def test_leaks_between_splits():
     assert len(leaks) == 1
     leak = leaks[0]
     assert (leak.split_a, leak.split_b, leak.shared_triplets, leak.shared_queries) == ("train", "val", 1, 1)
-    assert find_leaks({"train": train, "test": pd.DataFrame({"query": ["z"], "positive": ["p"], "negative": ["n"]})}) == []
+    unrelated = pd.DataFrame({"query": ["z"], "positive": ["p"], "negative": ["n"]})
+    assert find_leaks({"train": train, "test": unrelated}) == []
 
 
 def test_real_mildnet_csvs_report_test_in_val_and_missing_images(shared_dir):
@@ -92,7 +100,7 @@ def test_real_mildnet_csvs_report_test_in_val_and_missing_images(shared_dir):
     elapsed = time.perf_counter() - start
     assert elapsed < 15, f"check took {elapsed:.1f}s on ~100k rows"
     assert [f.n_rows for f in report.files] == [70748, 24163, 7000]
-    test_leaks = [l for l in report.leaks if l.split_a == "tops_test" and l.split_b == "tops_val_full"]
+    test_leaks = [leak for leak in report.leaks if leak.split_a == "tops_test" and leak.split_b == "tops_val_full"]
     assert test_leaks and test_leaks[0].shared_triplets == 7000
     assert "all 7000 triplets of tops_test also appear in tops_val_full" in report.format()
     assert "all 90112 referenced images are missing" in report.format()
@@ -110,9 +118,11 @@ def test_header_row_is_skipped_not_reported_as_missing_images():
 
 
 def test_backslash_names_are_checked_as_the_files_training_opens(labelled_folder, tmp_path):
-    triplets = _write(tmp_path / "t.csv", "red\\red_0.jpg,red\\red_1.jpg,blue\\blue_0.jpg\nred\\..\\..\\x.jpg,a.jpg,b.jpg\n")
+    triplets = _write(tmp_path / "t.csv",
+                      "red\\red_0.jpg,red\\red_1.jpg,blue\\blue_0.jpg\nred\\..\\..\\x.jpg,a.jpg,b.jpg\n")
     report = check_triplets(labelled_folder, [triplets])
     frame = report.files[0].triplets
-    assert frame[["query", "positive", "negative"]].values.tolist() == [["red/red_0.jpg", "red/red_1.jpg", "blue/blue_0.jpg"]]
+    assert frame[["query", "positive", "negative"]].values.tolist() == [
+        ["red/red_0.jpg", "red/red_1.jpg", "blue/blue_0.jpg"]]
     assert report.counts() == {"unsafe": 1}
     assert all((labelled_folder / name).is_file() for name in report.files[0].images)

@@ -21,10 +21,10 @@ from PIL import Image
 
 from mildnet.cli import main
 from mildnet.data import manifest as mf
+from mildnet.data import user_datasets as ud
 from mildnet.data.catalog import AUGMENTED_COLUMN, gallery, read_catalog
 from mildnet.data.instance import MAX_VIEW_SIDE
 from mildnet.data.triplets import read_triplets
-from mildnet.data import user_datasets as ud
 from mildnet.data.user_datasets import escaping_links
 from tests.conftest import make_labelled_folder
 
@@ -323,7 +323,8 @@ def _bad_input(case: str, tmp_path: Path) -> tuple[list, int, str]:
 
 
 BAD_INPUTS = ["missing folder", "not a folder", "no images", "unreadable images", "tracked name", "added name",
-              "bad name", "labels name missing files", "labels file missing", "file link escaping", "folder link escaping",
+              "bad name", "labels name missing files", "labels file missing", "file link escaping",
+              "folder link escaping",
               "folder holding the dataset's files"]
 
 
