@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from mildnet.data.images import MAX_FILE_BYTES, load_image
+from mildnet.data import images
+from mildnet.data.images import MAX_FILE_BYTES
 from mildnet.embeddings import normalize_rows, run_model
 from mildnet.errors import ImageError
 from mildnet.ui import layout, matching, resources, widgets
@@ -33,7 +34,7 @@ def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
     resized from those pixels the way ``load_image(data, size)`` resizes (the same bilinear filter on the
     same RGB image), so an uploaded catalog photo still finds itself with score 1.
     """
-    pixels = load_image(data)
+    pixels = images.load_image(data)  # through the module: a test counts the decodes
     image = Image.fromarray(pixels)
     size = (int(bundle.image_size), int(bundle.image_size))
     model_input = pixels if image.size == size else np.asarray(image.resize(size, Image.Resampling.BILINEAR))
