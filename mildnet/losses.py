@@ -31,8 +31,6 @@ import tensorflow as tf
 # Below this squared distance, sqrt's gradient explodes (it is infinite at 0: identical embeddings).
 _SQRT_FLOOR = 1e-12
 
-DEFAULT_MARGIN = {"hinge": 1.0, "contrastive": 1.0}
-
 
 def l2_normalize(x: tf.Tensor) -> tf.Tensor:
     return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)

@@ -127,14 +127,6 @@ def load_image(source: ImageSource, size: int | tuple[int, int] | None = None) -
         original.close()  # the file handle, not only at garbage collection (thousands per epoch)
 
 
-def image_size_of(source: ImageSource) -> tuple[int, int]:
-    """(width, height) without decoding the pixels, after EXIF rotation would be applied."""
-    with _open(source) as image:
-        orientation = image.getexif().get(0x0112, 1)
-        width, height = image.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
 def verify_image(path: str | os.PathLike) -> str | None:
     """``None`` if :func:`load_image` will decode ``path``, else the one-line reason it will not.
 

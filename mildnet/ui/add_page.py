@@ -10,6 +10,7 @@ import streamlit as st
 
 from mildnet.errors import DownloadError, MildnetError
 from mildnet.ui import catalogue, layout, resources, widgets
+from mildnet.ui import data as uidata
 from mildnet.ui.sidebar import DATASET_KEY, Selection
 
 DONE_KEY = "mn_add_done"  # the message of the catalogue just added, shown after the rerun that selects it
@@ -102,8 +103,6 @@ def _demo() -> None:
         return
     name = catalogue.DEMO
     st.markdown(f"**{name}**: 3,781 real clothing photos in 10 classes (CC0), from {catalogue.demo_url()}")
-    from mildnet.ui import data as uidata
-
     if uidata.is_ready(name):
         st.caption("Already on this machine.")
         if st.button("Use it", key="mn_demo_use", icon=":material/check:"):

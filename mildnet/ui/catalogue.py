@@ -18,7 +18,8 @@ from typing import BinaryIO
 from mildnet.data import manifest as mf
 from mildnet.data import user_datasets as ud
 from mildnet.data.upload import ExtractReport, extract_images
-from mildnet.errors import DataError
+from mildnet.embeddings import EMBEDDING_VERSION, cache_key
+from mildnet.errors import DataError, StoreError
 
 UPLOADS_DIR = ud.UPLOADS_DIR
 DEMO = "clothing-small"
@@ -110,9 +111,6 @@ class EmbeddingChanges:
 def embedding_changes(store, dataset: str, model_fp: str, ids: list[str]) -> EmbeddingChanges | None:
     """How the catalogue differs from the embeddings cached for this model (None: nothing cached yet, so
     everything is embedded). Replaced files count as new: they are embedded again."""
-    from mildnet.embeddings import EMBEDDING_VERSION, cache_key
-    from mildnet.errors import StoreError
-
     try:
         cached = store.get(cache_key(dataset, model_fp))
     except StoreError:

@@ -10,7 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from mildnet.data import manifest
-from mildnet.data.triplets import read_triplets
+from mildnet.data.catalog import gallery as searchable
+from mildnet.data.catalog import read_catalog_for, triplet_types
+from mildnet.data.sample import is_sample_complete
+from mildnet.data.triplets import check_triplets, read_triplets
 from mildnet.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -67,8 +70,6 @@ def is_ready(name: str) -> bool:
     """Cheap check (files exist) so a page need not call ``prepare`` on every rerun."""
     splits = manifest.dataset_splits(name)
     if splits[0].source == "generated":
-        from mildnet.data.sample import is_sample_complete
-
         return is_sample_complete(manifest.dataset_home(splits))
     return not manifest.missing_files(splits)
 
@@ -92,8 +93,6 @@ def read_split(dataset: Dataset, split: str) -> pd.DataFrame:
 
 def read_catalog(dataset: Dataset) -> pd.DataFrame | None:
     """The catalog with image names relative to ``dataset.image_root``; None where the dataset has none."""
-    from mildnet.data.catalog import read_catalog_for
-
     path = dataset.catalog_path
     if path is None or not path.is_file():
         return None
@@ -103,8 +102,6 @@ def read_catalog(dataset: Dataset) -> pd.DataFrame | None:
 def gallery(dataset: Dataset) -> pd.DataFrame:
     """Every image the app can search: the catalog (real photos only: an instance-level dataset's augmented
     views feed its triplets, never its results), else the distinct images of the triplet files."""
-    from mildnet.data.catalog import gallery as searchable
-
     catalog = read_catalog(dataset)
     if catalog is not None:
         return searchable(catalog)
@@ -123,8 +120,6 @@ def gallery(dataset: Dataset) -> pd.DataFrame:
 
 def annotate(triplets: pd.DataFrame, catalog: pd.DataFrame | None) -> pd.DataFrame:
     """Triplets plus ``negative_type``, ``query_view`` and ``category`` (of the query) where the catalog knows them."""
-    from mildnet.data.catalog import triplet_types
-
     out = triplets.copy()
     if catalog is None or catalog.empty:
         out["negative_type"] = "unknown"
@@ -161,8 +156,6 @@ def split_counts(dataset: Dataset) -> pd.DataFrame:
 
 def check(dataset: Dataset):
     """The data-check report over every split (missing or unreadable images, bad rows, leaks)."""
-    from mildnet.data.triplets import check_triplets
-
     return check_triplets(dataset.image_root, [row.triplets for row in dataset.splits])
 
 

@@ -9,20 +9,11 @@ import streamlit as st
 from mildnet.ui import data as uidata
 from mildnet.ui import layout, resources, widgets
 from mildnet.ui.layout import Context
+from mildnet.ui.pages_table import PAGES
 from mildnet.ui.runs import headline_accuracy
 
 BROWSE_COLUMNS = 8
 BROWSE_PAGE = 16
-PAGES = (
-    ("pages/search.py", "Search", ":material/image_search:",
-     "Upload a photo or click a product and get the most similar products."),
-    ("pages/triplets.py", "Triplets", ":material/view_module:",
-     "Browse the training triplets, their types and the data-check report."),
-    ("pages/evaluation.py", "Evaluation", ":material/monitoring:",
-     "Triplet accuracy, distance distributions, retrieval metrics; compare runs."),
-    ("pages/add.py", "Add a catalogue", ":material/add_photo_alternate:",
-     "Your own photos: a folder on this machine or a zip, searchable in minutes."),
-)
 
 
 def render(ctx: Context) -> None:

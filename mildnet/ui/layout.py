@@ -7,11 +7,14 @@ log only), so the UI never shows a traceback.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import script_runner
 
+from mildnet.data.user_datasets import refresh_dataset
 from mildnet.errors import MildnetError
 from mildnet.ui import data as uidata
 from mildnet.ui import resources, sidebar, widgets
@@ -26,10 +29,6 @@ def keep_keras_session() -> None:
     kernel cache emptied, so the next upload re-creates every kernel) measured ~0.5 s of every rerun, most of
     an upload's time to results in the browser. Matplotlib figures are still closed as Streamlit does.
     """
-    import sys
-
-    from streamlit.runtime.scriptrunner import script_runner
-
     current = getattr(script_runner, "_clean_problem_modules", None)
     if current is None or getattr(current, "keeps_keras_session", False):
         return
@@ -57,9 +56,6 @@ def run_page(body: Callable, needs_dataset: bool = True) -> None:
     """Draws the page frame and calls ``body(Context)``; with ``needs_dataset=False`` it calls
     ``body(selection)`` without preparing the selected dataset (the page that adds a catalogue must work
     while the selected one is unavailable)."""
-    from mildnet.ui import navigation
-
-    navigation.ensure_entrypoint()
     widgets.page_style()
     with widgets.error_boundary():
         selection = sidebar.render()
@@ -74,8 +70,6 @@ def run_page(body: Callable, needs_dataset: bool = True) -> None:
 def refresh_if_changed(ds: uidata.Dataset) -> uidata.Dataset:
     """A catalogue added from a folder follows the folder: new, removed or replaced photos are taken in (views
     and triplets for those only) before the page uses it; the embeddings then update incrementally."""
-    from mildnet.data.user_datasets import refresh_dataset
-
     try:
         changes = resources.folder_changes(ds.name)
     except MildnetError as exc:
@@ -127,7 +121,7 @@ def ensure_dataset(name: str) -> uidata.Dataset:
     return resources.dataset(name)
 
 
-def ensure_searcher(ctx: Context, *, quiet_when_cached: bool = True):
+def ensure_searcher(ctx: Context):
     """The catalog searcher of the selected run; embeds the catalog first (progress shown) when needed."""
     if ctx.run is None:
         return None

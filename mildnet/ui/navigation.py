@@ -1,10 +1,15 @@
-"""The app's pages, declared once for ``app.py``'s ``st.navigation``."""
+"""The app's navigation: ``app.py``'s ``st.navigation`` over Home and the page table (``pages_table``).
+
+Page scripts call :func:`ensure_entrypoint` before ``layout.run_page``; the frame in ``layout`` knows no
+page, so no page module imports this one back.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from mildnet.ui import home_page, layout
+from mildnet.ui.pages_table import PAGES
 
 ENTRY_KEY = "mn_entrypoint_ran"
 
@@ -14,13 +19,8 @@ def home() -> None:
 
 
 def pages() -> list:
-    return [
-        st.Page(home, title="Home", icon=":material/home:", default=True),
-        st.Page("pages/search.py", title="Search", icon=":material/image_search:"),
-        st.Page("pages/triplets.py", title="Triplets", icon=":material/view_module:"),
-        st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
-        st.Page("pages/add.py", title="Add a catalogue", icon=":material/add_photo_alternate:"),
-    ]
+    return [st.Page(home, title="Home", icon=":material/home:", default=True)] + [
+        st.Page(page.path, title=page.title, icon=page.icon) for page in PAGES]
 
 
 def run() -> None:

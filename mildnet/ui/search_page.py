@@ -8,8 +8,11 @@ import random
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
+from mildnet.data import images
 from mildnet.data.images import MAX_FILE_BYTES
+from mildnet.embeddings import normalize_rows, run_model
 from mildnet.errors import ImageError
 from mildnet.ui import layout, matching, resources, widgets
 from mildnet.ui.layout import Context
@@ -31,12 +34,7 @@ def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
     resized from those pixels the way ``load_image(data, size)`` resizes (the same bilinear filter on the
     same RGB image), so an uploaded catalog photo still finds itself with score 1.
     """
-    from PIL import Image
-
-    from mildnet.data.images import load_image
-    from mildnet.embeddings import normalize_rows, run_model
-
-    pixels = load_image(data)
+    pixels = images.load_image(data)  # through the module: a test counts the decodes
     image = Image.fromarray(pixels)
     size = (int(bundle.image_size), int(bundle.image_size))
     model_input = pixels if image.size == size else np.asarray(image.resize(size, Image.Resampling.BILINEAR))

@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 from mildnet.ui import settings
 
 SIZE = 384  # px on the longer side: sharp in a 5-column grid on a wide screen
@@ -21,8 +23,6 @@ def thumbnail(path: str | os.PathLike, size: int = SIZE) -> Path:
     """A cached JPEG thumbnail of ``path`` (the file itself when it is already small).
 
     Raises OSError (missing file) or ValueError (not a decodable image) with a short message."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     info = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{info.st_size}|{info.st_mtime_ns}|{size}".encode()).hexdigest()

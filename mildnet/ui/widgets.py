@@ -1,4 +1,4 @@
-"""Small presentational helpers shared by the pages: product cards, image grids, the page style."""
+"""Small presentational helpers shared by the pages: the error boundary, the page style, image grids and captions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from mildnet.errors import MildnetError
+from mildnet.ui.thumbnails import thumbnail
+
 log = logging.getLogger("mildnet.ui")
 
 
@@ -16,8 +19,6 @@ log = logging.getLogger("mildnet.ui")
 def error_boundary():
     """Shows a MildnetError as its one-line message and anything else as a short note (traceback to the
     server log only). Streamlit's rerun/stop signals are BaseExceptions and pass through."""
-    from mildnet.errors import MildnetError
-
     try:
         yield
     except MildnetError as exc:
@@ -82,8 +83,6 @@ def describe_item(row: dict | None) -> str:
 
 def image(path: str | Path, caption: str | None = None) -> None:
     """A catalogue photo in a grid, as its cached thumbnail (never the full-size original)."""
-    from mildnet.ui.thumbnails import thumbnail
-
     path = Path(path)
     if not path.is_file():
         st.warning(f"missing image: {path.name}", icon=":material/broken_image:")
@@ -94,12 +93,3 @@ def image(path: str | Path, caption: str | None = None) -> None:
         st.warning(f"unreadable image: {path.name} ({type(exc).__name__})", icon=":material/broken_image:")
         return
     st.image(str(shown), caption=caption, width="stretch")
-
-
-def product_card(path: Path, *, title_html: str, meta_html: str = "", key: str | None = None):
-    """A bordered card with the product photo and an HTML caption; returns the container for extra widgets."""
-    card = st.container(border=True, key=key)
-    with card:
-        image(path)
-        st.html(f'<div>{title_html}</div>' + (f'<div class="mn-meta">{meta_html}</div>' if meta_html else ""))
-    return card
