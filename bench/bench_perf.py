@@ -224,8 +224,8 @@ def _photos(n: int) -> list[str]:
 def embed(n: int, batch: int, out: dict) -> np.ndarray | None:
     from mildnet.data.images import load_image
     from mildnet.embeddings import embed_images
-    from mildnet.runs import open_run
     from mildnet.pretrained import default_run_dir
+    from mildnet.runs import open_run
 
     paths = _photos(n)
     if not paths:

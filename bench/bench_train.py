@@ -28,8 +28,7 @@ def _variant(name: str, size: int, batch: int, steps: int) -> dict:
     import tensorflow as tf
 
     from mildnet.losses import get_loss
-    from mildnet.models import build_model
-    from mildnet.models import freeze_layers
+    from mildnet.models import build_model, freeze_layers
     from mildnet.training import feature_head
 
     tf.keras.utils.set_random_seed(0)

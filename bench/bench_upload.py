@@ -32,8 +32,8 @@ def upload_section(n: int, photos: int, out: dict) -> None:
 
     from mildnet.data.images import load_image
     from mildnet.embeddings import embed_image
-    from mildnet.runs import open_run
     from mildnet.pretrained import default_run_dir
+    from mildnet.runs import open_run
     from mildnet.search import Searcher
     from mildnet.store import EmbeddingSet
     from mildnet.ui.search_page import THUMB_PX, embed_upload

@@ -97,7 +97,8 @@ def embed_paths(
     return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)
 
 
-def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress, normalize=True) -> EmbeddingSet:
+def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress,
+                  normalize=True) -> EmbeddingSet:
     rows = cache.rows(unique)
     chunks = []
     for start in range(0, len(rows), batch_size):
@@ -445,7 +446,8 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def triplet_distances(table: EmbeddingSet, triplets: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """``(d(q,p), d(q,n))`` for every triplet row."""
     q = table.rows(triplets["query"])
-    return squared_distances(q, table.rows(triplets["positive"])), squared_distances(q, table.rows(triplets["negative"]))
+    return (squared_distances(q, table.rows(triplets["positive"])),
+            squared_distances(q, table.rows(triplets["negative"])))
 
 
 def triplet_accuracy(d_pos: np.ndarray, d_neg: np.ndarray) -> float:
@@ -599,7 +601,8 @@ def evaluate_embeddings(
         for name, mask in triplet_types(triplets, catalog).items()
     }
     edges = np.linspace(*HISTOGRAM_RANGE, bins + 1).round(6).tolist()
-    distances = {"positive": distance_summary(d_pos, bins), "negative": distance_summary(d_neg, bins), "bin_edges": edges}
+    distances = {"positive": distance_summary(d_pos, bins), "negative": distance_summary(d_neg, bins),
+                 "bin_edges": edges}
     images = list(dict.fromkeys(pd.concat([triplets["query"], triplets["positive"], triplets["negative"]])))
     retrieval = None
     if catalog is not None and {"image", "product_id"} <= set(catalog.columns):

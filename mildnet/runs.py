@@ -27,12 +27,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from mildnet.errors import MildnetError, ModelError
+
+if TYPE_CHECKING:  # pandas costs ~0.2 s: `python -m mildnet --help` reads run folder names only
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +286,8 @@ def settings_of(meta: dict) -> dict:
 
 def history_table(run_dir: str | os.PathLike) -> pd.DataFrame | None:
     """``history.csv`` for display: None when missing or unreadable (unlike :func:`read_run`, no check)."""
+    import pandas as pd
+
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
         return None
@@ -318,6 +322,8 @@ def _read_json_or_empty(path: Path) -> dict:
 
 
 def _read_history(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     if not path.is_file():
         return pd.DataFrame(columns=list(HISTORY_COLUMNS))
     try:
@@ -339,6 +345,8 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
     tmp = path.with_name(f".{path.name}.tmp")
     pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)).to_csv(tmp, index=False, lineterminator="\n")
     os.replace(tmp, path)

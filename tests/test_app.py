@@ -196,10 +196,9 @@ def test_bad_upload_shows_a_clear_error(tiny_env, name, payload):
 
 
 def test_upload_handler_decodes_formats_and_rejects_bad_bytes(tiny_env):
-    from mildnet import embeddings
+    from mildnet.runs import open_run
     from mildnet.ui.resources import ModelBundle
     from mildnet.ui.search_page import embed_upload
-    from mildnet.runs import open_run
 
     model, config = open_run(tiny_env / "runs" / "first")
     bundle = ModelBundle(model, config, "", 32)

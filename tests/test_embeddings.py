@@ -13,8 +13,8 @@ from PIL import Image
 
 from mildnet import embeddings as emb
 from mildnet.errors import ImageError, StoreError
-from mildnet.search import Searcher
 from mildnet.runs import open_run
+from mildnet.search import Searcher
 from mildnet.store import LocalStore
 from tests.conftest import make_labelled_folder
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mildnet.errors import MildnetError
 from mildnet.pretrained import default_run_dir
+from mildnet.runs import BEST_MODEL, CONFIG_FILE
 
 
 class UsageError(MildnetError):
@@ -18,7 +19,7 @@ class UsageError(MildnetError):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (--run or --model; default: the shipped real-photo model)")
-    group.add_argument("--run", type=Path, help="training run folder (best.keras + config.json; default: "
+    group.add_argument("--run", type=Path, help=f"training run folder ({BEST_MODEL} + {CONFIG_FILE}; default: "
                        "the shipped real-photo model, mildnet/pretrained/real)")
     group.add_argument("--model", help="zoo model name, for an untrained or ImageNet-initialised network")
     group.add_argument("--weights", help="with --model: 'imagenet', a backbone weights file, or none (random)")

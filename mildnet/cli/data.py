@@ -31,8 +31,10 @@ def register(subparsers) -> None:
     check.set_defaults(func=cmd_check)
 
     triplets = commands.add_parser("triplets", help="generate triplets from a labelled image folder")
-    triplets.add_argument("--images", required=True, type=Path, help="image folder (class sub-folders or with --labels)")
-    triplets.add_argument("--labels", type=Path, help="CSV with image and product/label columns (optional category, split)")
+    triplets.add_argument("--images", required=True, type=Path,
+                          help="image folder (class sub-folders or with --labels)")
+    triplets.add_argument("--labels", type=Path,
+                          help="CSV with image and product/label columns (optional category, split)")
     triplets.add_argument("--out", required=True, type=Path, help="output folder for catalog.csv, train/val/test.csv")
     triplets.add_argument("--per-query", type=int, default=2, help="triplets per query image")
     triplets.add_argument("--seed", type=int, default=0)

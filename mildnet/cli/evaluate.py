@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     data.add_argument("--images", metavar="DIR", help="image root the triplet paths are relative to")
     data.add_argument("--triplets", metavar="CSV", help="triplets to score")
     data.add_argument("--dataset", metavar="NAME", help="a data_manifest.csv entry instead of --images/--triplets")
-    data.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of --dataset (default test)")
+    data.add_argument("--split", default="test", choices=("train", "val", "test"),
+                      help="split of --dataset (default test)")
     data.add_argument("--catalog", metavar="CSV",
                       help="catalog.csv with product_id/category/view (default: one in or beside the image folder)")
     parser.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the model's, or 224)")

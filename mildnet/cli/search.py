@@ -64,7 +64,8 @@ def _find_key(store, model_fp: str, args: argparse.Namespace, run_hint: str) -> 
         raise missing
     if len(candidates) > 1:
         shown = ", ".join(k.rsplit("/", 1)[0] for k in candidates)
-        raise UsageError(f"several catalogs are embedded with this model ({shown}); pass --images DIR or --dataset NAME")
+        raise UsageError(f"several catalogs are embedded with this model ({shown}); "
+                         "pass --images DIR or --dataset NAME")
     return candidates[0]
 
 

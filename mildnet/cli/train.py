@@ -9,6 +9,7 @@ import time
 
 from mildnet.cli.common import UsageError
 from mildnet.cli.progress import ProgressBar
+from mildnet.runs import BEST_MODEL, CONFIG_FILE, HISTORY_FILE, LAST_MODEL, METRICS_FILE
 
 # Options that define a new run; with --resume the run's saved settings are used instead.
 _RUN_OPTIONS = (
@@ -22,8 +23,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train an embedding model on triplets",
-        description="Triplet training (MILDNet deep ranking). Writes config.json, history.csv, best.keras, "
-        "last.keras and metrics.json into the run folder (--out).",
+        description=f"Triplet training (MILDNet deep ranking). Writes {CONFIG_FILE}, {HISTORY_FILE}, {BEST_MODEL}, "
+        f"{LAST_MODEL} and {METRICS_FILE} into the run folder (--out).",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--images", metavar="DIR", help="image root the triplet paths are relative to")
@@ -44,7 +45,8 @@ def register(subparsers) -> None:
     model.add_argument("--embedding-dim", type=int, metavar="N", help="embedding size (default: the model's)")
     model.add_argument("--freeze", metavar="auto|none|LAYER",
                        help="freeze the layers up to this layer or block, e.g. fire3 (default auto: the model's "
-                       "early layers when starting from pretrained weights: the whole backbone of the default squeezenet_colour, "
+                       "early layers when starting from pretrained weights: the whole backbone of the default "
+                       "squeezenet_colour, "
                        "conv1..fire5 of mildnet_squeezenet)")
 
     opt = parser.add_argument_group("optimisation")
@@ -55,7 +57,9 @@ def register(subparsers) -> None:
     opt.add_argument("--optimizer", choices=("sgd", "adam"), help="adam (default) or sgd (momentum 0.9, Nesterov)")
     opt.add_argument("--loss", choices=("hinge", "contrastive"), help="triplet loss (default hinge)")
     opt.add_argument("--margin", type=float, metavar="M", help="loss margin (default 0.3)")
-    opt.add_argument("--no-augment", action="store_true", help="no flips/zoom/shear/rotation (a model trained on cached features, like the default, never augments)")
+    opt.add_argument("--no-augment", action="store_true",
+                     help="no flips/zoom/shear/rotation (a model trained on cached features, like the default, "
+                     "never augments)")
     opt.add_argument("--seed", type=int, help="random seed (default 0)")
     data.add_argument("--cache-gb", type=float, metavar="GB",
                       help="memory for decoded images, each decoded once (default 2; 0: decode every epoch)")
@@ -169,7 +173,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         given = [name for name in _RUN_OPTIONS if getattr(args, name) not in (None, False)]
         if given:
             options = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise UsageError(f"--resume continues with the run's saved settings; only --epochs may change ({options} given)")
+            raise UsageError("--resume continues with the run's saved settings; "
+                             f"only --epochs may change ({options} given)")
         try:
             result = resume(args.out, callbacks, epochs=args.epochs)
         except TrainConfigError as exc:

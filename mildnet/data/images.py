@@ -282,7 +282,8 @@ class ImageCache:
 
     def __post_init__(self):
         if self.pixels.dtype != np.uint8 or self.pixels.shape != (len(self.paths), self.size, self.size, 3):
-            raise ValueError(f"{len(self.paths)} paths at {self.size} px but pixels {self.pixels.dtype} {self.pixels.shape}")
+            raise ValueError(f"{len(self.paths)} paths at {self.size} px but pixels "
+                             f"{self.pixels.dtype} {self.pixels.shape}")
         self._index = {p: i for i, p in enumerate(self.paths)}
 
     @classmethod

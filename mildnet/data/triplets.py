@@ -217,7 +217,7 @@ def find_leaks(files: dict[str, pd.DataFrame]) -> list[Leak]:
 
 def _existing_files(root: Path) -> set[str]:
     found = set()
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root).as_posix()
         prefix = "" if rel == "." else rel + "/"
         found.update(prefix + name for name in filenames)

@@ -120,7 +120,8 @@ def extract_images(archive: str | os.PathLike, dest: str | os.PathLike,
             total = sum(info.file_size for info in wanted)
             if total > MAX_TOTAL_BYTES:
                 raise DataError(f"the zip's photos take {total / 2**30:.1f} GB unpacked; at most "
-                                f"{MAX_TOTAL_BYTES / 2**30:.0f} GB are accepted (give a folder on this machine instead)")
+                                f"{MAX_TOTAL_BYTES / 2**30:.0f} GB are accepted "
+                                "(give a folder on this machine instead)")
             seen: set[str] = set()
             for done, info in enumerate(wanted, start=1):
                 try:

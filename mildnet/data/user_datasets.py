@@ -446,7 +446,8 @@ def _refresh_instance(row: mf.DatasetSplit, old: pd.DataFrame, changes: FolderCh
     from mildnet.data.instance import photo_name
 
     origin, root = Path(row.origin), row.image_root
-    augmented = old[AUGMENTED_COLUMN].fillna("").astype(str) if AUGMENTED_COLUMN in old else pd.Series("", index=old.index)
+    augmented = (old[AUGMENTED_COLUMN].fillna("").astype(str) if AUGMENTED_COLUMN in old
+                 else pd.Series("", index=old.index))
     views = int(augmented[augmented.ne("")].value_counts().max()) if augmented.ne("").any() else DEFAULT_VIEWS
     gone = set(changes.removed) | set(changes.changed)
     gone_ids = {photo_name(p) for p in gone}

@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from mildnet.runs import BEST_MODEL, CONFIG_FILE
+
 PRETRAINED_DIR = Path(__file__).resolve().parent
 REAL_PHOTOS = "real"
 
@@ -31,12 +33,12 @@ def frozen_imagenet_backbone(root: str | os.PathLike | None = None) -> Path | No
     weights (so its conv layers ARE those weights, a local copy that needs no download), else None."""
     run = default_run_dir(root)
     try:
-        config = json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]
+        config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     frozen = (config.get("model") == "squeezenet_colour" and config.get("freeze") == "features"
               and config.get("weights") not in (None, "none") and not config.get("init_from"))
-    return run / "best.keras" if frozen and (run / "best.keras").is_file() else None
+    return run / BEST_MODEL if frozen and (run / BEST_MODEL).is_file() else None
 
 
 def default_run_dir(root: str | os.PathLike | None = None) -> Path:

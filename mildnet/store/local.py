@@ -15,8 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from mildnet.errors import StoreError
-from mildnet.store.base import FORMAT_VERSION, READ_ATTEMPTS, Store, as_store_dtype, build_set, check_key
-from mildnet.store.base import items_payload, parse_items
+from mildnet.store.base import (
+    FORMAT_VERSION,
+    READ_ATTEMPTS,
+    Store,
+    as_store_dtype,
+    build_set,
+    check_key,
+    items_payload,
+    parse_items,
+)
 from mildnet.store.embedding_set import EmbeddingSet, check_dtype
 
 log = logging.getLogger(__name__)

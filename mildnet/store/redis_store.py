@@ -13,8 +13,16 @@ from typing import Any
 import numpy as np
 
 from mildnet.errors import StoreError
-from mildnet.store.base import FORMAT_VERSION, READ_ATTEMPTS, Store, as_store_dtype, build_set, check_key
-from mildnet.store.base import items_payload, parse_items
+from mildnet.store.base import (
+    FORMAT_VERSION,
+    READ_ATTEMPTS,
+    Store,
+    as_store_dtype,
+    build_set,
+    check_key,
+    items_payload,
+    parse_items,
+)
 from mildnet.store.embedding_set import DTYPES, HALF, EmbeddingSet, check_dtype
 from mildnet.store.urls import check_redis_url, redact_url
 

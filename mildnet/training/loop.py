@@ -565,7 +565,8 @@ def _run_epoch(strategy, train_step, dataset, epoch: int, steps_per_epoch: int,
             if stop_event is not None and stop_event.is_set():
                 return None
     except tf.errors.OpError as exc:
-        raise DataError(f"training stopped at epoch {epoch}: could not read an image: {pipeline_error_reason(exc)}") from None
+        raise DataError(f"training stopped at epoch {epoch}: could not read an image: "
+                        f"{pipeline_error_reason(exc)}") from None
     return total_loss, total_correct, total_n
 
 

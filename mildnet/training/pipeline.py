@@ -76,13 +76,14 @@ def _check_images(root: Path, files: Sequence[Path], frames: list[pd.DataFrame],
     if not bad:
         return frames
     shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
-    message = f"{len(bad)} of {report.n_images} images named in the triplets are missing or unreadable under {root}: {shown}"
+    message = (f"{len(bad)} of {report.n_images} images named in the triplets are missing or unreadable "
+               f"under {root}: {shown}")
     if not skip:
         raise DataError(message + " (fix the files, or pass --skip-missing to drop those triplets)")
     log.warning("%s; dropping the triplets that use them", message)
     bad_set = set(bad)
-    kept = [f[~(f["query"].isin(bad_set) | f["positive"].isin(bad_set) | f["negative"].isin(bad_set))].reset_index(drop=True)
-            for f in frames]
+    kept = [f[~(f["query"].isin(bad_set) | f["positive"].isin(bad_set) | f["negative"].isin(bad_set))]
+            .reset_index(drop=True) for f in frames]
     if kept[0].empty:
         raise DataError(message + ": no training triplet is left")
     return kept

@@ -29,7 +29,8 @@ def render(selection: Selection) -> None:
             st.warning(note, icon=":material/filter_alt:")
         st.page_link("pages/search.py", label="Search it now", icon=":material/image_search:")
 
-    folder_tab, zip_tab, demo_tab = st.tabs([":material/folder: Folder on this machine", ":material/folder_zip: Upload a zip",
+    folder_tab, zip_tab, demo_tab = st.tabs([":material/folder: Folder on this machine",
+                                             ":material/folder_zip: Upload a zip",
                                              ":material/apparel: Demo catalogue"])
     taken = resources.names()
     with folder_tab:

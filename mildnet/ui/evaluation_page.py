@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from mildnet.runs import HISTORY_FILE
 from mildnet.ui import layout, resources, widgets
 from mildnet.ui.layout import Context
 from mildnet.ui.runs import Run
@@ -258,7 +259,7 @@ def _history(runs: list[Run], names: dict[str, str]) -> None:
         if history is not None and not history.empty:
             frames.append(history.assign(run=names[run.key]))
     if not frames:
-        st.caption("No history.csv in these runs (the default model may ship without one).")
+        st.caption(f"No {HISTORY_FILE} in these runs (the default model may ship without one).")
         return
     history = pd.concat(frames, ignore_index=True)
     st.caption("Solid lines: training batches (with augmentation); dashed: the validation triplets after each epoch.")

@@ -50,7 +50,8 @@ def render(ctx: Context) -> None:
             cache_slot.metric("Embedding cache", "building…", border=True)
             searcher = layout.build_embeddings(ctx.run, ctx.dataset)
         cache_slot.metric("Embedding cache", "ready", border=True,
-                          help=f"{len(searcher):,} vectors of dimension {searcher.dim} in {resources.store().describe()}")
+                          help=f"{len(searcher):,} vectors of dimension {searcher.dim} "
+                               f"in {resources.store().describe()}")
 
     st.space("small")
     cols = st.columns(len(PAGES))

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 CATEGORIES = ("t-shirt", "tank-top", "long-sleeve", "hoodie", "dress", "shirt")
 
 COLOURS: dict[str, tuple[int, int, int]] = {
