@@ -58,7 +58,7 @@ def test_real_photo_model_beats_the_no_learning_baselines_on_unseen_photos(cloth
     # Garment-type triplets over the test split, which the model never saw (it trained on train only).
     test = generate_triplets(catalog_from_folder(clothing_dir), per_query=1, seed=1)["test"]
     assert len(test) > 300
-    report = evaluate_triplets(load_run_model(REAL), clothing_dir, test, image_size=224)
+    report = evaluate_triplets(load_run_model(REAL), clothing_dir, test, image_size=read_run(REAL).config.image_size)
     for name in ("pixels", "histogram", "imagenet"):
         table = make_baseline(name, str(squeezenet_weights)).embed(clothing_dir, pd_paths(test))
         baseline = triplet_accuracy(*triplet_distances(table, test))

@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     model.add_argument("--model", metavar="NAME", help="zoo model (default: the zoo default)")
     model.add_argument("--weights", metavar="imagenet|none|PATH",
                        help="backbone weights (default: imagenet where the model has a pretrained backbone)")
-    model.add_argument("--image-size", type=int, metavar="PX", help="input size in pixels (default 224)")
+    model.add_argument("--image-size", type=int, metavar="PX",
+                       help="input size in pixels (default: the model's, 160 for squeezenet_colour, else 224)")
     model.add_argument("--embedding-dim", type=int, metavar="N", help="embedding size (default: the model's)")
     model.add_argument("--freeze", metavar="auto|none|LAYER",
                        help="freeze the layers up to this layer or block, e.g. fire3 (default auto: the model's "

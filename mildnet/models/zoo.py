@@ -30,6 +30,8 @@ class ModelSpec:
     # What training's freeze="auto" freezes when the model starts from pretrained weights: the layers
     # feeding (and including) this layer or block. None keeps the trainable flags the builder set.
     freeze_through: str | None = None
+    # The input side training uses when none is given.
+    default_input_size: int = 224
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -319,6 +321,9 @@ FEATURES_LAYER = "features"
     description="Default. SqueezeNet v1.1 ImageNet features (GAP of fire3/5/7/9) + centre-weighted colour "
     "histogram, linear 256-d embedding: learns a real catalogue in minutes on CPU.",
     freeze_through=FEATURES_LAYER,
+    # 160 px: on real photos as accurate as 224 (type+colour test 0.895 vs 0.891, garment type 0.849 vs
+    # 0.851) at half the convolutions, so catalogues embed and uploads answer twice as fast.
+    default_input_size=160,
 )
 def _build_squeezenet_colour(input_size, embedding_dim, weights):
     # Why this shape (docs/training-recipe.md): on real photos a linear layer over frozen ImageNet taps
@@ -363,6 +368,12 @@ def describe_model(name: str) -> str:
 def has_pretrained_weights(name: str) -> bool:
     """Whether ``weights="imagenet"`` is available for this model (ModelError for an unknown name)."""
     return bool(_spec(name).pretrained)
+
+
+def default_input_size(name: str) -> int:
+    """The input side training uses for model ``name`` when none is given (224 for an unknown name)."""
+    spec = _REGISTRY.get(name)
+    return spec.default_input_size if spec is not None else 224
 
 
 def default_freeze(name: str) -> str:

@@ -14,8 +14,6 @@ from mildnet.data import manifest
 from mildnet.errors import DataError
 from mildnet.runs import RunInfo, TrainConfig, TrainConfigError
 
-DEFAULT_IMAGE_SIZE = 224
-
 
 def dataset_splits(name: str, progress=None) -> dict:
     """``{split: DatasetSplit}`` of a ``data_manifest.csv`` dataset, prepared (generated, imported or
@@ -46,7 +44,13 @@ def resolve_model_settings(config: TrainConfig, parent: RunInfo | None) -> Train
     """``config`` with ``model``, ``image_size``, ``weights`` and ``freeze`` decided: taken from ``parent``
     (TrainConfigError where the two contradict), else from the zoo's defaults."""
     # Imported here: the zoo builds Keras models, and resolving a dataset should not import TensorFlow.
-    from mildnet.models.zoo import DEFAULT_MODEL, default_freeze, has_pretrained_weights, normalise_weights
+    from mildnet.models.zoo import (
+        DEFAULT_MODEL,
+        default_freeze,
+        default_input_size,
+        has_pretrained_weights,
+        normalise_weights,
+    )
 
     updates: dict[str, Any] = {}
     if parent is not None:
@@ -64,7 +68,7 @@ def resolve_model_settings(config: TrainConfig, parent: RunInfo | None) -> Train
             updates["freeze"] = pc.freeze
     else:
         updates["model"] = config.model or DEFAULT_MODEL
-        updates["image_size"] = config.image_size or DEFAULT_IMAGE_SIZE
+        updates["image_size"] = config.image_size or default_input_size(updates["model"])
         if config.weights == "auto":
             updates["weights"] = "imagenet" if has_pretrained_weights(updates["model"]) else None
         elif normalise_weights(config.weights) is None:
