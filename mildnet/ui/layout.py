@@ -8,6 +8,7 @@ log only), so the UI never shows a traceback.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -89,10 +90,18 @@ def refresh_if_changed(ds: uidata.Dataset) -> uidata.Dataset:
     return resources.dataset(ds.name)
 
 
-def progress_to(bar):
-    """A ``progress(done, total, message)`` callback drawing on ``bar`` (an ``st.progress``)."""
+def progress_to(bar, min_interval: float = 0.1):
+    """A ``progress(done, total, message)`` callback drawing on ``bar`` (an ``st.progress``), at most every
+    ``min_interval`` seconds unless the message changes or the work is done: each redraw is a message to the
+    browser, and one per rendered sample image (1,200) cost the first start ~2 s."""
+    last = {"at": float("-inf"), "message": None}
 
     def progress(done: int, total: int | None, message: str = "") -> None:
+        now = time.monotonic()
+        finished = bool(total) and done >= total
+        if not finished and message == last["message"] and now - last["at"] < min_interval:
+            return
+        last.update(at=now, message=message)
         label = message or "working"
         if total:
             bar.progress(min(1.0, done / total), text=f"{label}: {done:,}/{total:,}")
