@@ -224,3 +224,38 @@ def test_keras_application_loads_local_weights_file(tmp_path):
     backbone.save_weights(path)
     model = build_model("mildnet_mobilenet", input_size=32, weights=str(path))
     np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(), backbone.get_layer("conv1").kernel.numpy())
+
+
+def _reference_histogram(images: np.ndarray, bins: int, sigma: float) -> np.ndarray:
+    """ColourHistogram written out in numpy for images already at the layer's grid size (its area resize is then
+    the identity): centre-weighted counts per RGB cell, square-rooted, L2-normalised."""
+    n, grid = images.shape[0], images.shape[1]
+    level = np.clip(np.floor(images * (bins / 256.0)), 0, bins - 1).astype(np.int64)
+    cell = (level[..., 0] * bins + level[..., 1]) * bins + level[..., 2]
+    coords = (np.arange(grid) - (grid - 1) / 2.0) / (grid / 2.0)
+    weight = np.exp(-(coords[:, None] ** 2 + coords[None, :] ** 2) / (2.0 * sigma**2)).ravel()
+    hist = np.stack([np.bincount(cell[i].ravel(), weights=weight, minlength=bins**3) for i in range(n)])
+    hist = np.sqrt(hist)
+    return hist / np.linalg.norm(hist, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_colour_histogram_layer_matches_a_numpy_reference(batch):
+    from mildnet.models.layers import ColourHistogram
+
+    rng = np.random.default_rng(batch)
+    # Few distinct colours, so cells hold many pixels and a miscounted weight would show.
+    palette = rng.integers(0, 256, (6, 3))
+    images = palette[rng.integers(0, 6, (batch, 16, 16))].astype(np.float32)
+    out = np.asarray(ColourHistogram(bins=4, grid=16, sigma=0.5)(images))
+    assert out.shape == (batch, 64)
+    np.testing.assert_allclose(out, _reference_histogram(images, 4, 0.5), atol=1e-6)
+
+
+def test_colour_histogram_of_a_solid_image_is_one_cell():
+    from mildnet.models.layers import ColourHistogram
+
+    red = np.zeros((1, 32, 32, 3), np.float32)
+    red[..., 0] = 250.0
+    out = np.asarray(ColourHistogram(bins=8, grid=16)(red))[0]
+    assert np.argmax(out) == 7 * 64 and out.max() == pytest.approx(1.0) and np.sum(out > 0) == 1
