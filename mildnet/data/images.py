@@ -106,20 +106,26 @@ def load_image(source: ImageSource, size: int | tuple[int, int] | None = None) -
     ``(width, height)``) resizes with an antialiasing filter. Raises :class:`ImageError` with a
     one-line reason for anything that is not a readable image.
     """
+    target = None
+    if size is not None:
+        target = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+        if min(target) < 1:
+            raise ImageError(f"image size must be positive, got {size}")
     original = _open(source)
     image = original
     name = _describe(source)
     try:
         image.seek(0)
+        if target is not None and image.format == "JPEG":
+            # Let the JPEG decoder scale down by 2, 4 or 8 while decoding (never below the target, either way
+            # round, so EXIF rotation cannot leave it short): a 12 Mpx phone photo decodes ~20x faster, a
+            # 400x533 catalogue photo 2x; the resize below then starts nearer its target.
+            image.draft(image.mode, (max(target), max(target)))
         image.load()
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
-        if size is not None:
-            target = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
-            if min(target) < 1:
-                raise ImageError(f"image size must be positive, got {size}")
-            if image.size != target:
-                image = image.resize(target, Image.Resampling.BILINEAR)
+        if target is not None and image.size != target:
+            image = image.resize(target, Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{name} is damaged or truncated ({exc})") from None
