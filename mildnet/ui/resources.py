@@ -16,11 +16,16 @@ from pathlib import Path
 
 import streamlit as st
 
+from mildnet import embeddings
+from mildnet import evaluation as core_evaluation  # `evaluation` is this module's cached evaluation of a run
+from mildnet.data.manifest import dataset_splits, manifest_path, user_manifest_path
 from mildnet.pretrained import REAL_PHOTOS
 from mildnet.runs import METRICS_FILE, model_path, open_run
+from mildnet.search import Searcher
+from mildnet.store import open_store
+from mildnet.ui import catalogue, settings
 from mildnet.ui import data as uidata
 from mildnet.ui import runs as uiruns
-from mildnet.ui import settings
 
 
 def _mtime(path: Path | None) -> float:
@@ -35,8 +40,6 @@ def _mtime(path: Path | None) -> float:
 
 def manifest_stamp() -> tuple:
     """Both registries: a catalogue added from the app or with `data add` only changes the user one."""
-    from mildnet.data.manifest import manifest_path, user_manifest_path
-
     path, user = manifest_path(), user_manifest_path()
     return str(path), _mtime(path), str(user), _mtime(user)
 
@@ -56,8 +59,6 @@ def _describe(name: str, stamp: tuple, files_stamp: tuple) -> uidata.Dataset:
 
 
 def dataset(name: str) -> uidata.Dataset:
-    from mildnet.data.manifest import dataset_splits
-
     splits = dataset_splits(name)
     files_stamp = tuple(_mtime(s.triplets) for s in splits)
     return _describe(name, manifest_stamp(), files_stamp)
@@ -113,8 +114,6 @@ def data_check(ds: uidata.Dataset):
 
 @st.cache_resource(show_spinner=False, ttl=5, max_entries=16)
 def _folder_changes(name: str, stamp: tuple):
-    from mildnet.ui import catalogue
-
     return catalogue.folder_changes(name)
 
 
@@ -169,8 +168,6 @@ class ModelBundle:
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=6)
 def _model(run_dir: str, stamp: float) -> ModelBundle:
-    from mildnet import embeddings
-
     # A run folder not written by mildnet.training (e.g. a hand-assembled default model) still searches:
     # only its training settings are unknown.
     model, config = open_run(run_dir, bare_model=True)
@@ -196,17 +193,12 @@ def store():
 
 @st.cache_resource(show_spinner=False)
 def _store(spec: str):
-    from mildnet.store import open_store
-
     return open_store(spec)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _searcher(run_dir: str, stamp: float, dataset_name: str, image_root: str, catalog_fp: str, _ids: tuple,
               _bundle: ModelBundle):
-    from mildnet import embeddings
-    from mildnet.search import Searcher
-
     cached = embeddings.load_cached(_bundle.model, image_root, store(), list(_ids), dataset=dataset_name,
                                     image_size=_bundle.image_size, model_fp=_bundle.fingerprint)
     if cached is None:
@@ -215,8 +207,6 @@ def _searcher(run_dir: str, stamp: float, dataset_name: str, image_root: str, ca
 
 
 def _catalog_key(ds: uidata.Dataset) -> tuple[tuple, str]:
-    from mildnet import embeddings
-
     ids = tuple(sorted(gallery(ds)["image"]))
     return ids, embeddings.catalog_fingerprint(ds.image_root, ids)
 
@@ -234,8 +224,6 @@ def cached_searcher(run: uiruns.Run, ds: uidata.Dataset):
 def searcher(run: uiruns.Run, ds: uidata.Dataset, progress=None):
     """The catalog searcher for a run; embeds the catalog first (reporting ``progress(done, total)``) when
     the store has no fresh embeddings for this model and catalog."""
-    from mildnet import embeddings
-
     bundle = model(run)
     ids, fp = _catalog_key(ds)
     try:
@@ -252,8 +240,6 @@ def searcher(run: uiruns.Run, ds: uidata.Dataset, progress=None):
 def embedding_changes(run: uiruns.Run, ds: uidata.Dataset):
     """"N new, M removed" between the catalogue and the embeddings cached for this run's model (None when
     none are cached)."""
-    from mildnet.ui import catalogue
-
     bundle = model(run)
     ids, _ = _catalog_key(ds)
     return catalogue.embedding_changes(store(), ds.name, bundle.fingerprint, list(ids))
@@ -265,8 +251,6 @@ def embedding_changes(run: uiruns.Run, ds: uidata.Dataset):
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _evaluation(run_dir: str, stamp: float, dataset_name: str, split: str, triplets_stamp: float,
                 catalog_fp: str, _searcher_obj):
-    from mildnet.evaluation import evaluate_embeddings, evaluate_triplets
-
     ds = dataset(dataset_name)
     table_triplets = uidata.read_split(ds, split)
     catalog = uidata.read_catalog(ds)
@@ -274,9 +258,9 @@ def _evaluation(run_dir: str, stamp: float, dataset_name: str, split: str, tripl
     needed = set(table_triplets["query"]) | set(table_triplets["positive"]) | set(table_triplets["negative"])
     if all(name in emb for name in needed):
         # The catalog embeddings already hold every image: the metrics are pure numpy, no network pass.
-        return evaluate_embeddings(emb, table_triplets, catalog)
+        return core_evaluation.evaluate_embeddings(emb, table_triplets, catalog)
     bundle = _model(run_dir, stamp)
-    return evaluate_triplets(bundle.model, ds.image_root, table_triplets, bundle.image_size, catalog)
+    return core_evaluation.evaluate_triplets(bundle.model, ds.image_root, table_triplets, bundle.image_size, catalog)
 
 
 def evaluation(run: uiruns.Run, ds: uidata.Dataset, split: str, searcher_obj):
@@ -299,11 +283,9 @@ def _weights_stamp() -> tuple:
 # cache_data: the value is plain JSON-like dicts (baseline_summary), cheap to copy and safe across reloads.
 @st.cache_data(show_spinner=False, max_entries=16)
 def _baselines(dataset_name: str, split: str, stamp: tuple, weights_stamp: tuple) -> dict:
-    from mildnet.evaluation import baseline_summary, evaluate_baselines
-
     ds = dataset(dataset_name)
-    results = evaluate_baselines(ds.image_root, uidata.read_split(ds, split), uidata.read_catalog(ds))
-    return baseline_summary(results)
+    results = core_evaluation.evaluate_baselines(ds.image_root, uidata.read_split(ds, split), uidata.read_catalog(ds))
+    return core_evaluation.baseline_summary(results)
 
 
 def baselines(ds: uidata.Dataset, split: str) -> dict:
