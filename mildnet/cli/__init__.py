@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
         return int(exc.code or 0)
     if command in _TENSORFLOW_COMMANDS:
+        # TensorFlow's later C++ log lines; the same for `python -m mildnet` and the `mildnet` console script.
+        # Users can still raise it by setting the variable themselves.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         _import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
