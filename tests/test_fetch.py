@@ -310,3 +310,18 @@ def test_extract_errors(tmp_path):
     junk.write_bytes(b"not an archive")
     with pytest.raises(DataError, match="not a zip or tar"):
         extract(junk, tmp_path / "junk")
+
+
+@pytest.mark.parametrize("source", ["ftp://example.com/x.zip", "sftp://host/x.tar.gz", "s3://bucket/x.zip"])
+def test_other_url_schemes_are_refused_by_name(source, tmp_path):
+    with pytest.raises(DownloadError, match=rf"not a local file or folder \({source.split(':')[0]}:// URL\)"):
+        download(source, tmp_path / "x.zip")
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_local_copy_option_refuses_a_web_url():
+    from mildnet.data.fetch import local_path
+
+    with pytest.raises(DownloadError, match=r"not a local file or folder \(https:// URL\); download it with"):
+        local_path("https://example.com/x.zip")
+    assert local_path("file:///tmp/x.zip") == Path("/tmp/x.zip")

@@ -42,8 +42,18 @@ def is_url(source: str | os.PathLike) -> bool:
     return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
 
 
+_URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
 def local_path(source: str | os.PathLike) -> Path:
-    """The local path a ``file://`` URL or plain path points to (``~`` expanded)."""
+    """The local path a ``file://`` URL or plain path points to (``~`` expanded). Any other URL is refused by
+    name: read as a path, ``ftp://host/x.zip`` would only fail later as a missing ``ftp:/host/x.zip``."""
+    scheme = _URL_SCHEME.match(source) if isinstance(source, str) else None
+    if scheme and scheme.group(1).lower() != "file":
+        kind = scheme.group(1).lower()
+        hint = ("download it with `data fetch NAME` (no --from) or give the downloaded file"
+                if kind in ("http", "https") else "only http(s) URLs and local files or folders are supported")
+        raise DownloadError(f"{source} is not a local file or folder ({kind}:// URL); {hint}")
     if isinstance(source, str) and source.lower().startswith("file:"):
         parsed = urllib.parse.urlparse(source)
         if parsed.netloc not in ("", "localhost"):
