@@ -89,7 +89,6 @@ def _calibration(args: argparse.Namespace, model_fp: str):
 def cmd_search(args: argparse.Namespace) -> int:
     from mildnet import embeddings as emb
     from mildnet.calibration import assess, catalogue_reference
-    from mildnet.search import Searcher
 
     if args.k < 1:
         raise UsageError("-k must be at least 1")
@@ -100,49 +99,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.images, registered_ids = registered_catalog(args.dataset)
 
     model, config = load_model_from_args(args)
-    run_hint = f"--run {args.run}" if args.run is not None else f"--model {args.model}"
-    store = open_store_from_args(args)
-    try:
-        model_fp = emb.model_fingerprint(model)
-        key = _find_key(store, model_fp, args, run_hint)
-        embeddings = store.get(key)
-        if embeddings is None:
-            raise EmbeddingsMissing(
-                f"no embeddings under {key!r} in {store.describe()}; "
-                f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first"
-            )
-    finally:
-        store.close()
-    if embeddings.model_fingerprint != model_fp:
-        raise EmbeddingsMissing(f"the set under {key!r} was made by another model; re-run `embed` with this one")
-
+    model_fp = emb.model_fingerprint(model)
+    key, embeddings = _embedded_set(args, model_fp)
     image_root = Path(args.images or embeddings.meta.get("image_root") or ".")
-    if args.images is not None and args.images.is_dir():
-        include = embeddings.meta.get("include") or None
-        if registered_ids is None:
-            ids = emb.catalog_ids(args.images, include=include)
-        else:
-            ids = [i for i in registered_ids if not include or i.startswith(tuple(include))]
-        if emb.catalog_fingerprint(args.images, ids) != embeddings.catalog_fingerprint:
-            print("warning: the catalog's images changed since they were embedded; run `embed` again to update",
-                  file=sys.stderr)
-
-    searcher = Searcher(embeddings)
-    size = embeddings.meta.get("image_size") or config.get("image_size")
-    if args.image is not None:
-        vector = emb.embed_image(model, args.image, size)
-        hits = searcher.query(vector, k=args.k)[0]
-        query_info = {"image": str(args.image)}
-        query_picture = args.image
-    else:
-        if args.item_id not in embeddings:
-            raise MildnetError(
-                f"id {args.item_id!r} is not in the embedded catalog ({len(embeddings)} images under {key!r}); "
-                "ids are image paths relative to the image folder, e.g. " + repr(embeddings.ids[0])
-            )
-        hits = searcher.query_id(args.item_id, k=args.k, exclude_self=True)
-        query_info = {"id": args.item_id}
-        query_picture = image_root / args.item_id
+    _warn_if_catalogue_changed(args, embeddings, registered_ids)
+    hits, query_info, query_picture = _query(args, model, config, embeddings, key, image_root)
 
     calibration, note = _calibration(args, model_fp)
     verdict = assess([h.score for h in hits], calibration,
@@ -162,17 +123,78 @@ def cmd_search(args: argparse.Namespace) -> int:
             payload["plot"] = str(args.plot)
         print(json.dumps(payload))
     else:
-        print(f"query: {next(iter(query_info.values()))}  ({len(embeddings)} catalog images, key {key})")
-        if note:
-            print(f"note: {note}", file=sys.stderr)
-        # One row per result: rank, cosine, match strength (when calibrated), id last.
-        for rank, r in enumerate(results, start=1):
-            match = "" if r["match"] is None else f"  {r['match']:4.0%}"
-            print(f"{rank:3d}  {r['score']:.4f}{match}  {r['id']}")
-        if verdict.close_match is False:
-            print(f"no close match in this catalogue: {verdict.reason}")
-        elif verdict.close_match:
-            print("close match: yes")
-        if args.plot is not None:
-            print(f"plot saved to {args.plot}")
+        _print_results(args, query_info, key, len(embeddings), note, results, verdict)
     return 0
+
+
+def _run_hint(args: argparse.Namespace) -> str:
+    return f"--run {args.run}" if args.run is not None else f"--model {args.model}"
+
+
+def _embedded_set(args: argparse.Namespace, model_fp: str):
+    """``(key, set)``: the stored embeddings of this model for the catalogue the arguments name."""
+    store = open_store_from_args(args)
+    try:
+        key = _find_key(store, model_fp, args, _run_hint(args))
+        embeddings = store.get(key)
+        if embeddings is None:
+            raise EmbeddingsMissing(
+                f"no embeddings under {key!r} in {store.describe()}; "
+                f"run `python -m mildnet embed {_run_hint(args)} --images DIR` with the same store first"
+            )
+    finally:
+        store.close()
+    if embeddings.model_fingerprint != model_fp:
+        raise EmbeddingsMissing(f"the set under {key!r} was made by another model; re-run `embed` with this one")
+    return key, embeddings
+
+
+def _warn_if_catalogue_changed(args: argparse.Namespace, embeddings, registered_ids) -> None:
+    from mildnet import embeddings as emb
+
+    if args.images is None or not args.images.is_dir():
+        return
+    include = embeddings.meta.get("include") or None
+    if registered_ids is None:
+        ids = emb.catalog_ids(args.images, include=include)
+    else:
+        ids = [i for i in registered_ids if not include or i.startswith(tuple(include))]
+    if emb.catalog_fingerprint(args.images, ids) != embeddings.catalog_fingerprint:
+        print("warning: the catalog's images changed since they were embedded; run `embed` again to update",
+              file=sys.stderr)
+
+
+def _query(args: argparse.Namespace, model, config: dict, embeddings, key: str, image_root: Path):
+    """``(hits, what the query was, the query's picture)`` for ``--image`` or ``--id``."""
+    from mildnet import embeddings as emb
+    from mildnet.search import Searcher
+
+    searcher = Searcher(embeddings)
+    if args.image is not None:
+        size = embeddings.meta.get("image_size") or config.get("image_size")
+        vector = emb.embed_image(model, args.image, size)
+        return searcher.query(vector, k=args.k)[0], {"image": str(args.image)}, args.image
+    if args.item_id not in embeddings:
+        raise MildnetError(
+            f"id {args.item_id!r} is not in the embedded catalog ({len(embeddings)} images under {key!r}); "
+            "ids are image paths relative to the image folder, e.g. " + repr(embeddings.ids[0])
+        )
+    hits = searcher.query_id(args.item_id, k=args.k, exclude_self=True)
+    return hits, {"id": args.item_id}, image_root / args.item_id
+
+
+def _print_results(args: argparse.Namespace, query_info: dict, key: str, n_catalog: int, note: str | None,
+                   results: list[dict], verdict) -> None:
+    print(f"query: {next(iter(query_info.values()))}  ({n_catalog} catalog images, key {key})")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    # One row per result: rank, cosine, match strength (when calibrated), id last.
+    for rank, r in enumerate(results, start=1):
+        match = "" if r["match"] is None else f"  {r['match']:4.0%}"
+        print(f"{rank:3d}  {r['score']:.4f}{match}  {r['id']}")
+    if verdict.close_match is False:
+        print(f"no close match in this catalogue: {verdict.reason}")
+    elif verdict.close_match:
+        print("close match: yes")
+    if args.plot is not None:
+        print(f"plot saved to {args.plot}")
