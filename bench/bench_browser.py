@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,12 +43,6 @@ LOADED_JS = """([sel, before]) => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _write_manifest(root: Path) -> Path:
     """The project's ``sample`` rows, with their data folder under ``root`` (so the sample is generated)."""
     rows = [line for line in (C.REPO / "data_manifest.csv").read_text().splitlines()
@@ -60,33 +50,6 @@ def _write_manifest(root: Path) -> Path:
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
-
-
-def _start(root: Path) -> tuple[subprocess.Popen, str, object]:
-    port = _free_port()
-    env = dict(os.environ, MILDNET_MANIFEST=str(_write_manifest(root)), MILDNET_RUNS=str(root / "runs"),
-               MILDNET_STORE=str(root / "store"), MILDNET_DATASET="sample", TF_CPP_MIN_LOG_LEVEL="2")
-    for key in ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST", "MILDNET_PRETRAINED"):
-        env.pop(key, None)  # the shipped default model, a local store, a user registry beside the manifest
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless",
-         "true", "--browser.gatherUsageStats", "false"], cwd=C.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}", log
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, root: Path) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("streamlit did not start:\n" + (root / "server.log").read_text()[-3000:])
-        time.sleep(0.1)
 
 
 def _idle(page) -> None:
@@ -119,55 +82,56 @@ def run(uploads: int, out: dict) -> int:
 
 
 def _measure(sync_playwright, root: Path, uploads: int, out: dict) -> int:
+    from tests.app_server import app_env, running_app  # the project root is on sys.path (_common)
+
     with sync_playwright() as p:
         # Chromium is started before the clock: it is the user's browser, not part of the app's start.
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_context(viewport={"width": 1440, "height": 1100}).new_page()
         t0 = time.perf_counter()
-        proc, url, log = _start(root)
+        # The project's shipped models (no MILDNET_PRETRAINED), a local store, a user registry beside the manifest.
+        env = app_env(root, "sample", manifest=_write_manifest(root), own_pretrained=False)
         try:
-            _wait_healthy(proc, url, root)
-            t_health = time.perf_counter() - t0
-            page.goto(url)
-            page.wait_for_selector(".mn-hero h1", timeout=TIMEOUT_MS)
-            t_drawn = time.perf_counter() - t0
-            page.wait_for_function(
-                "[...document.querySelectorAll('[data-testid=\"stMetric\"]')].some(m => "
-                "m.innerText.includes('Embedding cache') && m.innerText.includes('ready'))", timeout=TIMEOUT_MS)
-            t_ready = time.perf_counter() - t0
-            C.print_table(
-                "App first start on the default data (fresh store and data folder; sample catalogue, default model)",
-                ["phase (from launching `streamlit run`)", "seconds", "target"],
-                [["server answers /_stcore/health", t_health, "-"],
-                 ["Home page drawn (hero visible)", t_drawn, "-"],
-                 ["Home page shows 'Embedding cache: ready'", t_ready, "< 20 s"]],
-                notes=["the sample catalogue is generated and embedded in this time (nothing cached)"])
-            out["first_start"] = {"health_s": t_health, "drawn_s": t_drawn, "ready_s": t_ready}
+            with running_app(env, root / "server.log") as url:
+                t_health = time.perf_counter() - t0
+                page.goto(url)
+                page.wait_for_selector(".mn-hero h1", timeout=TIMEOUT_MS)
+                t_drawn = time.perf_counter() - t0
+                page.wait_for_function(
+                    "[...document.querySelectorAll('[data-testid=\"stMetric\"]')].some(m => "
+                    "m.innerText.includes('Embedding cache') && m.innerText.includes('ready'))",
+                    timeout=TIMEOUT_MS)
+                t_ready = time.perf_counter() - t0
+                C.print_table(
+                    "App first start on the default data (fresh store and data folder; sample catalogue, "
+                    "default model)",
+                    ["phase (from launching `streamlit run`)", "seconds", "target"],
+                    [["server answers /_stcore/health", t_health, "-"],
+                     ["Home page drawn (hero visible)", t_drawn, "-"],
+                     ["Home page shows 'Embedding cache: ready'", t_ready, "< 20 s"]],
+                    notes=["the sample catalogue is generated and embedded in this time (nothing cached)"])
+                out["first_start"] = {"health_s": t_health, "drawn_s": t_drawn, "ready_s": t_ready}
 
-            page.goto(url + "/search")
-            _idle(page)
-            photos = _photos(root, uploads + 1)
-            uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
-            times, failures = [], []
-            for i, photo in enumerate(photos):
-                before = page.eval_on_selector_all(HITS, "imgs => imgs.length ? imgs[0].src : ''")
-                a = time.perf_counter()
-                uploader.set_input_files(str(photo))
-                page.wait_for_function(LOADED_JS, arg=[HITS, before], timeout=TIMEOUT_MS, polling="raf")
-                seconds = time.perf_counter() - a
+                page.goto(url + "/search")
                 _idle(page)
-                first = page.locator(".st-key-mn_hit_1").inner_text()
-                if photo.parent.name not in first:
-                    failures.append(f"{photo.parent.name}/{photo.name}: first result was {first.split()[:3]}")
-                if i:  # the first upload also loads the Search page's resources once: a warm-up
-                    times.append(seconds)
+                photos = _photos(root, uploads + 1)
+                uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+                times, failures = [], []
+                for i, photo in enumerate(photos):
+                    before = page.eval_on_selector_all(HITS, "imgs => imgs.length ? imgs[0].src : ''")
+                    a = time.perf_counter()
+                    uploader.set_input_files(str(photo))
+                    page.wait_for_function(LOADED_JS, arg=[HITS, before], timeout=TIMEOUT_MS, polling="raf")
+                    seconds = time.perf_counter() - a
+                    _idle(page)
+                    first = page.locator(".st-key-mn_hit_1").inner_text()
+                    if photo.parent.name not in first:
+                        failures.append(f"{photo.parent.name}/{photo.name}: first result was {first.split()[:3]}")
+                    if i:  # the first upload also loads the Search page's resources once: a warm-up
+                        times.append(seconds)
+        except RuntimeError as exc:  # e.g. the server did not start: the reason (its log's tail), no traceback
+            raise SystemExit(str(exc)) from None
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
             browser.close()
     median, p95 = float(np.median(times)), float(np.percentile(times, 95))
     C.print_table(

@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from _common import REPO, machine_line, print_table
@@ -40,12 +37,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HITS = '[class*="st-key-mn_hit_"] [data-testid="stImage"] img'
 TIMEOUT_MS = 180_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -76,46 +67,6 @@ def prepare(root: Path, products: int) -> dict:
         model="tiny_cnn", weights=None, image_size=32, epochs=2, batch_size=32))
     photos = sorted((root / "tiny" / "images").glob("p*/catalog.jpg"))
     return {"root": root, "run": run, "images": root / "tiny", "photos": photos}
-
-
-class Server:
-    """``streamlit run app.py`` with every folder under ``root``; the log stays in root/server.log."""
-
-    def __init__(self, root: Path):
-        self.root, self.port = root, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "Server":
-        env = dict(os.environ, MILDNET_MANIFEST=str(self.root / "manifest.csv"), MILDNET_RUNS=str(self.root / "runs"),
-                   MILDNET_STORE=str(self.root / "store"), MILDNET_PRETRAINED=str(self.root / "pretrained"),
-                   MILDNET_DATASET="tiny", TF_CPP_MIN_LOG_LEVEL="2")
-        for key in ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST"):
-            env.pop(key, None)
-        self.log = open(self.root / "server.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError("streamlit did not start:\n" + (self.root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 class BackgroundTraining:
@@ -238,11 +189,13 @@ def browser_load(env: dict, sessions: int, rounds: int) -> dict:
         raise SystemExit(f"need {sessions * rounds + 1} products for {sessions} sessions x {rounds} rounds")
     # Each session gets products no other session uploads: any result from another's photo is cross-talk.
     assignments = [[photos[1 + s * rounds + r] for r in range(rounds)] for s in range(sessions)]
-    with Server(env["root"]) as server:
-        warm = asyncio.run(_browsers(server.url, 1, [[photos[0]]]))[0]  # builds the embeddings once
+    from tests.app_server import app_env, running_app  # the project root is on sys.path (_common)
+
+    with running_app(app_env(env["root"], "tiny"), env["root"] / "server.log") as url:
+        warm = asyncio.run(_browsers(url, 1, [[photos[0]]]))[0]  # builds the embeddings once
         with BackgroundTraining(env) as trainer:
             t0 = time.perf_counter()
-            records = asyncio.run(_browsers(server.url, sessions, assignments))
+            records = asyncio.run(_browsers(url, sessions, assignments))
             wall = time.perf_counter() - t0
         log = (env["root"] / "server.log").read_text()
     uploads = [u for r in records for u in r["uploads"]]
@@ -265,8 +218,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def cli_load(env: dict, searches: int, rebuilds: int, workers: int) -> dict:
-    sys.path.insert(0, str(REPO))
-    from tests.redis_server import RedisServer
+    from tests.redis_server import RedisServer  # the project root is on sys.path (_common)
 
     images, run = env["images"], env["run"]
     photos = env["photos"]

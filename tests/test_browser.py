@@ -7,16 +7,12 @@ Screenshots are written under pytest's tmp dir and copied to /tmp/mildnet-screen
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.app_server import app_env, running_app
 
 PROJECT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,48 +23,16 @@ SCREENS = Path("/tmp/mildnet-screens")
 LOAD_TIMEOUT_MS = 120_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def serve_app(root: Path, dataset: str, drop_env=("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST")):
+def serve_app(root: Path, dataset: str):
     """``streamlit run app.py`` on a free port with every folder under ``root`` (manifest.csv, runs, store,
     pretrained); yields its URL once healthy and stops it afterwards."""
-    port = _free_port()
-    env = dict(os.environ, MILDNET_MANIFEST=str(root / "manifest.csv"), MILDNET_RUNS=str(root / "runs"),
-               MILDNET_STORE=str(root / "store"), MILDNET_PRETRAINED=str(root / "pretrained"),
-               MILDNET_DATASET=dataset, TF_CPP_MIN_LOG_LEVEL="2")
-    for key in drop_env:
-        env.pop(key, None)
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("streamlit did not start:\n" + (root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
+    with contextlib.ExitStack() as stack:
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            url = stack.enter_context(running_app(app_env(root, dataset), root / "server.log", timeout=60))
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield url
 
 
 @pytest.fixture(scope="module")
