@@ -82,6 +82,19 @@ def make_labelled_folder(root: Path, classes=("red", "green", "blue"), per_class
     return root
 
 
+def make_tiny_app_root(root: Path) -> Path:
+    """What the app needs under ``root`` for the catalogue tests: a 12-product, 32 px sample in ``tiny/``, a
+    ``manifest.csv`` naming it ``tiny``, and ``pretrained/real`` linking the shipped real-photo model."""
+    from mildnet.data.sample import generate_sample
+
+    generate_sample(root / "tiny", products=12, size=32)
+    (root / "manifest.csv").write_text("dataset,split,triplets,image_root,catalog,source\n" + "".join(
+        f"tiny,{s},tiny/{s}.csv,tiny,tiny/catalog.csv,generated\n" for s in ("train", "val", "test")))
+    (root / "pretrained").mkdir()
+    (root / "pretrained" / "real").symlink_to(PROJECT_ROOT / "mildnet" / "pretrained" / "real")
+    return root
+
+
 @pytest.fixture
 def labelled_folder(tmp_path) -> Path:
     return make_labelled_folder(tmp_path / "images")

@@ -349,15 +349,22 @@ def test_evaluation_page_imagenet_baselines_with_cached_weights(tiny_env, monkey
 # --- training from the sidebar -------------------------------------------------------------------
 
 
+def _start_training(at: AppTest, epochs: int, batch_size: int, new_tiny_model: bool = True) -> None:
+    """Fills the sidebar's training form (a new tiny_cnn at 32 px from random weights, unless
+    ``new_tiny_model`` is False: then the form's model settings stay as they are) and submits it."""
+    if new_tiny_model:
+        at.selectbox(key="mn_train_model").set_value("tiny_cnn")
+        at.selectbox(key="mn_train_weights").set_value("none")
+        at.select_slider(key="mn_train_size").set_value(32)
+    at.number_input(key="mn_train_epochs").set_value(epochs)
+    at.number_input(key="mn_train_batch").set_value(batch_size)
+    next(b for b in at.button if b.label == "Start training").click().run()
+
+
 def test_sidebar_training_runs_in_the_background_and_the_new_run_becomes_selectable(tiny_env):
     at = _app("search")
     before = list(at.sidebar.selectbox[1].options)
-    at.selectbox(key="mn_train_model").set_value("tiny_cnn")
-    at.selectbox(key="mn_train_weights").set_value("none")
-    at.select_slider(key="mn_train_size").set_value(32)
-    at.number_input(key="mn_train_epochs").set_value(1)
-    at.number_input(key="mn_train_batch").set_value(32)
-    next(b for b in at.button if b.label == "Start training").click().run()
+    _start_training(at, epochs=1, batch_size=32)
     assert not at.exception
     assert not at.error, [e.value for e in at.error]
 
@@ -424,9 +431,7 @@ def test_one_job_at_a_time_and_stop_flag():
 def test_stop_button_stops_a_running_job(tiny_env):
     at = _app("triplets")
     at.selectbox(key="mn_train_start").set_value(str(tiny_env / "runs" / "first"))  # incremental
-    at.number_input(key="mn_train_epochs").set_value(200)
-    at.number_input(key="mn_train_batch").set_value(4)
-    next(b for b in at.button if b.label == "Start training").click().run()
+    _start_training(at, epochs=200, batch_size=4, new_tiny_model=False)
     assert not at.exception and not at.error
     at.button(key="mn_stop_training").click().run()
     deadline = time.monotonic() + 60

@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import make_labelled_folder
+from tests.conftest import make_labelled_folder, make_tiny_app_root
 
 PROJECT = Path(__file__).resolve().parents[1]
 APP = PROJECT / "app.py"
@@ -28,14 +28,7 @@ TIMEOUT = 240
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from mildnet.data.sample import generate_sample
-
-    root = tmp_path_factory.mktemp("catalogue")
-    generate_sample(root / "tiny", products=12, size=32)
-    (root / "manifest.csv").write_text("dataset,split,triplets,image_root,catalog,source\n" + "".join(
-        f"tiny,{s},tiny/{s}.csv,tiny,tiny/catalog.csv,generated\n" for s in ("train", "val", "test")))
-    (root / "pretrained").mkdir()
-    (root / "pretrained" / "real").symlink_to(PROJECT / "mildnet" / "pretrained" / "real")
+    root = make_tiny_app_root(tmp_path_factory.mktemp("catalogue"))
     values = {"MILDNET_MANIFEST": str(root / "manifest.csv"), "MILDNET_RUNS": str(root / "runs"),
               "MILDNET_STORE": str(root / "store"), "MILDNET_PRETRAINED": str(root / "pretrained"),
               "MILDNET_DATASET": "tiny"}

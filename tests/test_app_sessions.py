@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import MANIFEST_HEADER, _app, _manifest_rows, _no_failure, tiny_env  # noqa: F401
+from tests.test_app import (  # noqa: F401 - tiny_env is a fixture
+    MANIFEST_HEADER,
+    _app,
+    _manifest_rows,
+    _no_failure,
+    _start_training,
+    tiny_env,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +79,7 @@ def test_switching_dataset_while_training_runs_does_not_claim_the_run_for_the_ot
     tiny_runs_before = list(trainer.sidebar.selectbox[1].options)
 
     trainer.selectbox(key="mn_train_start").set_value("new")
-    trainer.selectbox(key="mn_train_model").set_value("tiny_cnn")
-    trainer.selectbox(key="mn_train_weights").set_value("none")
-    trainer.select_slider(key="mn_train_size").set_value(32)
-    trainer.number_input(key="mn_train_epochs").set_value(2)
-    trainer.number_input(key="mn_train_batch").set_value(8)
-    next(b for b in trainer.button if b.label == "Start training").click().run()
+    _start_training(trainer, epochs=2, batch_size=8)
     _no_failure(trainer)
     assert trainer.button(key="mn_stop_training")  # the job is running
     trainer.selectbox(key="mn_dataset_widget").set_value("other").run()  # switch while it runs

@@ -3,12 +3,11 @@ on temporary folders (the shipped real-photo model is linked in as the default m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import make_tiny_app_root
 from tests.test_browser import (  # noqa: F401 - playwright_api is a fixture
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -21,19 +20,10 @@ from tests.test_browser import (  # noqa: F401 - playwright_api is a fixture
     upload_and_wait_for_five_results,
 )
 
-PROJECT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, playwright_api):  # noqa: F811
-    from mildnet.data.sample import generate_sample
-
-    root = tmp_path_factory.mktemp("browser-catalogue")
-    generate_sample(root / "tiny", products=12, size=32)
-    (root / "manifest.csv").write_text("dataset,split,triplets,image_root,catalog,source\n" + "".join(
-        f"tiny,{s},tiny/{s}.csv,tiny,tiny/catalog.csv,generated\n" for s in ("train", "val", "test")))
-    (root / "pretrained").mkdir()
-    (root / "pretrained" / "real").symlink_to(PROJECT / "mildnet" / "pretrained" / "real")
+    root = make_tiny_app_root(tmp_path_factory.mktemp("browser-catalogue"))
     with serve_app(root, dataset="tiny") as url:
         yield {"url": url, "root": root}
 
