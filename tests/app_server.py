@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.redis_server import free_port
+
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_env(root: Path, dataset: str, *, manifest: Path | None = None, own_pretrained: bool = True) -> dict:

@@ -19,6 +19,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from mildnet.errors import ImageError  # noqa: E402
+from tests.redis_server import free_port  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 180
@@ -28,14 +29,6 @@ MANIFEST_HEADER = "dataset,split,triplets,image_root,catalog,source\n"
 def _manifest_rows(name: str, folder: str, source: str = "generated") -> str:
     return "".join(f"{name},{split},{folder}/{split}.csv,{folder},{folder}/catalog.csv,{source}\n"
                    for split in ("train", "val", "test"))
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed when the socket is: connections to it are refused
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,8 @@ def tiny_env(tmp_path_factory):
     # reach the network and the ImageNet ones are reported unavailable unless a test provides the weights.
     (root / "weights").mkdir()
     env["MILDNET_WEIGHTS_CACHE"] = str(root / "weights")
-    env["MILDNET_WEIGHTS_URL_SQUEEZENET"] = f"http://127.0.0.1:{_closed_port()}/squeezenet.h5"
+    # free_port's socket is closed again, so connections to the port are refused.
+    env["MILDNET_WEIGHTS_URL_SQUEEZENET"] = f"http://127.0.0.1:{free_port()}/squeezenet.h5"
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)

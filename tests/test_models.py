@@ -1,6 +1,5 @@
 """Tests of the model zoo: shapes, unit norms, exact parameter counts, weights and save/load."""
 
-import socket
 import zipfile
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from mildnet.errors import ModelError
 from mildnet.models import MODEL_NAMES, build_model, describe_model, load_model, save_model
+from tests.redis_server import free_port
 
 
 def _images(n=2, size=32, seed=0):
@@ -186,10 +186,7 @@ def test_squeezenet_loads_shared_keras2_weights(name):
 
 
 def _closed_port_url():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/squeezenet.h5"  # nothing listens there once the socket is closed
+    return f"http://127.0.0.1:{free_port()}/squeezenet.h5"  # nothing listens there once the socket is closed
 
 
 def test_imagenet_offline_raises_and_names_local_path_option(tmp_path, monkeypatch):

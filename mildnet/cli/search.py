@@ -133,14 +133,15 @@ def _run_hint(args: argparse.Namespace) -> str:
 
 def _embedded_set(args: argparse.Namespace, model_fp: str):
     """``(key, set)``: the stored embeddings of this model for the catalogue the arguments name."""
+    run_hint = _run_hint(args)
     store = open_store_from_args(args)
     try:
-        key = _find_key(store, model_fp, args, _run_hint(args))
+        key = _find_key(store, model_fp, args, run_hint)
         embeddings = store.get(key)
         if embeddings is None:
             raise EmbeddingsMissing(
                 f"no embeddings under {key!r} in {store.describe()}; "
-                f"run `python -m mildnet embed {_run_hint(args)} --images DIR` with the same store first"
+                f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first"
             )
     finally:
         store.close()
