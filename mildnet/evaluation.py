@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mildnet.data.images import ImageCache, map_images, missing_message, pipeline_error_reason
+from mildnet.data.images import ImageCache, decode_batches, map_images, missing_message
 from mildnet.embeddings import model_image_size, normalize_rows, run_model
 from mildnet.errors import DataError, MildnetError, ModelError
 from mildnet.store import EmbeddingSet
@@ -64,10 +64,6 @@ def embed_paths(
     of that size holding every image, no image is decoded (same pixels, so the same embeddings).
     ``normalize=False`` keeps the model's raw outputs (intermediate features, not embeddings).
     """
-    import tensorflow as tf
-
-    from mildnet.data.images import image_dataset
-
     unique = list(dict.fromkeys(rel_paths))
     if image_size is None:
         image_size = model_image_size(model)
@@ -82,17 +78,16 @@ def embed_paths(
     missing = [p for p in unique if not (root / p).is_file()]
     if missing:
         raise DataError(missing_message(missing, len(unique), root))
-    dataset = image_dataset([root / p for p in unique], image_size, batch_size)
     chunks = []
     done = 0
-    try:
-        for batch in dataset:
-            chunks.append(run_model(model, batch))
-            done += int(batch.shape[0])
-            if progress is not None:
-                progress(done, len(unique))
-    except tf.errors.OpError as exc:
-        raise DataError(f"could not read an image under {root}: {pipeline_error_reason(exc)}") from None
+    for batch in decode_batches([root / p for p in unique], image_size, batch_size):
+        if batch.failed:
+            reason = next(iter(batch.failed.values()))
+            raise DataError(f"could not read an image under {root}: {reason}")
+        chunks.append(run_model(model, batch.pixels))
+        done += len(batch.paths)
+        if progress is not None:
+            progress(done, len(unique))
     vectors = np.concatenate(chunks)
     return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)
 
@@ -102,7 +97,7 @@ def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, 
     rows = cache.rows(unique)
     chunks = []
     for start in range(0, len(rows), batch_size):
-        batch = cache.pixels[rows[start : start + batch_size]].astype(np.float32)
+        batch = cache.pixels[rows[start : start + batch_size]]
         chunks.append(run_model(model, batch))
         if progress is not None:
             progress(min(start + batch_size, len(rows)), len(rows))
@@ -257,8 +252,7 @@ class ImageNetFeatures(FeatureExtractor):
         return self._model
 
     def features(self, image: np.ndarray) -> np.ndarray:
-        batch = np.asarray(image, dtype=np.float32)[None]
-        return run_model(self.model(), batch)[0]
+        return run_model(self.model(), np.asarray(image)[None])[0]
 
     def embed(self, image_root, rel_paths, progress=None, workers=None) -> EmbeddingSet:
         return embed_paths(self.model(), image_root, rel_paths, self.decode_size, self.batch_size, progress)

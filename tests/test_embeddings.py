@@ -269,12 +269,15 @@ def test_batches_and_single_images_share_one_compiled_graph_that_does_not_keep_t
     from mildnet.data.images import load_image
 
     model = _tiny(3)
-    pixels = np.stack([load_image(p, SIZE) for p in sorted(images.rglob("*.jpg"))[:5]]).astype(np.float32)
+    pixels = np.stack([load_image(p, SIZE) for p in sorted(images.rglob("*.jpg"))[:5]])
     batch = emb.run_model(model, pixels)
     singles = np.concatenate([emb.run_model(model, pixels[i : i + 1]) for i in range(5)])
     # Same graph whatever the batch size, so a catalogue row and the same photo uploaded alone agree.
     np.testing.assert_allclose(singles, batch, atol=1e-6)
-    assert list(emb._COMPILED[model]) == [SIZE]
+    assert list(emb._COMPILED[model]) == [(SIZE, "uint8")]
+    # Float pixels (augmented or synthetic batches) get their own graph; the cast inside the uint8 one is exact.
+    np.testing.assert_allclose(emb.run_model(model, pixels.astype(np.float32)), batch, atol=1e-6)
+    assert sorted(emb._COMPILED[model]) == [(SIZE, "float32"), (SIZE, "uint8")]
     with pytest.raises(ValueError, match="batch, size, size, 3"):
         emb.run_model(model, pixels[0])
     # The app swaps models when a run is retrained: the per-model graph must not pin the old one in memory.

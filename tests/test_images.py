@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from mildnet.data import images
-from mildnet.data.images import image_dataset, list_images, load_image
+from mildnet.data.images import decode_batches, image_dataset, list_images, load_image
 from mildnet.errors import ImageError
 
 
@@ -123,6 +123,34 @@ def test_pipeline_applies_preprocess(labelled_folder):
     paths = [labelled_folder / name for name in list_images(labelled_folder)][:3]
     batch = next(iter(image_dataset(paths, 16, batch_size=3, preprocess=lambda x: x / 255.0)))
     assert float(batch.numpy().max()) <= 1.0
+
+
+def test_decode_batches_keeps_order_and_reports_bad_images_in_their_batch(labelled_folder, tmp_path):
+    paths = [str(labelled_folder / name) for name in list_images(labelled_folder)]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    paths.insert(6, str(broken))
+    paths.append(str(tmp_path / "gone.jpg"))
+    batches = list(decode_batches(paths, 24, batch_size=5, workers=2))
+    assert [len(b.paths) for b in batches] == [5, 4, 3]
+    assert list(batches[1].failed) == [str(broken)] and "not an image" in batches[1].failed[str(broken)]
+    assert "not found" in batches[2].failed[str(tmp_path / "gone.jpg")]
+    assert [p for b in batches for p in b.paths] == [p for p in paths if "broken" not in p and "gone" not in p]
+    pixels = np.concatenate([b.pixels for b in batches])
+    assert pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels, np.stack([load_image(p, 24) for b in batches for p in b.paths]))
+
+
+def test_decode_batches_can_be_left_early_and_checks_its_arguments(labelled_folder):
+    paths = [labelled_folder / name for name in list_images(labelled_folder)]
+    batches = decode_batches(paths, 16, batch_size=2, workers=2)
+    assert len(next(batches).paths) == 2
+    batches.close()  # the pool is shut down, queued batches dropped; nothing hangs
+    assert list(decode_batches([], 16)) == []
+    with pytest.raises(ValueError, match="batch size"):
+        next(decode_batches(paths, 16, batch_size=0))
+    with pytest.raises(ValueError, match="image size"):
+        next(decode_batches(paths, 4))
 
 
 def test_list_images_ignores_other_files(tmp_path):

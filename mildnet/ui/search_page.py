@@ -38,8 +38,7 @@ def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
     image = Image.fromarray(pixels)
     size = (int(bundle.image_size), int(bundle.image_size))
     model_input = pixels if image.size == size else np.asarray(image.resize(size, Image.Resampling.BILINEAR))
-    batch = model_input.astype(np.float32)[None]
-    vector = normalize_rows(run_model(bundle.model, batch))[0]
+    vector = normalize_rows(run_model(bundle.model, model_input[None]))[0]
     image.thumbnail((THUMB_PX, THUMB_PX))
     return vector, np.asarray(image)
 
