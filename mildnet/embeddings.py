@@ -297,7 +297,8 @@ def embed_images(
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Embeds image files through :func:`~mildnet.data.images.image_dataset`: float32 (N, D), L2-normalised.
+    """Embeds image files (decoded ahead by :func:`~mildnet.data.images.decode_batches`): float32 (N, D),
+    L2-normalised.
 
     Every image is embedded, including the last partial batch. ``progress(done, total)`` is called after
     each batch. An unreadable image raises :class:`ImageError` naming it (see :func:`update_catalog` for a

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from mildnet.data import images
-from mildnet.data.images import decode_batches, image_dataset, list_images, load_image
+from mildnet.data.images import decode_batches, list_images, load_image
 from mildnet.errors import ImageError
 
 
@@ -107,22 +107,6 @@ def test_huge_images_are_refused(monkeypatch):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "nope.jpg")
-
-
-def test_pipeline_matches_single_loader_and_keeps_last_batch(labelled_folder):
-    paths = [labelled_folder / name for name in list_images(labelled_folder)]
-    assert len(paths) == 12
-    batches = list(image_dataset(paths, 24, batch_size=5))
-    assert [b.shape[0] for b in batches] == [5, 5, 2]
-    stacked = np.concatenate([b.numpy() for b in batches])
-    expected = np.stack([load_image(p, 24) for p in paths]).astype(np.float32)
-    np.testing.assert_array_equal(stacked, expected)
-
-
-def test_pipeline_applies_preprocess(labelled_folder):
-    paths = [labelled_folder / name for name in list_images(labelled_folder)][:3]
-    batch = next(iter(image_dataset(paths, 16, batch_size=3, preprocess=lambda x: x / 255.0)))
-    assert float(batch.numpy().max()) <= 1.0
 
 
 def test_decode_batches_keeps_order_and_reports_bad_images_in_their_batch(labelled_folder, tmp_path):

@@ -1,7 +1,8 @@
 """Image decoding shared by training, evaluation, embedding and search.
 
-Every pixel a model sees goes through :func:`load_image`: the ``tf.data`` pipeline calls it through
-``tf.numpy_function``, and an upload in the app calls it on raw bytes. One decoder means training
+Every pixel a model sees goes through :func:`load_image`: embedding calls it in a thread pool
+(:func:`decode_batches`), training's ``tf.data`` pipeline through ``tf.numpy_function``, and an upload in the
+app on raw bytes. One decoder means training
 and search see identical pixels, and Pillow handles formats TensorFlow's decoders do not (CMYK JPEG,
 palette PNG with transparency, WebP, EXIF orientation, the first frame of a GIF).
 """
@@ -186,38 +187,6 @@ def tf_load_image(path, size: int):
     return tf.cast(image, tf.float32)
 
 
-def image_dataset(
-    paths: Iterable[str | os.PathLike],
-    size: int,
-    batch_size: int = 32,
-    preprocess: Callable | None = None,
-    augment: Callable | None = None,
-    shuffle_seed: int | None = None,
-):
-    """A batched, prefetched ``tf.data.Dataset`` of float32 RGB images in [0, 255].
-
-    Decoding runs in parallel; the last partial batch is kept (an embedding job must not lose
-    images). ``augment`` and ``preprocess`` are optional per-image tensor functions, applied in
-    that order (the models in ``mildnet.models`` carry their own preprocessing, so usually neither).
-    """
-    import tensorflow as tf
-
-    paths = [os.fspath(p) for p in paths]
-    if size < 8:
-        raise ValueError(f"image size must be at least 8 pixels, got {size}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(max(len(paths), 1), seed=shuffle_seed)
-    dataset = dataset.map(lambda p: tf_load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None:
-        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    if preprocess is not None:
-        dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def pipeline_error_reason(exc: Exception) -> str:
     """The ImageError message buried in a tf.data error, or the error's first line."""
     text = getattr(exc, "message", None) or str(exc)
@@ -296,10 +265,10 @@ def decode_batches(
 ) -> Iterator[DecodedBatch]:
     """``load_image`` over ``paths`` in batches of ``batch_size``, in order, decoded ahead in a thread pool.
 
-    Each worker decodes a whole batch while the caller runs the model on an earlier one. This is the
-    embedding path rather than :func:`image_dataset`: a ``tf.numpy_function`` pipeline spends ~0.3 CPU-ms a
-    photo on its own threads and GIL hand-offs (a third of the decoding itself), and stalled on one core in
-    about one call in three on the 2-core machine, taking twice as long. A bad image does not stop the
+    Each worker decodes a whole batch while the caller runs the model on an earlier one. Embedding used a
+    ``tf.data`` pipeline of :func:`tf_load_image` before: it spent ~0.3 CPU-ms a photo on its own threads and
+    GIL hand-offs (a third of the decoding itself), and stalled on one core in about one call in three on the
+    2-core machine, taking twice as long; decoding alone, it ran at 0.4x of these batches. A bad image does not stop the
     batches: it is reported in its batch's ``failed``.
     """
     paths = [os.fspath(p) for p in paths]
