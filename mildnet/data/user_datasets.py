@@ -101,55 +101,18 @@ def add_dataset(
     bad input (unknown or empty folder, taken name, labels naming missing files, links leaving the folder)."""
     start = time.perf_counter()
     report = progress or (lambda done, total, message="": None)
-    problem = mf.name_problem(name)
-    if problem:
-        raise DataError(problem)
-    _refuse_taken(name, manifest)
-    folder = Path(images).expanduser()
-    if not folder.exists():
-        raise DataError(f"image folder not found: {folder}")
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder (give the folder that holds the photos)")
-    root = folder.resolve()
-    data_dir = user_data_dir(manifest)
-    home = data_dir / name
-    _refuse_overlap(root, home)
-    if home.exists() or home.is_symlink():
-        raise DataError(f"{home} already exists (left from an earlier dataset?); delete it or choose another name")
-    labels_path = None
-    if labels is not None:
-        labels_path = Path(labels).expanduser()
-        if not labels_path.is_file():
-            raise DataError(f"labels CSV not found: {labels_path}")
-
-    photos = list_images(root)
-    if not photos:
-        raise DataError(f"no images (jpg, png, webp, bmp, gif) found under {root}")
-    escaping = escaping_links(root)
-    if escaping:
-        shown = ", ".join(f"{link} -> {target}" for link, target in escaping[:_EXAMPLES])
-        more = f" and {len(escaping) - _EXAMPLES} more" if len(escaping) > _EXAMPLES else ""
-        raise DataError(f"{root} holds links to files outside it ({shown}{more}); images must stay inside the "
-                        "folder you give: copy them in, or give the folder that holds them")
+    root, home, labels_path = _check_request(name, images, labels, manifest)
+    photos = _photos_inside(root)
     catalog = _user_catalog(root, photos, labels_path, seed)
     left_out = {image: "not in the labels CSV" for image in sorted(set(photos) - set(catalog["image"]))}
     kind = "labelled" if _has_positives(catalog) else "instance"
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    staging = data_dir / f".{name}.adding-{uuid.uuid4().hex[:8]}"
+    home.parent.mkdir(parents=True, exist_ok=True)
+    staging = home.parent / f".{name}.adding-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
         if kind == "instance":
-            report(0, len(catalog), "writing augmented views")
-            unreadable = write_views(root, list(catalog["image"]), staging / "images", views=views, seed=seed,
-                                     progress=lambda done, total: report(done, total, "writing augmented views"))
-            left_out.update({image: f"unreadable: {why}" for image, why in unreadable.items()})
-            kept = [image for image in catalog["image"] if image not in unreadable]
-            if not kept:
-                first, why = next(iter(unreadable.items()))
-                raise DataError(f"none of the {len(unreadable)} images under {root} can be read, e.g. {first}: {why}")
-            placement = _place(root, kept, staging / "images" / PHOTOS_DIR, copy, report)
-            catalog = instance_catalog(catalog, views=views, leave_out=list(unreadable))
+            catalog, placement = _stage_instance_views(root, catalog, staging, copy, views, seed, report, left_out)
             image_root = home / "images"
         elif copy:
             placement = _place(root, list(catalog["image"]), staging / "images", True, report)
@@ -181,6 +144,65 @@ def add_dataset(
         triplets={s: len(tables[s]) for s in mf.SPLITS}, placement=placement, left_out=left_out,
         seconds=time.perf_counter() - start,
     )
+
+
+def _check_request(
+    name: str, images: str | os.PathLike, labels: str | os.PathLike | None, manifest: str | os.PathLike | None
+) -> tuple[Path, Path, Path | None]:
+    """``(the folder resolved, our home for the dataset, the labels CSV)`` after every check that needs no
+    image read: the name, the folder, where our files would go, the labels file."""
+    problem = mf.name_problem(name)
+    if problem:
+        raise DataError(problem)
+    _refuse_taken(name, manifest)
+    folder = Path(images).expanduser()
+    if not folder.exists():
+        raise DataError(f"image folder not found: {folder}")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder (give the folder that holds the photos)")
+    root = folder.resolve()
+    home = user_data_dir(manifest) / name
+    _refuse_overlap(root, home)
+    if home.exists() or home.is_symlink():
+        raise DataError(f"{home} already exists (left from an earlier dataset?); delete it or choose another name")
+    labels_path = None
+    if labels is not None:
+        labels_path = Path(labels).expanduser()
+        if not labels_path.is_file():
+            raise DataError(f"labels CSV not found: {labels_path}")
+    return root, home, labels_path
+
+
+def _photos_inside(root: Path) -> list[str]:
+    """The folder's photos; refused when there are none or when a link leads out of the folder."""
+    photos = list_images(root)
+    if not photos:
+        raise DataError(f"no images (jpg, png, webp, bmp, gif) found under {root}")
+    escaping = escaping_links(root)
+    if escaping:
+        shown = ", ".join(f"{link} -> {target}" for link, target in escaping[:_EXAMPLES])
+        more = f" and {len(escaping) - _EXAMPLES} more" if len(escaping) > _EXAMPLES else ""
+        raise DataError(f"{root} holds links to files outside it ({shown}{more}); images must stay inside the "
+                        "folder you give: copy them in, or give the folder that holds them")
+    return photos
+
+
+def _stage_instance_views(
+    root: Path, catalog: pd.DataFrame, staging: Path, copy: bool, views: int, seed: int, report: Progress,
+    left_out: dict[str, str],
+) -> tuple[pd.DataFrame, str]:
+    """An unlabelled folder: writes each photo's augmented views and places the photos under ``staging``;
+    returns the instance catalogue and how the photos were placed. Unreadable photos go to ``left_out``."""
+    report(0, len(catalog), "writing augmented views")
+    unreadable = write_views(root, list(catalog["image"]), staging / "images", views=views, seed=seed,
+                             progress=lambda done, total: report(done, total, "writing augmented views"))
+    left_out.update({image: f"unreadable: {why}" for image, why in unreadable.items()})
+    kept = [image for image in catalog["image"] if image not in unreadable]
+    if not kept:
+        first, why = next(iter(unreadable.items()))
+        raise DataError(f"none of the {len(unreadable)} images under {root} can be read, e.g. {first}: {why}")
+    placement = _place(root, kept, staging / "images" / PHOTOS_DIR, copy, report)
+    return instance_catalog(catalog, views=views, leave_out=list(unreadable)), placement
 
 
 def escaping_links(root: str | os.PathLike) -> list[tuple[str, str]]:
