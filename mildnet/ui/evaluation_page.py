@@ -43,6 +43,16 @@ def render(ctx: Context) -> None:
     reports = _evaluate(ctx, runs, splits)
     names = _short_names(runs)
 
+    _scores(runs, names, reports, split)
+    _baselines(ctx, runs, names, reports, split)
+    _accuracy_charts(runs, names, reports, splits, split)
+    _distances(runs, names, reports, split)
+    _retrieval(runs, names, reports, split)
+    st.subheader("Training history")
+    _history(runs, names)
+
+
+def _scores(runs: list[Run], names: dict[str, str], reports: dict, split: str) -> None:
     st.subheader(f"Scores on {split}")
     st.dataframe(_score_table(runs, names, reports, split), hide_index=True,
                  column_config={
@@ -50,8 +60,9 @@ def render(ctx: Context) -> None:
                                                                          format="percent"),
                      **{c: st.column_config.NumberColumn(format="percent")
                         for c in ("in-class", "out-of-class", "recall@1", "recall@5", "recall@10", "mAP")}})
-    _baselines(ctx, runs, names, reports, split)
 
+
+def _accuracy_charts(runs: list[Run], names: dict[str, str], reports: dict, splits: list[str], split: str) -> None:
     left, right = st.columns(2, gap="large")
     with left:
         st.markdown("**Triplet accuracy per split**")
@@ -68,6 +79,8 @@ def render(ctx: Context) -> None:
         else:
             st.caption("The dataset has no catalog with categories or views, so triplets have no type.")
 
+
+def _distances(runs: list[Run], names: dict[str, str], reports: dict, split: str) -> None:
     st.subheader(f"Distances on {split}")
     st.caption("Squared distance between unit embeddings (0 = identical, 4 = opposite). A good model keeps the "
                "positives (green) left of the negatives (red); a triplet is correct when its positive is closer.")
@@ -77,6 +90,8 @@ def render(ctx: Context) -> None:
             st.markdown(f"**{names[run.key]}**")
             st.altair_chart(_histogram(reports[run.key][split]), width="stretch")
 
+
+def _retrieval(runs: list[Run], names: dict[str, str], reports: dict, split: str) -> None:
     st.subheader("Retrieval")
     rows = []
     for run in runs:
@@ -84,20 +99,17 @@ def render(ctx: Context) -> None:
         for key, value in retrieval.items():
             if key.startswith("recall@"):
                 rows.append({"run": names[run.key], "k": int(key.split("@")[1]), "recall": value})
-    if rows:
-        frame = pd.DataFrame(rows)
-        chart = alt.Chart(frame).mark_line(point=True).encode(
-            x=alt.X("k:Q", title="k (results shown)", scale=alt.Scale(domain=[0, max(frame["k"]) + 1]),
-                    axis=alt.Axis(values=sorted(frame["k"].unique()), labelAngle=0)),
-            y=alt.Y("recall:Q", title="recall@k", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
-            tooltip=["run", "k", alt.Tooltip("recall:Q", format=".1%")])
-        st.altair_chart(chart.properties(height=260), width="stretch")
-    else:
+    if not rows:
         st.caption("No product ids known for this split, so retrieval cannot be scored.")
-
-    st.subheader("Training history")
-    _history(runs, names)
+        return
+    frame = pd.DataFrame(rows)
+    chart = alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("k:Q", title="k (results shown)", scale=alt.Scale(domain=[0, max(frame["k"]) + 1]),
+                axis=alt.Axis(values=sorted(frame["k"].unique()), labelAngle=0)),
+        y=alt.Y("recall:Q", title="recall@k", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
+        tooltip=["run", "k", alt.Tooltip("recall:Q", format=".1%")])
+    st.altair_chart(chart.properties(height=260), width="stretch")
 
 
 def _evaluate(ctx: Context, runs: list[Run], splits: list[str]) -> dict:
