@@ -114,49 +114,18 @@ def generate_sample(
     _check_params(products, size, wild_per_product, seed)
     out_dir = Path(out_dir)
     params = _params(products, size, wild_per_product, seed)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise DataError(f"{out_dir} exists and is not a folder; choose another output folder")
-        marker = _read_marker(out_dir)
-        if marker is None and any(out_dir.iterdir()):
-            raise DataError(f"{out_dir} is not empty and holds no sample catalog; choose an empty or new folder")
-        if marker is not None and is_sample_complete(out_dir) and \
-                {k: marker.get(k) for k in params} == params:
-            total = int(products) * (1 + int(wild_per_product))
-            if progress is not None:
-                progress(total, total)
-            return out_dir
+    if _reusable(out_dir, params):
+        total = int(products) * (1 + int(wild_per_product))
+        if progress is not None:
+            progress(total, total)
+        return out_dir
 
     items = make_products(products, seed)
     rows = [row for product in items for row in _catalog_rows(product, wild_per_product)]
-    total = len(rows)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        done = 0
-
-        def render(product: Product) -> None:
-            folder = tmp / "images" / product.product_id
-            folder.mkdir(parents=True)
-            images = [render_catalog(product, size, seed)]
-            images += [render_wild(product, size, seed, k) for k in range(wild_per_product)]
-            for row, image in zip(_catalog_rows(product, wild_per_product), images):
-                image.save(tmp / row["image"], format="JPEG", quality=JPEG_QUALITY)
-
-        # Every image draws from its own (seed, product, view) generator, so rendering products in
-        # parallel gives the same bytes (checked against a sequential render); Pillow's filters and
-        # encoders release the GIL, so the app's first start, which renders this catalogue, uses every core.
-        pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-        try:
-            for _ in pool.map(render, items):
-                for _ in range(1 + wild_per_product):
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-        finally:
-            # A stop (an exception from progress, Ctrl-C) must not wait for the products not started yet.
-            pool.shutdown(wait=True, cancel_futures=True)
-
+        _render_all(tmp, items, size, wild_per_product, seed, progress)
         catalog = pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
         write_catalog(tmp / "catalog.csv", catalog)
         triplets = generate_triplets(catalog, per_query=2, seed=seed, in_class_share=0.5)
@@ -164,7 +133,7 @@ def generate_sample(
             write_triplets(tmp / f"{split}.csv", triplets[split])
 
         files = ["catalog.csv", *(f"{s}.csv" for s in SPLITS), *catalog["image"]]
-        marker = {**params, "images": total, "files": files}
+        marker = {**params, "images": len(rows), "files": files}
         # Written last: its presence is what makes the folder count as complete.
         (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         _replace_dir(tmp, out_dir)
@@ -172,3 +141,45 @@ def generate_sample(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _reusable(out_dir: Path, params: dict) -> bool:
+    """True when ``out_dir`` already holds a complete sample made with ``params``; DataError when it is
+    something else that must not be overwritten (a file, a folder that is not a sample)."""
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise DataError(f"{out_dir} exists and is not a folder; choose another output folder")
+    marker = _read_marker(out_dir)
+    if marker is None and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir} is not empty and holds no sample catalog; choose an empty or new folder")
+    return marker is not None and is_sample_complete(out_dir) and {k: marker.get(k) for k in params} == params
+
+
+def _render_all(tmp: Path, items: list[Product], size: int, wild_per_product: int, seed: int,
+                progress: Callable[[int, int], None] | None) -> None:
+    """Every product's catalogue photo and wild views as JPEGs under ``tmp``, on every core."""
+    total = len(items) * (1 + wild_per_product)
+    done = 0
+
+    def render(product: Product) -> None:
+        folder = tmp / "images" / product.product_id
+        folder.mkdir(parents=True)
+        images = [render_catalog(product, size, seed)]
+        images += [render_wild(product, size, seed, k) for k in range(wild_per_product)]
+        for row, image in zip(_catalog_rows(product, wild_per_product), images):
+            image.save(tmp / row["image"], format="JPEG", quality=JPEG_QUALITY)
+
+    # Every image draws from its own (seed, product, view) generator, so rendering products in
+    # parallel gives the same bytes (checked against a sequential render); Pillow's filters and
+    # encoders release the GIL, so the app's first start, which renders this catalogue, uses every core.
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(render, items):
+            for _ in range(1 + wild_per_product):
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        # A stop (an exception from progress, Ctrl-C) must not wait for the products not started yet.
+        pool.shutdown(wait=True, cancel_futures=True)
