@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -284,10 +285,30 @@ def run_model(model, batch) -> np.ndarray:
     shape = tuple(batch.shape)
     if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
         raise ValueError(f"run_model needs a (batch, size, size, 3) image batch, got shape {shape}")
+    import tensorflow as tf
+
     dtype = "uint8" if getattr(batch, "dtype", None) == np.uint8 else "float32"
     if dtype == "float32" and not hasattr(batch, "numpy"):  # numpy of another dtype; tensors come as float32
         batch = np.asarray(batch, dtype=np.float32)
-    return np.asarray(_compiled(model, int(shape[1]), dtype)(batch), dtype=np.float32)
+    try:
+        return np.asarray(_compiled(model, int(shape[1]), dtype)(batch), dtype=np.float32)
+    except tf.errors.OpError as exc:
+        # Out of memory, a layer failing at run time: one line for the CLI and the app, not TensorFlow's dump.
+        raise ModelError(f"the model failed on a batch of {shape[0]} images of {shape[1]} px: "
+                         f"{type(exc).__name__}: {_op_error_reason(exc)}") from None
+
+
+_NOT_A_REASON = ("File ", "Detected at node", "Graph execution error", "[[")
+
+
+def _op_error_reason(exc) -> str:
+    """The line of a TensorFlow error that says what went wrong: a graph error's message is mostly the Python
+    stack that built the failing op, with the reason last (e.g. "OOM when allocating tensor ...")."""
+    lines = [line.strip() for line in (getattr(exc, "message", None) or str(exc)).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(_NOT_A_REASON)]
+    reason = reasons[-1] if reasons else type(exc).__name__
+    reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
+    return re.sub(r"\s*\[\[\{\{node .*$|\s*\[Op:[^\]]*\].*$", "", reason)[:300]
 
 
 def embed_images(

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mildnet import embeddings as emb
-from mildnet.errors import ImageError, StoreError
+from mildnet.errors import ImageError, ModelError, StoreError
 from mildnet.runs import open_run
 from mildnet.search import Searcher
 from mildnet.store import LocalStore
@@ -285,6 +285,29 @@ def test_batches_and_single_images_share_one_compiled_graph_that_does_not_keep_t
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_a_model_failing_at_run_time_is_a_one_line_model_error(images):
+    import keras
+    import tensorflow as tf
+
+    class FailsOnBrightPixels(keras.layers.Layer):  # a stand-in for an out-of-memory or a broken custom layer
+        def call(self, x):
+            return tf.debugging.check_numerics(tf.math.log(200.0 - x), "pixel over 200")
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(FailsOnBrightPixels()(inputs)))
+    bright = np.full((2, SIZE, SIZE, 3), 255, dtype=np.uint8)
+    with pytest.raises(ModelError, match=r"^the model failed on a batch of 2 images of 32 px: InvalidArgumentError: "
+                                         r".*pixel over 200") as info:
+        emb.run_model(model, bright)
+    assert "\n" not in str(info.value)
+    assert emb.run_model(model, np.zeros_like(bright)).shape == (2, 3)
+    # An eager op's error (the shape of an out-of-memory one) loses its "{{function_node ...}}" and "[Op:...]".
+    with pytest.raises(tf.errors.InvalidArgumentError) as eager:
+        tf.reshape(tf.zeros(3), (2,))
+    assert emb._op_error_reason(eager.value) == \
+        "Input to reshape is a tensor with 3 values, but the requested shape has 2"
 
 
 def test_a_set_from_an_older_embedding_version_is_rebuilt_not_extended(model, images, tmp_path):
