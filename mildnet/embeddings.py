@@ -298,17 +298,27 @@ def run_model(model, batch) -> np.ndarray:
                          f"{type(exc).__name__}: {_op_error_reason(exc)}") from None
 
 
-_NOT_A_REASON = ("File ", "Detected at node", "Graph execution error", "[[")
+_NOT_A_REASON = ("File ", "Detected at node", "Graph execution error", "Hint:", "[Op:", "[[")
 
 
 def _op_error_reason(exc) -> str:
-    """The line of a TensorFlow error that says what went wrong: a graph error's message is mostly the Python
-    stack that built the failing op, with the reason last (e.g. "OOM when allocating tensor ...")."""
+    """The line of a TensorFlow error that says what went wrong. A graph error's text is mostly the Python stack
+    that built the failing op; the reason is the line before TensorFlow's ``[[{{node ...}}]]`` marker, and a
+    "Hint:" and an ``[Op:...]`` line may follow it. An eager error is one line inside ``{{function_node ...}}``
+    and ``[Op:...]`` wrappers."""
     lines = [line.strip() for line in (getattr(exc, "message", None) or str(exc)).splitlines()]
-    reasons = [line for line in lines if line and not line.startswith(_NOT_A_REASON)]
+    marker = next((i for i, line in enumerate(lines) if line.startswith("[[")), len(lines))
+    reasons = [_unwrapped(line) for line in lines[:marker] if line and not line.startswith(_NOT_A_REASON)]
+    reasons = [line for line in reasons if line]
     reason = reasons[-1] if reasons else type(exc).__name__
-    reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
-    return re.sub(r"\s*\[\[\{\{node .*$|\s*\[Op:[^\]]*\].*$", "", reason)[:300]
+    if reason.startswith("OOM when allocating"):
+        reason += " (out of memory: try a smaller batch size)"
+    return reason[:300]
+
+
+def _unwrapped(line: str) -> str:
+    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
+    return re.sub(r"\s*\[\[\{\{node .*$|\s*\[Op:[^\]]*\].*$", "", line).strip()
 
 
 def embed_images(

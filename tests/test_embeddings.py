@@ -308,6 +308,18 @@ def test_a_model_failing_at_run_time_is_a_one_line_model_error(images):
         tf.reshape(tf.zeros(3), (2,))
     assert emb._op_error_reason(eager.value) == \
         "Input to reshape is a tensor with 3 values, but the requested shape has 2"
+    # A real out-of-memory takes ~20 s to raise on this machine, so its text (TensorFlow 2.21, verbatim) is
+    # parsed here: the reason sits before the node marker, with a "Hint:" and an "[Op:...]" line after it.
+    oom = tf.errors.ResourceExhaustedError(None, None, (
+        "Graph execution error:\n\nDetected at node zeros defined at (most recent call last):\n"
+        '  File "/tmp/oom.py", line 20, in <module>\n\n  File "/tmp/oom.py", line 18, in f\n\n'
+        "OOM when allocating tensor with shape[1000000000,1000000] and type float on "
+        "/job:localhost/replica:0/task:0/device:CPU:0 by allocator mklcpu\n\t [[{{node zeros}}]]\n"
+        "Hint: If you want to see a list of allocated tensors when OOM happens, add "
+        "report_tensor_allocations_upon_oom to RunOptions for current allocation info.\n [Op:__inference_f_43]"))
+    reason = emb._op_error_reason(oom)
+    assert reason.startswith("OOM when allocating tensor with shape[1000000000,1000000]"), reason
+    assert reason.endswith("(out of memory: try a smaller batch size)")
 
 
 def test_a_set_from_an_older_embedding_version_is_rebuilt_not_extended(model, images, tmp_path):

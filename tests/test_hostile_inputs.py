@@ -208,6 +208,15 @@ def _flipped_png(root: Path) -> Path:
     return _bytes(root / "x.png", bytes(data))
 
 
+def _short_png_header(root: Path) -> Path:
+    out = io.BytesIO()
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(out, "PNG")
+    data = bytearray(out.getvalue())
+    assert data[8:16] == b"\x00\x00\x00\rIHDR"
+    data[11] = 12  # the IHDR chunk's length 13 -> 12: Pillow raises ValueError, not OSError, while opening
+    return _bytes(root / "x.png", bytes(data))
+
+
 IMAGES = [
     Case("empty", "a 0-byte .jpg", "ImageError 'not an image Pillow can read'; check: unreadable",
          {"build": lambda r: _bytes(r / "x.jpg", b""), "match": "not an image", "check": "unreadable"}),
@@ -224,6 +233,9 @@ IMAGES = [
     Case("corrupt-png-stream", "a PNG whose compressed pixel stream is overwritten",
          "ImageError 'damaged or truncated'; check: unreadable",
          {"build": _flipped_png, "match": "damaged or truncated|cannot open", "check": "unreadable"}),
+    Case("png-short-header", "a PNG whose header chunk says 12 bytes instead of 13 (found by fuzzing)",
+         "ImageError 'cannot open ... ValueError: Truncated IHDR chunk'; check: unreadable",
+         {"build": _short_png_header, "match": "Truncated IHDR", "check": "unreadable"}),
     Case("over-20MB", "a valid JPEG padded to 20 MB + 1 byte",
          "ImageError 'too large', never decoded; check: unreadable",
          {"build": _oversized, "match": "too large", "check": "unreadable"}),

@@ -73,6 +73,19 @@ def test_exif_orientation_is_applied():
     assert array[5, 10, 0] > 200 and array[35, 10, 2] > 200
 
 
+def test_a_corrupt_exif_block_is_ignored_not_fatal():
+    # Tag 0x010f (Make, ASCII) renamed 0x0128 (ResolutionUnit, a SHORT): Pillow's exif_transpose fails re-packing
+    # it with struct.error (found by fuzzing). The pixels are fine: decoded, left unrotated.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Cam"
+    data = _encode(_half_red_half_blue(40, 20), "JPEG", exif=exif, quality=95)
+    assert data.count(b"\x01\x0f\x00\x02") == 1
+    data = data.replace(b"\x01\x0f\x00\x02", b"\x01\x28\x00\x02")
+    assert load_image(data).shape == (20, 40, 3)
+    assert load_image(data, 16).shape == (16, 16, 3)
+
+
 def test_resize_and_path_input(tmp_path):
     path = tmp_path / "x.png"
     _half_red_half_blue().save(path)

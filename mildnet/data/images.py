@@ -38,6 +38,12 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 _DECODE_ROUND = 64
 
 
+# What decoding hostile bytes can raise. Pillow's format plugins raise whatever their parsers hit (OSError and
+# SyntaxError by design, but also struct.error from a corrupt EXIF block, ValueError from a truncated PNG header,
+# IndexError...): any of them means "not a readable image", never a crash of the job or the page.
+_HOSTILE = Exception
+
+
 def _describe(source: ImageSource) -> str:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"uploaded data ({len(source)} bytes)"
@@ -74,6 +80,8 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageError(f"{name} has too many pixels (more than the {MAX_PIXELS // 1_000_000} Mpx limit)") from None
     except OSError as exc:
         raise ImageError(f"cannot open {name}: {exc}") from None
+    except _HOSTILE as exc:
+        raise ImageError(f"cannot open {name}: {type(exc).__name__}: {exc}") from None
     if image.width * image.height > MAX_PIXELS:
         raise ImageError(
             f"{name} is {image.width}x{image.height} pixels, more than the {MAX_PIXELS // 1_000_000} Mpx limit"
@@ -124,12 +132,15 @@ def load_image(source: ImageSource, size: int | tuple[int, int] | None = None) -
             # 400x533 catalogue photo 2x; the resize below then starts nearer its target.
             image.draft(image.mode, (max(target), max(target)))
         image.load()
-        image = ImageOps.exif_transpose(image)
+        try:
+            image = ImageOps.exif_transpose(image)
+        except _HOSTILE:
+            pass  # a corrupt EXIF block (Pillow fails re-packing it): the pixels are fine, keep them unrotated
         image = _to_rgb(image)
         if target is not None and image.size != target:
             image = image.resize(target, Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except _HOSTILE as exc:
         raise ImageError(f"{name} is damaged or truncated ({exc})") from None
     finally:
         original.close()  # the file handle, not only at garbage collection (thousands per epoch)
@@ -150,7 +161,7 @@ def verify_image(path: str | os.PathLike) -> str | None:
         if image.format == "JPEG":
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
         image.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except _HOSTILE as exc:
         return f"{path} is damaged or truncated ({exc})"
     finally:
         image.close()
