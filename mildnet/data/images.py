@@ -116,11 +116,40 @@ def load_image(source: ImageSource, size: int | tuple[int, int] | None = None) -
     ``(width, height)``) resizes with an antialiasing filter. Raises :class:`ImageError` with a
     one-line reason for anything that is not a readable image.
     """
-    target = None
-    if size is not None:
-        target = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
-        if min(target) < 1:
-            raise ImageError(f"image size must be positive, got {size}")
+    target = _target(size)
+    image = _decode_rgb(source, target)
+    if target is not None and image.size != target:
+        image = image.resize(target, Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_image_and_preview(source: ImageSource, size: int, preview_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """One decode, two results: exactly ``load_image(source, size)``, and an RGB preview of at most
+    ``preview_px`` a side for display.
+
+    The preview comes from the same decode, so a large JPEG's preview is only as sharp as the reduced-scale
+    decode the model input needs (at least ``size`` px a side): decoding it sharper would change the model's
+    pixels, and an uploaded catalogue photo would no longer find itself with score 1.
+    """
+    target = _target(size)
+    image = _decode_rgb(source, target)
+    pixels = image.resize(target, Image.Resampling.BILINEAR) if image.size != target else image
+    preview = image.copy()
+    preview.thumbnail((preview_px, preview_px))
+    return np.asarray(pixels, dtype=np.uint8), np.asarray(preview, dtype=np.uint8)
+
+
+def _target(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    target = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    if min(target) < 1:
+        raise ImageError(f"image size must be positive, got {size}")
+    return target
+
+
+def _decode_rgb(source: ImageSource, target: tuple[int, int] | None) -> Image.Image:
+    """The decoded, upright RGB image, JPEGs at the smallest 1/2-1/8 scale still covering ``target``."""
     original = _open(source)
     image = original
     name = _describe(source)
@@ -129,7 +158,7 @@ def load_image(source: ImageSource, size: int | tuple[int, int] | None = None) -
         if target is not None and image.format == "JPEG":
             # Let the JPEG decoder scale down by 2, 4 or 8 while decoding (never below the target, either way
             # round, so EXIF rotation cannot leave it short): a 12 Mpx phone photo decodes ~20x faster, a
-            # 400x533 catalogue photo 2x; the resize below then starts nearer its target.
+            # 400x533 catalogue photo 2x; the resize then starts nearer its target.
             image.draft(image.mode, (max(target), max(target)))
         image.load()
         try:
@@ -137,9 +166,8 @@ def load_image(source: ImageSource, size: int | tuple[int, int] | None = None) -
         except _HOSTILE:
             pass  # a corrupt EXIF block (Pillow fails re-packing it): the pixels are fine, keep them unrotated
         image = _to_rgb(image)
-        if target is not None and image.size != target:
-            image = image.resize(target, Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+        # A copy when nothing above made one: the pixels must outlive the file handle closed below.
+        return image.copy() if image is original else image
     except _HOSTILE as exc:
         raise ImageError(f"{name} is damaged or truncated ({exc})") from None
     finally:

@@ -8,7 +8,6 @@ import random
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from mildnet.data import images
 from mildnet.data.images import MAX_FILE_BYTES
@@ -30,17 +29,12 @@ PICKER_LIMIT = 5000
 def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
     """Uploaded bytes -> (query embedding, display thumbnail). Raises ImageError with a one-line reason.
 
-    The bytes are decoded once (a phone photo's decode is the slowest step of a search); the model input is
-    resized from those pixels the way ``load_image(data, size)`` resizes (the same bilinear filter on the
-    same RGB image), so an uploaded catalog photo still finds itself with score 1.
+    The bytes are decoded once (a phone photo's decode is the slowest step of a search) into exactly the
+    pixels ``load_image(data, size)`` gives the catalogue, so an uploaded catalogue photo finds itself with
+    score 1; the thumbnail comes from the same decode.
     """
-    pixels = images.load_image(data)  # through the module: a test counts the decodes
-    image = Image.fromarray(pixels)
-    size = (int(bundle.image_size), int(bundle.image_size))
-    model_input = pixels if image.size == size else np.asarray(image.resize(size, Image.Resampling.BILINEAR))
-    vector = normalize_rows(run_model(bundle.model, model_input[None]))[0]
-    image.thumbnail((THUMB_PX, THUMB_PX))
-    return vector, np.asarray(image)
+    pixels, thumb = images.load_image_and_preview(data, int(bundle.image_size), THUMB_PX)
+    return normalize_rows(run_model(bundle.model, pixels[None]))[0], thumb
 
 
 def render(ctx: Context) -> None:
