@@ -145,9 +145,38 @@ def test_decode_batches_can_be_left_early_and_checks_its_arguments(labelled_fold
     batches.close()  # the pool is shut down, queued batches dropped; nothing hangs
     assert list(decode_batches([], 16)) == []
     with pytest.raises(ValueError, match="batch size"):
-        next(decode_batches(paths, 16, batch_size=0))
+        decode_batches(paths, 16, batch_size=0)  # checked at the call, not at the first batch
     with pytest.raises(ValueError, match="image size"):
-        next(decode_batches(paths, 4))
+        decode_batches(paths, 4)
+
+
+def test_decode_batches_reads_ahead_within_its_memory_cap(labelled_folder, monkeypatch):
+    paths = [str(labelled_folder / name) for name in list_images(labelled_folder)]
+    import threading
+    import time
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = images._decode_batch
+
+    def slow_decode(chunk, size):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # long enough for a second worker to start, were one allowed
+        try:
+            return real(chunk, size)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(images, "_decode_batch", slow_decode)
+    assert [p for b in decode_batches(paths, 16, batch_size=4, workers=3) for p in b.paths] == paths
+    assert most[0] == 3  # uncapped: all three batches decode at once
+    most[0] = 0
+    monkeypatch.setattr(images, "_READ_AHEAD_BYTES", 1)  # less than one batch: one batch at a time
+    assert [p for b in decode_batches(paths, 16, batch_size=4, workers=3) for p in b.paths] == paths
+    assert most[0] == 1
 
 
 def test_list_images_ignores_other_files(tmp_path):

@@ -36,6 +36,8 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 # Images per round of parallel decoding: progress and stop requests are checked between rounds.
 _DECODE_ROUND = 64
+# decode_batches' read-ahead: 256 MB holds 5 batches of 64 at 512 px, 27 at 224 px (it takes at most workers + 1).
+_READ_AHEAD_BYTES = 256 * 2**20
 
 
 # What decoding hostile bytes can raise. Pillow's format plugins raise whatever their parsers hit (OSError and
@@ -307,8 +309,8 @@ def decode_batches(
     Each worker decodes a whole batch while the caller runs the model on an earlier one. Embedding used a
     ``tf.data`` pipeline of :func:`tf_load_image` before: it spent ~0.3 CPU-ms a photo on its own threads and
     GIL hand-offs (a third of the decoding itself), and stalled on one core in about one call in three on the
-    2-core machine, taking twice as long; decoding alone, it ran at 0.4x of these batches. A bad image does not stop the
-    batches: it is reported in its batch's ``failed``.
+    2-core machine, taking twice as long; decoding alone, it ran at 0.4x of these batches. A bad image does
+    not stop the batches: it is reported in its batch's ``failed``. At most ~256 MB of pixels are in flight.
     """
     paths = [os.fspath(p) for p in paths]
     if size < 8:
@@ -316,11 +318,16 @@ def decode_batches(
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    workers = min(workers or decode_workers(), max(1, len(chunks)))
-    pool = ThreadPoolExecutor(max_workers=workers)
+    in_flight = max(1, min((workers or decode_workers()) + 1, _READ_AHEAD_BYTES // decoded_bytes(batch_size, size)))
+    return _decoded_in_order(chunks, size, in_flight)
+
+
+def _decoded_in_order(chunks: list[list[str]], size: int, in_flight: int) -> Iterator[DecodedBatch]:
+    # One worker fewer than batches in flight (when there are two or more), so a worker never waits for the
+    # caller to take a batch.
+    pool = ThreadPoolExecutor(max_workers=max(1, min(in_flight - 1, len(chunks))))
     try:
-        # One batch more in flight than workers, so a worker never waits for the caller to take one.
-        pending = deque(pool.submit(_decode_batch, chunk, size) for chunk in chunks[: workers + 1])
+        pending = deque(pool.submit(_decode_batch, chunk, size) for chunk in chunks[:in_flight])
         queued = len(pending)
         while pending:
             batch = pending.popleft().result()
