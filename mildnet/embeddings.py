@@ -548,8 +548,11 @@ def update_catalog(
         store_key = base_key
 
     cached = None if opts.rebuild else store.get(store_key)
+    if cached is not None and cached.dtype == "float16" and getattr(store, "dtype", None) == "float32":
+        cached = None  # half-precision rows cannot be widened back to what the model gave: embed them again
     plan = plan_update(cached, ids_now, sigs_now, model_fp=model_fp, image_size=size, rebuild=opts.rebuild)
     if plan.status == "reused":
+        cached = _refresh_reused(store, store_key, cached, _fingerprint_of(all_ids, all_sigs) if opts.shard else None)
         return EmbedResult(cached, store_key, "reused", 0, 0, list(cached.meta.get("skipped", [])),
                            time.perf_counter() - start)
 
@@ -577,6 +580,22 @@ def update_catalog(
     store.put(store_key, result)
     return EmbedResult(result, store_key, plan.status, embedded, len(plan.dropped), meta["skipped"],
                        time.perf_counter() - start)
+
+
+def _refresh_reused(store: Store, key: str, cached: EmbeddingSet, full_fp: str | None) -> EmbeddingSet:
+    """A reused set rewritten without embedding anything when what it records is out of date: a shard's view of
+    the whole catalogue (an image changed in another shard; left stale, ``merge_shards`` would refuse these
+    shards for ever), or the vectors' precision (a float16 store must not keep serving a float32 set; the
+    other way round is embedded again, see update_catalog)."""
+    meta = cached.meta
+    if full_fp is not None and meta.get("full_catalog_fingerprint") != full_fp:
+        meta = {**meta, "full_catalog_fingerprint": full_fp}
+    wanted = getattr(store, "dtype", None)
+    if meta is cached.meta and wanted in (None, cached.dtype):
+        return cached
+    refreshed = EmbeddingSet(cached.ids, cached.paths, cached.vectors, meta)
+    store.put(key, refreshed)
+    return refreshed if wanted in (None, refreshed.dtype) else refreshed.astype(wanted)
 
 
 def _run_plan(

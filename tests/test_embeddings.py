@@ -212,6 +212,41 @@ def test_shards_merge_into_the_unsharded_set(model, images, tmp_path):
     assert emb.update_catalog(model, images, store).status == "reused"
 
 
+def test_shards_stay_mergeable_after_an_image_changes_in_one_of_them(model, images, tmp_path):
+    import os
+
+    store = LocalStore(tmp_path / "store")
+    key = emb.cache_key("images", emb.model_fingerprint(model))
+    for index in (0, 1):
+        emb.update_catalog(model, images, store, shard=(index, 2), batch_size=4)
+    emb.merge_shards(store, key, 2)
+    # Touch one image of shard 1 only: shard 0's rows are reused as they are, but what it records of the whole
+    # catalogue must follow, or the merge refuses these shards for ever (only --rebuild got out).
+    changed = images / emb.shard_ids(emb.catalog_ids(images), 1, 2)[0]
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    statuses = [emb.update_catalog(model, images, store, shard=(i, 2), batch_size=4).status for i in (0, 1)]
+    assert statuses == ["reused", "updated"]
+    merged = emb.merge_shards(store, key, 2)
+    assert emb.update_catalog(model, images, store).status == "reused"
+    assert merged.catalog_fingerprint == store.get(key).catalog_fingerprint
+
+
+def test_a_reused_set_follows_the_stores_dtype(model, images, tmp_path):
+    first = emb.update_catalog(model, images, LocalStore(tmp_path / "store"), batch_size=4)
+    assert first.embeddings.dtype == "float32"
+    half = LocalStore(tmp_path / "store", dtype="float16")
+    again = emb.update_catalog(model, images, half, batch_size=4)
+    # Nothing to embed, but `embed --dtype float16` on an existing float32 set must not be a silent no-op.
+    assert again.status == "reused" and again.embedded == 0
+    assert again.embeddings.dtype == "float16" and half.get(first.key).dtype == "float16"
+    assert LocalStore(tmp_path / "store").get(first.key).dtype == "float16"
+    np.testing.assert_allclose(half.get(first.key).vectors.astype(np.float32), first.embeddings.vectors, atol=1e-3)
+    # Back to float32: half-precision rows cannot be widened to what the model gave, so they are embedded again.
+    back = emb.update_catalog(model, images, LocalStore(tmp_path / "store", dtype="float32"), batch_size=4)
+    assert back.embedded == len(first.embeddings) and back.embeddings.dtype == "float32"
+    np.testing.assert_allclose(back.embeddings.vectors, first.embeddings.vectors, atol=1e-6)
+
+
 def test_unreadable_images_are_skipped_with_a_warning(model, images, tmp_path):
     (images / "red" / "broken.jpg").write_bytes(b"this is not a jpeg")
     good = (images / "blue" / "blue_0.jpg").read_bytes()
