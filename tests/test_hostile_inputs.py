@@ -6,6 +6,7 @@ into docs/reliability.md, and ``test_the_reliability_doc_is_current`` fails when
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import stat
@@ -506,6 +507,19 @@ def _garbled_meta(store: Path) -> None:
     (_version(store) / "meta.json").write_text("{oops")
 
 
+def _newer_format(store: Path) -> None:
+    meta = _version(store) / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 99}))
+
+
+def _redis_newer_format(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    (key,) = [k for k in client.keys("*") if k.endswith(b":meta")]
+    client.set(key, json.dumps({**json.loads(client.get(key)), "format": 99}))
+
+
 def _escaping_pointer(store: Path) -> None:
     (current,) = store.rglob("CURRENT")
     current.write_text("../../etc")
@@ -529,6 +543,10 @@ STORES = [
          "'corrupt embedding matrix'; exit 1", {"damage": _pickled_vectors, "match": "corrupt embedding matrix"}),
     Case("meta-garbled", "meta.json that is not JSON", "one-line StoreError naming meta.json; exit 1",
          {"damage": _garbled_meta, "match": "meta.json"}),
+    Case("newer-format", "meta.json written by a newer store format (99)", "refused, not misread: one line "
+         "'written by a newer mildnet', how to rebuild; exit 1", {"damage": _newer_format, "match": "newer mildnet"}),
+    Case("redis-newer-format", "a Redis set whose header says store format 99", "refused like the local one; exit 1",
+         {"damage": _redis_newer_format, "match": "newer mildnet.*--rebuild", "redis": True}),
     Case("pointer-escapes", "CURRENT pointing to '../../etc'", "one-line StoreError naming CURRENT; exit 1",
          {"damage": _escaping_pointer, "match": "CURRENT"}),
     Case("redis-keys-evicted", "a Redis set whose keys were evicted under its 'current' pointer",

@@ -66,6 +66,17 @@ def as_store_dtype(s: EmbeddingSet, dtype: str | None) -> EmbeddingSet:
         raise StoreError(f"cannot store the set as {dtype}: {exc}") from None
 
 
+def check_format(header: dict, where: str) -> None:
+    """Refuses a set written in a newer store format: read as this version understands it, it could be wrong."""
+    fmt = header.get("format", FORMAT_VERSION)
+    if not isinstance(fmt, int) or fmt < 1:
+        raise StoreError(f"corrupt embedding metadata at {where}: format {fmt!r}")
+    if fmt > FORMAT_VERSION:
+        raise StoreError(f"the embedding set at {where} was written by a newer mildnet (store format {fmt}; this "
+                         f"version reads format {FORMAT_VERSION}): upgrade, or rebuild it with `python -m mildnet "
+                         "embed ... --rebuild`")
+
+
 def items_payload(s: EmbeddingSet) -> bytes:
     return json.dumps({"ids": s.ids, "paths": s.paths}, ensure_ascii=False).encode("utf-8")
 

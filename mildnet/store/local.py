@@ -21,6 +21,7 @@ from mildnet.store.base import (
     Store,
     as_store_dtype,
     build_set,
+    check_format,
     check_key,
     items_payload,
     parse_items,
@@ -172,6 +173,7 @@ class LocalStore(Store):
         meta_path, items_path, vec_path = vdir / _META_FILE, vdir / _ITEMS_FILE, vdir / _VEC_FILE
         try:
             header = json.loads(meta_path.read_bytes())
+            check_format(header, str(meta_path))
             n, meta = int(header["n"]), header["meta"]
             if not isinstance(meta, dict):
                 raise TypeError("meta is not an object")

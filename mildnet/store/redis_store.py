@@ -19,6 +19,7 @@ from mildnet.store.base import (
     Store,
     as_store_dtype,
     build_set,
+    check_format,
     check_key,
     items_payload,
     parse_items,
@@ -210,6 +211,7 @@ class RedisStore(Store):
                     continue  # replaced meanwhile
                 try:
                     header = json.loads(raw_meta)
+                    check_format(header, where)
                     n, dim, chunks, meta = int(header["n"]), int(header["dim"]), int(header["chunks"]), header["meta"]
                     dtype = header.get("dtype", "float32")
                     if not isinstance(meta, dict) or n < 0 or dim < 0 or chunks < 0 or dtype not in DTYPES:
