@@ -257,6 +257,58 @@ def test_redis_overwrite_is_atomic_and_removes_old_version(redis_url):
     assert [k for k in r.keys(b"mildnet:emb:*") if r.ttl(k) == -1] == []  # only expiring orphans left
 
 
+def test_redis_overwrite_whose_reply_is_lost_still_removes_the_old_version(redis_url):
+    """redis-py replays a MULTI/EXEC whose reply was lost with the connection; the replay's SET ... GET then
+    returns the new version itself, and the old one used to stay in Redis for ever (persisted)."""
+    import socket
+    import threading
+
+    from tests.redis_server import free_port
+
+    target = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    dropped = threading.Event()
+
+    def relay(src, dst, to_server, state):
+        try:
+            while data := src.recv(1 << 16):
+                if to_server and b"EXEC\r\n" in data:
+                    state["exec_sent"] = True
+                if not to_server and state.get("exec_sent") and not dropped.is_set():
+                    dropped.set()  # the server ran the transaction; its reply never reaches the client
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            src.close()
+            dst.close()
+
+    listener = socket.create_server(("127.0.0.1", port := free_port()))
+
+    def accept():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server, state = socket.create_connection(("127.0.0.1", target)), {}
+            threading.Thread(target=relay, args=(client, server, True, state), daemon=True).start()
+            threading.Thread(target=relay, args=(server, client, False, state), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        RedisStore(redis_url).put("k", make_set(10, 3, seed=1))
+        new = make_set(10, 3, seed=2)
+        RedisStore(f"redis://127.0.0.1:{port}/0").put("k", new)
+        assert dropped.is_set()
+    finally:
+        listener.close()
+    r = redis.Redis.from_url(redis_url)
+    assert np.array_equal(RedisStore(redis_url).get("k").vectors, new.vectors)
+    versions = {k.split(b":")[4] for k in r.keys(b"mildnet:emb:k:v:*")}
+    assert versions == {r.get(b"mildnet:emb:k:current")}
+
+
 def test_redis_replicas_share_data_and_prefixes_isolate(redis_url):
     a, b = RedisStore(redis_url), RedisStore(redis_url)
     s = make_set(12, 4)
