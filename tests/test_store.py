@@ -263,8 +263,6 @@ def test_redis_overwrite_whose_reply_is_lost_still_removes_the_old_version(redis
     import socket
     import threading
 
-    from tests.redis_server import free_port
-
     target = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     dropped = threading.Event()
 
