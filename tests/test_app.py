@@ -357,6 +357,8 @@ def _start_training(at: AppTest, epochs: int, batch_size: int, new_tiny_model: b
 
 def test_sidebar_training_runs_in_the_background_and_the_new_run_becomes_selectable(tiny_env):
     at = _app("search")
+    other = _app("search")  # a second browser session (a shopper) on the same server
+    others_model = other.sidebar.selectbox[1].value
     before = list(at.sidebar.selectbox[1].options)
     _start_training(at, epochs=1, batch_size=32)
     assert not at.exception
@@ -381,6 +383,11 @@ def test_sidebar_training_runs_in_the_background_and_the_new_run_becomes_selecta
     assert (selected / "best.keras").is_file() and (selected / "history.csv").is_file()
     at.switch_page("pages/search.py").run()
     _no_failure(at)
+    # Only the session that started the job switches: the other one lists the new run but keeps its model.
+    other.run()
+    assert other.sidebar.selectbox[1].value == others_model != str(selected)
+    assert other.sidebar.selectbox[1].options[0].startswith(selected.name)  # listed first (labels, newest first)
+    assert not any("is now selected" in s.value for s in other.sidebar.success)
 
 
 def _has_key(at: AppTest, key: str) -> bool:

@@ -41,6 +41,7 @@ class JobState:
     running: dict = field(default_factory=dict)  # loss / accuracy of the epoch so far
     history: list = field(default_factory=list)  # finished epochs' rows
     run_dir: str | None = None
+    owner: str | None = None  # the browser session that started the job: only it switches to the new run
     error: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
@@ -92,10 +93,10 @@ class _Progress:
 
 
 class Job:
-    def __init__(self, job_id: int, label: str, target: Callable, run_dir: str | None):
+    def __init__(self, job_id: int, label: str, target: Callable, run_dir: str | None, owner: str | None = None):
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
-        self.state = JobState(job_id=job_id, label=label, run_dir=run_dir)
+        self.state = JobState(job_id=job_id, label=label, run_dir=run_dir, owner=owner)
         self._target = target
         self.thread = threading.Thread(target=self._run, name=f"mildnet-train-{job_id}", daemon=True)
 
@@ -136,15 +137,16 @@ class JobManager:
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
 
-    def start(self, label: str, target: Callable, run_dir: str | None = None) -> Job:
-        """Starts ``target(callbacks, stop_event)`` in a thread; MildnetError if a job is running."""
+    def start(self, label: str, target: Callable, run_dir: str | None = None, owner: str | None = None) -> Job:
+        """Starts ``target(callbacks, stop_event)`` in a thread; MildnetError if a job is running. ``owner``
+        names the session that started it (see JobState.owner)."""
         with self._lock:
             current = self._jobs[-1] if self._jobs else None
             if current is not None and current.thread.is_alive():
                 raise MildnetError(
                     f"a training job is already running ({current.state.label}); stop it or wait for it to finish"
                 )
-            job = Job(len(self._jobs) + 1, label, target, run_dir)
+            job = Job(len(self._jobs) + 1, label, target, run_dir, owner)
             self._jobs.append(job)
             job.thread.start()
             return job

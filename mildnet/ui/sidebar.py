@@ -8,6 +8,7 @@ own copy of the sidebar, so the plain keys are what carry the choice from page t
 from __future__ import annotations
 
 import datetime as _dt
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ DATASET_KEY = "mn_dataset"
 SELECTED_JOB_KEY = "mn_selected_job"  # id of the finished job whose run this session selected
 RUNS_KEY = "mn_runs"  # dataset name -> selected run path
 SEEN_JOB_KEY = "mn_seen_job"
+SESSION_TOKEN_KEY = "mn_session_token"  # see session_token()
 IMAGE_SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
 
 
@@ -152,17 +154,26 @@ def _training_form(dataset: str, runs: list[Run], active: Run | None, manager: j
         try:
             launch(manager, dataset, model_name=model_name, weights=weights, image_size=int(image_size),
                    epochs=int(epochs), batch_size=int(batch_size), learning_rate=float(learning_rate),
-                   init_from=None if start == "new" else start)
+                   init_from=None if start == "new" else start, owner=session_token())
         except MildnetError as exc:
             st.error(str(exc), icon=":material/error:")
         else:
             st.rerun()
 
 
+def session_token() -> str:
+    """A random id for this browser session, kept in its session state (Streamlit's own session id is internal)."""
+    token = st.session_state.get(SESSION_TOKEN_KEY)
+    if token is None:
+        token = st.session_state[SESSION_TOKEN_KEY] = uuid.uuid4().hex
+    return token
+
+
 def launch(manager: jobs.JobManager, dataset: str, *, model_name: str, weights: str, image_size: int,
            epochs: int, batch_size: int, learning_rate: float, init_from: str | None,
-           steps_per_epoch: int | None = None) -> jobs.Job:
-    """Validates the settings in the script thread (errors show at once) and starts the worker thread."""
+           steps_per_epoch: int | None = None, owner: str | None = None) -> jobs.Job:
+    """Validates the settings in the script thread (errors show at once) and starts the worker thread.
+    ``owner`` (:func:`session_token`) is the session that switches to the new run when it finishes."""
     from mildnet import training
     from mildnet.runs import new_run_dir
 
@@ -191,7 +202,7 @@ def launch(manager: jobs.JobManager, dataset: str, *, model_name: str, weights: 
     def work(callbacks, stop_event):
         return training.train(config, callbacks=callbacks, stop_event=stop_event)
 
-    return manager.start(label, work, run_dir=str(out))
+    return manager.start(label, work, run_dir=str(out), owner=owner)
 
 
 def _job_panel(manager: jobs.JobManager) -> None:
@@ -209,10 +220,11 @@ def _job_panel_body(manager: jobs.JobManager) -> None:
         _running_panel(job, s)
         return
     if st.session_state.get(SEEN_JOB_KEY) != s.job_id:
-        # The job just ended: list the new run and select it, then redraw the whole page once.
+        # The job just ended: list the new run and, in the session that started it, select it; then redraw the
+        # whole page once. Every other session (a shopper searching, a tab opened later) keeps its model.
         st.session_state[SEEN_JOB_KEY] = s.job_id
         resources.forget_runs()
-        if s.state != jobs.FAILED and s.run_dir:
+        if s.state != jobs.FAILED and s.run_dir and s.owner == session_token():
             dataset = st.session_state.get(DATASET_KEY)
             finished = Path(s.run_dir).resolve()
             match = next((r for r in resources.runs(dataset or None) if r.path.resolve() == finished), None)
