@@ -54,3 +54,21 @@ def test_bad_upload_is_an_image_error(bundle):
 
     with pytest.raises(ImageError):
         embed_upload(b"not an image", bundle)
+
+
+def test_an_upload_is_embedded_again_when_the_runs_weights_change(bundle, monkeypatch):
+    import streamlit as st
+
+    from mildnet.models import build_model
+    from mildnet.ui import search_page
+
+    monkeypatch.setattr(st, "session_state", {})  # the page's per-session cache, outside a script run
+    uploaded = types.SimpleNamespace(file_id="f1", getvalue=lambda: _photo("JPEG"))
+    first = types.SimpleNamespace(**vars(bundle), fingerprint="weights-1")
+    vector, _ = search_page._upload_query(uploaded, first, "runs/a")
+    assert search_page._upload_query(uploaded, first, "runs/a")[0] is vector  # a rerun reuses it
+    # The same run folder with new weights (a run still training, or resumed): the query follows the model.
+    retrained = types.SimpleNamespace(model=build_model("tiny_cnn", input_size=32, weights=None), image_size=32,
+                                      fingerprint="weights-2")
+    again, _ = search_page._upload_query(uploaded, retrained, "runs/a")
+    assert again is not vector and not np.allclose(again, vector)

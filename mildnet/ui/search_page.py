@@ -118,9 +118,11 @@ def _set_query(query: dict) -> None:
 
 
 def _upload_query(uploaded, bundle, run_key: str):
-    """Embeds an upload once per (file, model); reruns (changing k, a click) reuse it."""
+    """Embeds an upload once per (file, model weights); reruns (changing k, a click) reuse it. Keyed by the
+    weights' fingerprint too: a run that is still training, or resumed, changes its best.keras under the same
+    run folder, and the catalogue is then re-embedded; the query must follow."""
     cache = st.session_state.get(UPLOAD_CACHE_KEY)
-    key = (uploaded.file_id, run_key)
+    key = (uploaded.file_id, run_key, bundle.fingerprint)
     if cache and cache[0] == key:
         if isinstance(cache[1], ImageError):
             raise cache[1]
