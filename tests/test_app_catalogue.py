@@ -177,6 +177,8 @@ def test_add_folder_bad_input_is_one_clear_error(env, tmp_path, case, expected):
     before = _registered()
     at = _add_folder(_add_page(), folder, name)
     assert len(at.error) == 1 and expected in at.error[0].value, [e.value for e in at.error]
+    # Below the (collapsed) status box, not inside it, where the user would have to open it to see why.
+    assert all(len(status.error) == 0 for status in at.status)
     assert _registered() == before
     assert at.session_state["mn_dataset"] == "tiny"
 

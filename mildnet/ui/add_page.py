@@ -68,18 +68,23 @@ def _zip_form(taken: list[str]) -> None:
 
 def _run_add(name: str, work) -> None:
     """Registration, then embedding with the default model, each with progress; then select the dataset."""
+    failure = None
     with st.status(f"Adding **{name}**…", expanded=True) as status:
         bar = st.progress(0.0, text="Starting…")
         try:
             outcome = work(layout.progress_to(bar))
         except MildnetError as exc:
-            status.update(label=f"**{name}** was not added", state="error")
-            st.error(str(exc), icon=":material/error:")
-            return
-        added, extracted = outcome if isinstance(outcome, tuple) else (outcome, None)
-        status.update(label=f"**{name}** registered: {added.photos:,} photos, "
-                            f"{sum(added.triplets.values()):,} triplets ({added.seconds:.0f} s)",
-                      state="complete", expanded=False)
+            failure = str(exc)
+            status.update(label=f"**{name}** was not added", state="error", expanded=False)
+        else:
+            added, extracted = outcome if isinstance(outcome, tuple) else (outcome, None)
+            status.update(label=f"**{name}** registered: {added.photos:,} photos, "
+                                f"{sum(added.triplets.values()):,} triplets ({added.seconds:.0f} s)",
+                          state="complete", expanded=False)
+    if failure is not None:
+        # Below the status box, not inside it: a finished status shows collapsed, and the reason must be seen.
+        st.error(failure, icon=":material/error:")
+        return
     # Shown after the rerun that selects the dataset (a rerun clears this run's elements).
     notes = []
     if extracted is not None and extracted.skipped:
