@@ -142,6 +142,13 @@ def test_add_class_folders_with_a_name(env, tmp_path):
     assert any("3 products" in s.value for s in at.success)
 
 
+def test_a_catalogue_too_small_for_triplets_says_so(env, tmp_path):
+    at = _add_folder(_add_page(), _flat_folder(tmp_path / "pair", n=2), name="pair")
+    assert not at.error, [e.value for e in at.error]
+    message = next(s.value for s in at.success if "is ready and selected" in s.value)
+    assert "too few photos for any triplet" in message and "searched but not trained" in message
+
+
 @pytest.mark.parametrize("case,expected", [
     ("missing", "image folder not found"),
     ("empty", "no images"),

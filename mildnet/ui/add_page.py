@@ -97,6 +97,8 @@ def _run_add(name: str, work) -> None:
         layout.build_embeddings(runs[0], resources.dataset(name))
     kind = ("each photo is its own product (instance-level triplets)" if added.kind == "instance"
             else f"{added.products:,} products")
+    if not sum(added.triplets.values()):
+        kind += "; too few photos for any triplet, so it can be searched but not trained or evaluated on"
     st.session_state[DONE_KEY] = (f"**{name}** is ready and selected: {added.photos:,} photos, {kind}."
                                   + ("" if runs else " Train a model from the sidebar to search it."), notes)
     st.session_state[DATASET_KEY] = name
