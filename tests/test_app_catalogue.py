@@ -142,6 +142,22 @@ def test_add_class_folders_with_a_name(env, tmp_path):
     assert any("3 products" in s.value for s in at.success)
 
 
+def test_the_number_of_results_asked_for_survives_a_smaller_catalogue(env, tmp_path):
+    at = _add_folder(_add_page(), _flat_folder(tmp_path / "duo", n=2, seed=3), name="duo")
+    at.sidebar.selectbox[0].set_value("tiny").run()
+    at.switch_page("pages/search.py").run()
+    photo = ("q.jpg", _jpeg_bytes(seed=4), "image/jpeg")
+    at.file_uploader(key="mn_upload").set_value(photo).run()
+    at.number_input(key="mn_k").set_value(8).run()
+    assert len(_hits(at)) == 8
+    at.sidebar.selectbox[0].set_value("duo").run()  # two photos: at most two results
+    at.file_uploader(key="mn_upload").set_value(photo).run()
+    assert not at.exception and at.number_input(key="mn_k").value == 2
+    at.sidebar.selectbox[0].set_value("tiny").run()
+    at.file_uploader(key="mn_upload").set_value(photo).run()
+    assert at.number_input(key="mn_k").value == 8 and len(_hits(at)) == 8
+
+
 def test_a_catalogue_too_small_for_triplets_says_so(env, tmp_path):
     at = _add_folder(_add_page(), _flat_folder(tmp_path / "pair", n=2), name="pair")
     assert not at.error, [e.value for e in at.error]

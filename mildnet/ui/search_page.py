@@ -21,6 +21,7 @@ UPLOAD_KEY = "mn_upload"
 LAST_UPLOAD_KEY = "mn_last_upload"
 UPLOAD_CACHE_KEY = "mn_upload_cache"
 K_KEY = "mn_k"
+K_WANTED_KEY = "mn_k_wanted"  # the k the user chose, whatever the catalogue
 COLUMNS = 5
 THUMB_PX = 512
 PICKER_LIMIT = 5000
@@ -92,7 +93,12 @@ def render(ctx: Context) -> None:
                 st.html(f'<div><b>{html.escape(row.get("product_id") or query["id"])}</b></div>'
                         f'<div class="mn-meta">{html.escape(widgets.describe_item(row))}</div>')
         most = min(50, len(searcher))
-        k = st.number_input("Results", min_value=1, max_value=most, value=min(5, most), key=K_KEY,
+        # The user's choice is kept apart from the widget, which a small catalogue clamps: back on a large one,
+        # the k asked for returns instead of staying at the small catalogue's size.
+        shown = min(st.session_state.get(K_WANTED_KEY, 5), most)
+        if st.session_state.get(K_KEY) != shown:
+            st.session_state[K_KEY] = shown
+        k = st.number_input("Results", min_value=1, max_value=most, key=K_KEY, on_change=_remember_k,
                             help="How many similar products to show.")
     with right:
         if query["kind"] == "upload":
@@ -111,6 +117,10 @@ def render(ctx: Context) -> None:
             st.caption(calibrated.note)
         query_product = _row(info, query["id"]).get("product_id") if query["kind"] == "catalog" else None
         _results_grid(hits, info, ctx, query_product, verdict)
+
+
+def _remember_k() -> None:
+    st.session_state[K_WANTED_KEY] = int(st.session_state[K_KEY])
 
 
 def _set_query(query: dict) -> None:
