@@ -219,9 +219,9 @@ def _short_png_header(root: Path) -> Path:
 
 
 IMAGES = [
-    Case("empty", "a 0-byte .jpg", "ImageError 'not an image Pillow can read'; check: unreadable",
+    Case("empty", "a 0-byte .jpg", "ImageError 'not an image in a format we read'; check: unreadable",
          {"build": lambda r: _bytes(r / "x.jpg", b""), "match": "not an image", "check": "unreadable"}),
-    Case("text", "a text file named .jpg", "ImageError 'not an image Pillow can read'; check: unreadable",
+    Case("text", "a text file named .jpg", "ImageError 'not an image in a format we read'; check: unreadable",
          {"build": lambda r: _bytes(r / "x.jpg", b"hello, not a photo\n" * 20), "match": "not an image",
           "check": "unreadable"}),
     Case("jpeg-magic-then-garbage", "a JPEG signature followed by random bytes",

@@ -76,7 +76,8 @@ def _open(source: ImageSource) -> Image.Image:
     try:
         image = Image.open(fp)
     except UnidentifiedImageError:
-        raise ImageError(f"{name} is not an image Pillow can read (JPEG, PNG, WebP, BMP, GIF)") from None
+        raise ImageError(f"{name} is not an image in a format we read (JPEG, PNG, WebP, BMP or GIF; "
+                         "HEIC and PDF are not)") from None
     except Image.DecompressionBombError:
         # Pillow refuses images far over its own pixel limit while opening, before our check below.
         raise ImageError(f"{name} has too many pixels (more than the {MAX_PIXELS // 1_000_000} Mpx limit)") from None

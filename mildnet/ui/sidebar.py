@@ -197,7 +197,7 @@ def launch(manager: jobs.JobManager, dataset: str, *, model_name: str, weights: 
         skip_missing=True,
     )
     config.validate()
-    label = f"{'continue ' + out.name if init_from else model_name} · {epochs} epoch{'s' * (epochs != 1)}"
+    label = f"{'continue ' + Path(init_from).name if init_from else model_name} · {epochs} epoch{'s' * (epochs != 1)}"
 
     def work(callbacks, stop_event):
         return training.train(config, callbacks=callbacks, stop_event=stop_event)
