@@ -102,6 +102,14 @@ def test_holdout_split_has_disjoint_queries_and_is_seeded():
     again = holdout_split(triplets, 0.2, seed=3)[1]
     pd.testing.assert_frame_equal(val_df, again)
     assert holdout_split(triplets, 0.0, seed=3)[1].empty
+    # Queries are also other triplets' positives and negatives (as in real triplet files): a held-out query is
+    # used by no training triplet in any role, so no (q, p) pair is trained as (p, q).
+    mixed = pd.DataFrame([(f"q{i % 10}", f"q{(i + 1) % 10}", f"q{(i + 5) % 10}") for i in range(40)],
+                         columns=["query", "positive", "negative"])
+    train_df, val_df = holdout_split(mixed, 0.2, seed=3)
+    held = set(val_df["query"])
+    assert len(held) == 2 and not train_df.empty
+    assert not held & set(train_df[["query", "positive", "negative"]].to_numpy().ravel())
 
 
 def test_augment_image_is_seeded_and_keeps_shape_and_range():

@@ -53,17 +53,25 @@ def read_triplet_frame(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def holdout_split(triplets: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Splits off about ``fraction`` of the triplets as validation, by query image: a query's
-    triplets all land on one side, so validation never scores a query the model trained on.
-    Deterministic in ``seed``; keeps at least one query on each side when there are two or more."""
+    """Splits off about ``fraction`` of the query images as validation: their triplets are the validation
+    set, and no training triplet uses a held-out query image in any role (as another query's positive or
+    negative it would be trained on, and a (q, p) pair trained as (p, q) scores the same distance), so
+    validation scores queries the model never saw. Deterministic in ``seed``; keeps at least one query on each
+    side when there are two or more."""
     queries = np.array(sorted(triplets["query"].unique()))
     if fraction <= 0 or len(queries) < 2:
         return triplets.reset_index(drop=True), triplets.iloc[:0].reset_index(drop=True)
     rng = np.random.default_rng(seed)
     n_val = min(max(1, int(round(fraction * len(queries)))), len(queries) - 1)
     val_queries = set(rng.permutation(queries)[:n_val])
-    is_val = triplets["query"].isin(val_queries)
-    return triplets[~is_val].reset_index(drop=True), triplets[is_val].reset_index(drop=True)
+    val = triplets[triplets["query"].isin(val_queries)].reset_index(drop=True)
+    return without_images(triplets, val_queries), val
+
+
+def without_images(triplets: pd.DataFrame, images: set) -> pd.DataFrame:
+    """The triplets that use none of ``images`` as query, positive or negative."""
+    uses = triplets["query"].isin(images) | triplets["positive"].isin(images) | triplets["negative"].isin(images)
+    return triplets[~uses].reset_index(drop=True)
 
 
 def _check_images(root: Path, files: Sequence[Path], frames: list[pd.DataFrame], verify: bool, skip: bool):
@@ -100,14 +108,16 @@ def prepare_data(config: TrainConfig, run_dir: Path, new_run: bool) -> dict:
         val_df = read_triplet_frame(config.val_triplets)
         files.append(Path(config.val_triplets))
     elif not new_run and (run_dir / HELDOUT_FILE).is_file():
-        # Resume: the held-out queries must not flow back into training.
+        # Resume: the held-out queries must not flow back into training, in any role.
         val_df = read_triplet_frame(run_dir / HELDOUT_FILE)
-        train_df = train_df[~train_df["query"].isin(set(val_df["query"]))].reset_index(drop=True)
+        train_df = without_images(train_df, set(val_df["query"]))
     else:
         train_df, val_df = holdout_split(train_df, config.val_fraction, config.seed)
-        heldout = not val_df.empty
+        heldout = True
     frames = _check_images(root, files, [train_df, val_df], config.verify_images, config.skip_missing)
     train_df, val_df = frames
+    # Decided after the bad images are dropped: an empty held-out file would break --resume and evaluate.
+    heldout = heldout and not val_df.empty
     summary = {
         "n_train_triplets": len(train_df),
         "n_val_triplets": len(val_df),
