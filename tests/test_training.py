@@ -425,6 +425,21 @@ def test_missing_images_fail_before_training_or_are_skipped(sample, tmp_path):
     assert result.n_train_triplets == len(lines)
 
 
+def test_a_held_out_set_emptied_by_skip_missing_is_not_written(sample, tmp_path):
+    from mildnet.runs import HELDOUT_FILE
+    from mildnet.training.pipeline import holdout_split, read_triplet_frame
+
+    frame = read_triplet_frame(sample / "train.csv")
+    held = set(holdout_split(frame, 0.1, seed=0)[1]["query"])
+    # Every triplet of the queries that will be held out names a missing negative: --skip-missing drops them all.
+    rows = [f"{q},{p},{'images/nope/x.jpg' if q in held else n}" for q, p, n in frame.itertuples(index=False)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    result = train(tiny_config(sample, tmp_path / "run", triplets=str(tmp_path / "t.csv"), val_triplets=None,
+                               skip_missing=True, epochs=1, steps_per_epoch=1))
+    assert not (result.run_dir / HELDOUT_FILE).exists()  # an empty file broke --resume and evaluate
+    assert resume(result.run_dir, epochs=2).status == "completed"
+
+
 def test_existing_run_directory_is_not_overwritten(sample, base_run):
     with pytest.raises(TrainConfigError, match="already holds a training run"):
         train(tiny_config(sample, base_run[0].run_dir))
