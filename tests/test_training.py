@@ -445,6 +445,19 @@ def test_existing_run_directory_is_not_overwritten(sample, base_run):
         train(tiny_config(sample, base_run[0].run_dir))
 
 
+def test_a_resumed_run_is_calibrated_even_when_its_best_epoch_came_before(base_run, tmp_path):
+    import threading
+
+    run = tmp_path / "interrupted"
+    shutil.copytree(base_run[0].run_dir, run)
+    (run / "calibration.json").unlink()  # the session that found the best epoch was killed before calibrating
+    stop = threading.Event()
+    stop.set()  # this session trains no epoch at all, so it has no validation distances of its own
+    result = resume(run, stop_event=stop, epochs=3)
+    assert result.status == "stopped" and result.best_epoch == base_run[0].best_epoch
+    assert (run / "calibration.json").is_file()
+
+
 def test_resume_rejects_corrupt_or_foreign_checkpoints(base_run, tmp_path):
     import keras
 

@@ -470,6 +470,10 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
     write_json(run_dir / METRICS_FILE, result.to_dict())
     if best_distances is not None:
         _calibrate(run_dir, best_distances)
+    elif best is not None and len(inputs.val):
+        # Resumed after its best epoch: this session has no distances of it, and the session that found it may
+        # have been interrupted before calibrating. Measured again from best.keras (one pass over validation).
+        _calibrate(run_dir, None)
     for cb in callbacks:
         cb.on_train_end(result)
     return result
@@ -605,7 +609,7 @@ def _commit_epoch(model, optimizer, run_dir: Path, rows: list[dict]) -> None:
     _publish_staged(run_dir)
 
 
-def _calibrate(run_dir: Path, distances: tuple[np.ndarray, np.ndarray]) -> None:
+def _calibrate(run_dir: Path, distances: tuple[np.ndarray, np.ndarray] | None) -> None:
     """Fits the run's match strength (calibration.json) on the validation distances of its best epoch. A
     failure costs the run its calibrated scores, not its model, so it is a warning (``python -m mildnet
     calibrate`` redoes it)."""
