@@ -27,3 +27,38 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("data", "train", "evaluate", "embed", "search"):
         assert command in result.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_training_cleanly_and_the_run_can_be_resumed(tmp_path):
+    import signal
+    import time
+
+    from mildnet.data.sample import generate_sample
+
+    sample = generate_sample(tmp_path / "sample", products=12, size=48, wild_per_product=2, seed=0)
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mildnet", "train", "--images", str(sample), "--triplets", str(sample / "train.csv"),
+         "--val-triplets", str(sample / "val.csv"), "--model", "tiny_cnn", "--weights", "none", "--image-size",
+         "32", "--epochs", "1000", "--batch-size", "4", "--out", str(run)],
+        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "history.csv").is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "stopping after this step" in err and "Traceback" not in err
+    assert out.splitlines()[-3].startswith("stopped: ") and "--resume --out" in out.splitlines()[-1]
+    # The run ended properly: metrics and calibration written, and it resumes from its last finished epoch.
+    assert (run / "metrics.json").is_file() and (run / "calibration.json").is_file()
+    import json
+
+    done = json.loads((run / "metrics.json").read_text())["epochs_completed"]
+    resumed = _run("train", "--resume", "--out", str(run), "--epochs", str(done + 1), "--quiet")
+    assert resumed.returncode == 0 and f"completed: {done + 1}/{done + 1} epochs" in resumed.stdout, resumed.stderr

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
 
 from mildnet.cli.common import UsageError
@@ -164,7 +167,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _ctrl_c_stops(stop_event: threading.Event):
+    """The first Ctrl-C asks the loop to stop after the current step (the run keeps its finished epochs, its
+    metrics and calibration, and can be resumed); a second one aborts at once. A KeyboardInterrupt raised
+    straight into TensorFlow was lost now and then (Python drops one raised inside a ``__del__``), and killed
+    the run's last writes when it was not."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        if stop_event.is_set():
+            raise KeyboardInterrupt
+        stop_event.set()
+        print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    stop_event = threading.Event()
+    with _ctrl_c_stops(stop_event):
+        code = _train_or_resume(args, stop_event)
+    return 130 if stop_event.is_set() else code
+
+
+def _train_or_resume(args: argparse.Namespace, stop_event: threading.Event) -> int:
     from mildnet.training import TrainConfigError, resume, train
 
     callbacks = [] if args.quiet else [ProgressPrinter()]
@@ -177,7 +210,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("--resume continues with the run's saved settings; "
                              f"only --epochs may change ({options} given)")
         try:
-            result = resume(args.out, callbacks, epochs=args.epochs)
+            result = resume(args.out, callbacks, stop_event=stop_event, epochs=args.epochs)
         except TrainConfigError as exc:
             raise UsageError(str(exc)) from None
     else:
@@ -192,7 +225,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         except TrainConfigError as exc:
             raise UsageError(str(exc)) from None
         try:
-            result = train(config, callbacks)
+            result = train(config, callbacks, stop_event=stop_event)
         except TrainConfigError as exc:  # e.g. --out already holds a run, --init-from contradicts settings
             raise UsageError(str(exc)) from None
     best = result.best or {}
@@ -204,4 +237,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         summary = f"best epoch {result.best_epoch}: loss {best['loss']:.4f} (no validation triplets)"
     print(f"{result.status}: {result.epochs_completed}/{result.epochs} epochs; {summary}")
     print(f"run folder: {result.run_dir}")
+    if result.status == "stopped" and result.epochs_completed < result.epochs:
+        print(f"continue it with: python -m mildnet train --resume --out {result.run_dir}")
     return 0
