@@ -204,7 +204,8 @@ def _train_or_resume(args: argparse.Namespace, stop_event: threading.Event) -> i
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
-        given = [name for name in _RUN_OPTIONS if getattr(args, name) not in (None, False)]
+        # `is`, not `in (None, False)`: 0 == False, so --seed 0 or --cache-gb 0 passed as "not given".
+        given = [name for name in _RUN_OPTIONS if getattr(args, name) is not None and getattr(args, name) is not False]
         if given:
             options = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UsageError("--resume continues with the run's saved settings; "
