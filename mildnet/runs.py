@@ -210,8 +210,10 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
         raise ModelError(f"{run_dir} is not a training run directory (no {CONFIG_FILE})")
     try:
         meta = json.loads(config_path.read_text(encoding="utf-8"))
-        config = TrainConfig.from_dict(meta["config"])
-    except (ValueError, KeyError, TypeError) as exc:
+        # Validated as well: a hand-edited value of the wrong type ("image_size": "64") would otherwise fail deep
+        # inside calibrate, evaluate or resume with a TypeError.
+        config = TrainConfig.from_dict(meta["config"]).validate()
+    except (ValueError, KeyError, TypeError, TrainConfigError) as exc:
         raise ModelError(f"{config_path} is damaged: {exc}") from None
     history = _read_history(run_dir / HISTORY_FILE)
     metrics = None
@@ -330,7 +332,10 @@ def _read_history(path: Path) -> pd.DataFrame:
         history = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise ModelError(f"{path} is damaged: {exc}") from None
-    if "epoch" not in history.columns or list(history["epoch"]) != list(range(1, len(history) + 1)):
+    missing = [c for c in HISTORY_COLUMNS[:5] if c not in history.columns]  # what resume and the charts read
+    if missing:
+        raise ModelError(f"{path} is damaged: no {', '.join(missing)} column")
+    if list(history["epoch"]) != list(range(1, len(history) + 1)):
         raise ModelError(f"{path} is damaged: epochs are not 1..{len(history)}")
     return history
 

@@ -458,6 +458,28 @@ def test_a_resumed_run_is_calibrated_even_when_its_best_epoch_came_before(base_r
     assert (run / "calibration.json").is_file()
 
 
+def test_hand_damaged_run_files_are_one_line_errors(base_run, tmp_path, capsys):
+    from mildnet.cli import main
+    from mildnet.runs import read_run
+
+    run = tmp_path / "typed"
+    shutil.copytree(base_run[0].run_dir, run)
+    meta = json.loads((run / "config.json").read_text())
+    meta["config"]["image_size"] = "32"  # a string: calibrate raised TypeError deep inside
+    (run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"config.json is damaged: .*image_size must be a positive integer"):
+        read_run(run)
+    run = tmp_path / "columns"
+    shutil.copytree(base_run[0].run_dir, run)
+    history = pd.read_csv(run / "history.csv").drop(columns=["val_loss", "val_accuracy"])
+    history.to_csv(run / "history.csv", index=False)  # resume raised KeyError: 'val_accuracy'
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "3", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "history.csv is damaged: no val_loss, val_accuracy column" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_resume_rejects_corrupt_or_foreign_checkpoints(base_run, tmp_path):
     import keras
 
