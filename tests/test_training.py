@@ -549,6 +549,10 @@ def test_cli_errors(sample, base_run, tmp_path, capsys):
     assert main(["train", "--resume"]) == 2
     assert main(["train", "--resume", "--out", str(base_run[0].run_dir), "--lr", "0.1"]) == 2
     assert main(["train", "--resume", "--out", str(base_run[0].run_dir), "--seed", "0"]) == 2  # 0 is given too
+    # An unknown model or a size it cannot take is a usage error before any data is read, as in other commands.
+    assert main(["train", "--images", str(sample), "--triplets", str(sample / "train.csv"), "--model", "nope"]) == 2
+    assert main(["train", "--images", str(sample), "--triplets", str(sample / "train.csv"), "--model",
+                 "mildnet_squeezenet", "--image-size", "16"]) == 2
     assert main(["train", "--images", str(sample), "--triplets", str(sample / "train.csv"), "--epochs", "0"]) == 2
     assert main(["evaluate", "--run", str(base_run[0].run_dir), "--model", "tiny_cnn"]) == 2
     capsys.readouterr()
