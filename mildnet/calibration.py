@@ -204,6 +204,12 @@ def fit(positive_cosines, negative_cosines, source: dict | None = None) -> Calib
         raise DataError(f"calibration needs matching and non-matching pairs; got {len(pos)} and {len(neg)}")
     x = np.clip(np.concatenate([pos, neg]), -1.0, 1.0)
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    separation = _rank_auc(x, y)
+    if separation <= 0.5:
+        # A collapsed or inverted model (every pair at cosine 1, say): a map fitted to it would show any result
+        # as a certain match. No calibration; the app then shows plain cosines.
+        raise DataError(f"the model does not rank matching pairs above non-matching ones (AUC {separation:.2f}); "
+                        "no match strength fitted")
     order = np.argsort(x, kind="stable")
     x, y = x[order], y[order]
     n_pos, n_neg = len(pos), len(neg)
@@ -234,6 +240,15 @@ def fit(positive_cosines, negative_cosines, source: dict | None = None) -> Calib
     half = probe.cosine_at(MIN_MATCH)
     summary["cosine_at_match_0.5"] = None if half is None else round(half, 6)
     return Calibration(probe.cosines, probe.matches, n_pos, n_neg, summary, dict(source or {}))
+
+
+def _rank_auc(x: np.ndarray, y: np.ndarray) -> float:
+    """P(a matching pair's cosine > a non-matching pair's), ties counting half (Mann-Whitney)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    ranks = ((last - counts + 1 + last) / 2.0)[inverse]  # tied values share their average rank
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _quantiles(values: np.ndarray) -> dict:

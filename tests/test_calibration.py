@@ -75,6 +75,18 @@ def test_fit_needs_both_kinds_of_pairs():
         cal.fit([0.9, 0.95], [])
 
 
+def test_a_model_that_does_not_separate_the_pairs_is_not_calibrated():
+    from mildnet.errors import DataError
+
+    # A collapsed model puts every pair at cosine 1: fitted, cosine 1 read as a certain match for any result.
+    with pytest.raises(DataError, match=r"does not rank matching pairs above non-matching ones \(AUC 0.50\)"):
+        cal.fit(np.ones(15), np.ones(15))
+    with pytest.raises(DataError, match=r"AUC 0.00"):
+        cal.fit([0.1, 0.2], [0.8, 0.9])
+    assert cal._rank_auc(np.array([0.5, 0.5, 0.9, 0.1]), np.array([1.0, 0.0, 1.0, 0.0])) == 0.875
+    assert cal.fit([0.6, 0.9], [0.5, 0.7]).match(0.95) > 0.5  # weak but real separation (AUC 0.75) is fitted
+
+
 def test_json_round_trip_and_absent_file(tmp_path):
     c = cal.fit(*_pairs(), source={"model_fingerprint": "abc"})
     path = cal.save(c, tmp_path)
