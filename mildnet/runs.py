@@ -18,6 +18,7 @@ reading a run must not import the training loop (which itself reads runs). JSON 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -32,6 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mildnet.errors import MildnetError, ModelError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two trainers on one run folder are then not stopped
+    fcntl = None
 
 if TYPE_CHECKING:  # pandas costs ~0.2 s: `python -m mildnet --help` reads run folder names only
     import pandas as pd
@@ -341,6 +347,29 @@ def _read_history(path: Path) -> pd.DataFrame:
 
 
 # --- writing a run -------------------------------------------------------------------------------
+
+
+_LOCK_FILE = ".training.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Held while a process trains ``run_dir``: a second trainer (a `--resume` from another terminal, the app's
+    sidebar) is refused instead of interleaving its epochs and checkpoints with the first one's. The lock is
+    the kernel's (flock), so a killed trainer never leaves it held."""
+    if fcntl is None:
+        yield
+        return
+    handle = open(run_dir / _LOCK_FILE, "a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainConfigError(f"{run_dir} is being trained by another process right now; wait for it to "
+                                   "finish or stop it first") from None
+        yield
+    finally:
+        handle.close()
 
 
 def write_json(path: Path, data: dict) -> None:

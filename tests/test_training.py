@@ -480,6 +480,17 @@ def test_hand_damaged_run_files_are_one_line_errors(base_run, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_two_trainers_cannot_write_one_run_folder(base_run, tmp_path):
+    from mildnet.runs import run_lock
+
+    run = tmp_path / "busy"
+    shutil.copytree(base_run[0].run_dir, run)
+    with run_lock(run):  # another trainer (a terminal's --resume, the app's sidebar) holds the run
+        with pytest.raises(TrainConfigError, match="being trained by another process"):
+            resume(run, epochs=3)
+    assert resume(run, epochs=3).status == "completed"  # released: the run continues
+
+
 def test_resume_rejects_corrupt_or_foreign_checkpoints(base_run, tmp_path):
     import keras
 

@@ -55,6 +55,7 @@ from mildnet.runs import (
     new_run_dir,
     now,
     read_run,
+    run_lock,
     write_history,
     write_json,
 )
@@ -233,7 +234,8 @@ def train(
         write_triplets(run_dir / HELDOUT_FILE, data["val"])
     write_json(run_dir / CONFIG_FILE, meta)
     try:
-        return _fit(model, strategy, config, run_dir, data, [], callbacks, stop_event)
+        with run_lock(run_dir):
+            return _fit(model, strategy, config, run_dir, data, [], callbacks, stop_event)
     except Exception:
         if not (run_dir / HISTORY_FILE).exists():
             _discard_new_run(run_dir, created)
@@ -265,9 +267,15 @@ def resume(
     up to its ``epochs`` (or a new, larger ``epochs``). Shuffling, augmentation and optimizer state
     continue exactly as in an uninterrupted run; only a run directory without ``optimizer.npz``
     restarts the momentum / Adam moments from zero (with a warning)."""
+    read_run(run_dir)  # a one-line error for a folder that is not a run, before anything is written into it
+    with run_lock(Path(run_dir)):
+        return _resume_locked(Path(run_dir), callbacks, stop_event, epochs, strategy)
+
+
+def _resume_locked(run_dir: Path, callbacks, stop_event, epochs, strategy) -> TrainResult:
     from mildnet import models
 
-    _recover_staged(Path(run_dir), len(read_run(run_dir).history))
+    _recover_staged(run_dir, len(read_run(run_dir).history))
     info = read_run(run_dir)
     run_dir = info.run_dir.resolve()
     config = info.config
