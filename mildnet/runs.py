@@ -349,7 +349,7 @@ def _read_history(path: Path) -> pd.DataFrame:
 # --- writing a run -------------------------------------------------------------------------------
 
 
-_LOCK_FILE = ".training.lock"
+LOCK_FILE = ".training.lock"
 
 
 @contextlib.contextmanager
@@ -360,7 +360,7 @@ def run_lock(run_dir: Path):
     if fcntl is None:
         yield
         return
-    handle = open(run_dir / _LOCK_FILE, "a")
+    handle = open(run_dir / LOCK_FILE, "a")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -44,6 +44,7 @@ from mildnet.runs import (
     HELDOUT_FILE,
     HISTORY_FILE,
     LAST_MODEL,
+    LOCK_FILE,
     METRICS_FILE,
     OPTIMIZER_FILE,
     RUN_FORMAT,
@@ -246,7 +247,8 @@ def _discard_new_run(run_dir: Path, created: bool) -> None:
     """Removes what :func:`train` wrote for a run that failed before its first epoch (e.g. an image the
     decoder refused mid-epoch): a folder holding only config.json would block the same command rerun
     ("already holds a training run") while having nothing to resume. Only our own files are removed."""
-    for name in (CONFIG_FILE, HELDOUT_FILE, METRICS_FILE, *(_staged(run_dir / f).name for f in _STAGED_FILES)):
+    for name in (CONFIG_FILE, HELDOUT_FILE, METRICS_FILE, LOCK_FILE,
+                 *(_staged(run_dir / f).name for f in _STAGED_FILES)):
         (run_dir / name).unlink(missing_ok=True)
     if created:
         try:
