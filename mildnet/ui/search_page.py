@@ -154,11 +154,15 @@ def _row(info: pd.DataFrame, image_id: str) -> dict:
 
 def score_html(score: float, match: float | None, weak: bool = False) -> str:
     """A result's score: the match strength ("92% match") with the raw cosine in its tooltip, or the cosine
-    itself for an uncalibrated model; ``weak`` greys it out (the query has no close match)."""
+    itself for an uncalibrated model. ``weak`` (the query has no close match in this catalogue) shows "weak
+    match", greyed, with the strength in the tooltip: "95% match" under a "No close match" warning read as a
+    contradiction (the verdict also weighs how far the query is from the catalogue, not the strength alone)."""
     if match is None:
         return f'<span class="mn-score" title="cosine similarity {score:.3f}">{score:.3f}</span>'
-    tip = f"cosine similarity {score:.3f}" + (" · no close match in this catalogue" if weak else "")
-    return f'<span class="mn-score{" mn-weak" if weak else ""}" title="{tip}">{match:.0%} match</span>'
+    if weak:
+        tip = f"cosine similarity {score:.3f} · match strength {match:.0%} · no close match in this catalogue"
+        return f'<span class="mn-score mn-weak" title="{tip}">weak match</span>'
+    return f'<span class="mn-score" title="cosine similarity {score:.3f}">{match:.0%} match</span>'
 
 
 def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | None = None, verdict=None) -> None:
