@@ -170,7 +170,7 @@ def test_search_from_a_catalog_product(tiny_env):
     at.selectbox(key="mn_pick_product").set_value("images/p0005/catalog.jpg").run()
     at.button(key="mn_pick_go").click().run()
     _no_failure(at)
-    assert at.session_state["mn_query"] == {"kind": "catalog", "id": "images/p0005/catalog.jpg"}
+    assert at.session_state["mn_query"] == {"kind": "catalog", "id": "images/p0005/catalog.jpg", "dataset": "tiny"}
     assert len([b for b in at.button if b.key and b.key.startswith("mn_similar_")]) == 5
 
 

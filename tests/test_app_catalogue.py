@@ -158,6 +158,18 @@ def test_the_number_of_results_asked_for_survives_a_smaller_catalogue(env, tmp_p
     assert at.number_input(key="mn_k").value == 8 and len(_hits(at)) == 8
 
 
+def test_a_product_picked_in_one_catalogue_is_not_looked_for_in_another(env, tmp_path):
+    at = _add_folder(_add_page(), _flat_folder(tmp_path / "trio", n=3, seed=5), name="trio")
+    at.sidebar.selectbox[0].set_value("tiny").run()
+    at.switch_page("pages/search.py").run()
+    at.file_uploader(key="mn_upload").set_value(("q.jpg", _jpeg_bytes(seed=6), "image/jpeg")).run()
+    _hits(at)[1].click().run()  # "similar to this": a tiny catalogue product becomes the query
+    assert at.session_state["mn_query"]["kind"] == "catalog"
+    at.sidebar.selectbox[0].set_value("trio").run()
+    assert not at.exception and not any("not in this catalog" in w.value for w in at.warning)
+    assert any("pick a product to start" in i.value for i in at.info)
+
+
 def test_a_catalogue_too_small_for_triplets_says_so(env, tmp_path):
     at = _add_folder(_add_page(), _flat_folder(tmp_path / "pair", n=2), name="pair")
     assert not at.error, [e.value for e in at.error]

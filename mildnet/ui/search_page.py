@@ -15,6 +15,7 @@ from mildnet.embeddings import normalize_rows, run_model
 from mildnet.errors import ImageError
 from mildnet.ui import layout, matching, resources, widgets
 from mildnet.ui.layout import Context
+from mildnet.ui.sidebar import DATASET_KEY
 
 QUERY_KEY = "mn_query"  # {"kind": "upload"} or {"kind": "catalog", "id": image id}
 UPLOAD_KEY = "mn_upload"
@@ -67,6 +68,8 @@ def render(ctx: Context) -> None:
         _catalog_picker(gallery, searcher)
 
     query = st.session_state.get(QUERY_KEY)
+    if query and query["kind"] == "catalog" and query.get("dataset") not in (None, ctx.dataset.name):
+        query = None  # picked in another catalogue: start afresh here rather than say it disappeared
     if not query or (query["kind"] == "upload" and uploaded is None):
         st.info("Upload a photo or pick a product to start.", icon=":material/image_search:")
         return
@@ -124,6 +127,8 @@ def _remember_k() -> None:
 
 
 def _set_query(query: dict) -> None:
+    if query["kind"] == "catalog":  # a product belongs to the catalogue it was picked in
+        query = {**query, "dataset": st.session_state.get(DATASET_KEY)}
     st.session_state[QUERY_KEY] = query
 
 
