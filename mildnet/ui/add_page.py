@@ -78,8 +78,8 @@ def _run_add(name: str, work) -> None:
             status.update(label=f"**{name}** was not added", state="error", expanded=False)
         else:
             added, extracted = outcome if isinstance(outcome, tuple) else (outcome, None)
-            status.update(label=f"**{name}** registered: {added.photos:,} photos, "
-                                f"{sum(added.triplets.values()):,} triplets ({added.seconds:.0f} s)",
+            status.update(label=f"**{name}** registered: {widgets.count(added.photos, 'photo')}, "
+                                f"{widgets.count(sum(added.triplets.values()), 'triplet')} ({added.seconds:.0f} s)",
                           state="complete", expanded=False)
     if failure is not None:
         # Below the status box, not inside it: a finished status shows collapsed, and the reason must be seen.
@@ -90,7 +90,8 @@ def _run_add(name: str, work) -> None:
     if extracted is not None and extracted.skipped:
         notes.append(f"Skipped {len(extracted.skipped):,} entries of the zip: {extracted.summary()}")
     if added.left_out:
-        notes.append(f"Left out {len(added.left_out):,} photos: {catalogue.left_out_summary(added.left_out)}")
+        notes.append(f"Left out {widgets.count(len(added.left_out), 'photo')}: "
+                     f"{catalogue.left_out_summary(added.left_out)}")
     resources.forget_runs()
     runs = resources.runs(name)
     if runs:
@@ -99,7 +100,7 @@ def _run_add(name: str, work) -> None:
             else f"{added.products:,} products")
     if not sum(added.triplets.values()):
         kind += "; too few photos for any triplet, so it can be searched but not trained or evaluated on"
-    st.session_state[DONE_KEY] = (f"**{name}** is ready and selected: {added.photos:,} photos, {kind}."
+    st.session_state[DONE_KEY] = (f"**{name}** is ready and selected: {widgets.count(added.photos, 'photo')}, {kind}."
                                   + ("" if runs else " Train a model from the sidebar to search it."), notes)
     st.session_state[DATASET_KEY] = name
     st.rerun()

@@ -85,7 +85,7 @@ def refresh_if_changed(ds: uidata.Dataset) -> uidata.Dataset:
         result = refresh_dataset(ds.name, progress=progress_to(bar))
         note = f" ({len(result.left_out)} unreadable, left out)" if result.left_out else ""
         status.update(label=f"**{ds.name}** updated from your folder: {changes.describe()}{note}; "
-                            f"{result.photos:,} photos", state="complete", expanded=False)
+                            f"{widgets.count(result.photos, 'photo')}", state="complete", expanded=False)
     resources.forget_folder_changes()
     return resources.dataset(ds.name)
 

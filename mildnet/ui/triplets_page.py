@@ -132,7 +132,7 @@ def _data_check(ds: uidata.Dataset) -> None:
         for leak in report.leaks:
             st.warning(f"Leak: {leak.describe()}", icon=":material/warning:")
         if report.problems:
-            st.error(f"{len(report.problems):,} problems: "
+            st.error(f"{widgets.count(len(report.problems), 'problem')}: "
                      + ", ".join(f"{n:,} {kind}" for kind, n in counts.items()), icon=":material/error:")
     with st.expander("Full report", expanded=not report.ok):
         st.code(report.format(), language=None)

@@ -73,6 +73,11 @@ def tags(*values: str) -> str:
     return "".join(out)
 
 
+def count(n: int, noun: str) -> str:
+    """``1 photo``, ``1,200 photos`` (nouns that take an -s)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def describe_item(row: dict | None) -> str:
     """A catalog row as a short human description (category, colour, pattern, view)."""
     if not row:
