@@ -216,6 +216,10 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
         raise ModelError(f"{run_dir} is not a training run directory (no {CONFIG_FILE})")
     try:
         meta = json.loads(config_path.read_text(encoding="utf-8"))
+        fmt = meta.get("format", RUN_FORMAT) if isinstance(meta, dict) else None
+        if isinstance(fmt, int) and fmt > RUN_FORMAT:
+            raise ModelError(f"{run_dir} was written by a newer mildnet (run format {fmt}; this version reads "
+                             f"format {RUN_FORMAT}): upgrade to use it")
         # Validated as well: a hand-edited value of the wrong type ("image_size": "64") would otherwise fail deep
         # inside calibrate, evaluate or resume with a TypeError.
         config = TrainConfig.from_dict(meta["config"]).validate()

@@ -469,6 +469,10 @@ def test_hand_damaged_run_files_are_one_line_errors(base_run, tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match=r"config.json is damaged: .*image_size must be a positive integer"):
         read_run(run)
+    meta["config"]["image_size"], meta["format"] = 32, 99  # a run folder from a newer mildnet
+    (run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"written by a newer mildnet \(run format 99"):
+        read_run(run)
     run = tmp_path / "columns"
     shutil.copytree(base_run[0].run_dir, run)
     history = pd.read_csv(run / "history.csv").drop(columns=["val_loss", "val_accuracy"])
