@@ -534,7 +534,8 @@ def update_catalog(
     model_fp = opts.model_fp or model_fingerprint(model)
     all_ids = catalog_ids(root) if ids is None else _normalise_ids(ids)
     if not all_ids:
-        raise DataError(f"no images to embed under {root}")
+        raise DataError(f"no photos to search under {root}: the folder holds no jpg, png, webp, bmp or gif; add "
+                        "photos to it")
     base_key = opts.key or cache_key(opts.dataset or dataset_name(root), model_fp)
     all_sigs = _signatures(root, all_ids)
     if opts.shard is not None:
