@@ -2,9 +2,9 @@
 
 Every pixel a model sees goes through :func:`load_image`: embedding calls it in a thread pool
 (:func:`decode_batches`), training's ``tf.data`` pipeline through ``tf.numpy_function``, and an upload in the
-app on raw bytes. One decoder means training
-and search see identical pixels, and Pillow handles formats TensorFlow's decoders do not (CMYK JPEG,
-palette PNG with transparency, WebP, EXIF orientation, the first frame of a GIF).
+app on raw bytes (:func:`load_image_and_preview`). One decoder means training and search see identical pixels,
+and Pillow handles formats TensorFlow's decoders do not (CMYK JPEG, palette PNG with transparency, WebP, EXIF
+orientation, the first frame of a GIF).
 """
 
 from __future__ import annotations
