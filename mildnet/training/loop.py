@@ -331,15 +331,42 @@ def _check_model_input(model, config: TrainConfig) -> None:
 # --- optimizer state and staged files -----------------------------------------------------------
 
 
-def _save_optimizer(optimizer, path: Path, epoch: int) -> None:
+def _save_optimizer(optimizer, path: Path, epoch: int, model=None) -> None:
     """Optimizer state (step count, momentum / Adam moments) beside last.keras, as a pickle-free .npz:
     the .keras files are inference models and carry none, and without it a resumed run would restart
-    its momentum from zero. ``epoch`` says which finished epoch the state belongs to."""
+    its momentum from zero. ``epoch`` says which finished epoch the state belongs to. The model's random
+    generators (Dropout's seed state) go with it: a loaded .keras starts them afresh, so a resumed run drew
+    other dropout masks than an uninterrupted one."""
     arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
     names = np.array([v.path for v in optimizer.variables], dtype=str)
+    rngs = _seed_states(model) if model is not None else []
+    arrays.update({f"r{i}": np.asarray(v.numpy()) for i, v in enumerate(rngs)})
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, names=names, epoch=np.int64(epoch), **arrays)
+    np.savez(tmp, names=names, epoch=np.int64(epoch), n_rng=np.int64(len(rngs)), **arrays)
     os.replace(tmp, path)
+
+
+def _seed_states(model) -> list:
+    """The model's seed-generator state variables (Dropout and other random layers), in layer order."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def _restore_seed_states(model, path: Path) -> None:
+    """Puts back the random-generator states :func:`_save_optimizer` kept (none in files from before)."""
+    if not path.is_file():
+        return
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            values = [saved[f"r{i}"] for i in range(int(saved["n_rng"]))] if "n_rng" in saved.files else []
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring unreadable %s (%s): dropout draws restart", path.name, exc)
+        return
+    states = _seed_states(model)
+    if values and (len(values) != len(states) or any(tuple(v.shape) != x.shape for v, x in zip(states, values))):
+        log.warning("%s does not match this model's random layers: dropout draws restart", path.name)
+        return
+    for variable, value in zip(states, values):
+        variable.assign(value)
 
 
 # An epoch's best/last model and optimizer state are first written under staged names and renamed into
@@ -518,6 +545,7 @@ def _optimizer_for(model, strategy, config: TrainConfig, run_dir: Path, resumed:
         optimizer.build(model.trainable_variables)
         if resumed:
             _restore_optimizer(optimizer, run_dir / OPTIMIZER_FILE)
+            _restore_seed_states(model, run_dir / OPTIMIZER_FILE)
     return optimizer
 
 
@@ -614,7 +642,7 @@ def _commit_epoch(model, optimizer, run_dir: Path, rows: list[dict]) -> None:
     if rows[-1]["best"]:
         models.save_model(model, _staged(run_dir / BEST_MODEL))
     models.save_model(model, _staged(run_dir / LAST_MODEL))
-    _save_optimizer(optimizer, _staged(run_dir / OPTIMIZER_FILE), epoch)  # staged last: see _recover
+    _save_optimizer(optimizer, _staged(run_dir / OPTIMIZER_FILE), epoch, model)  # staged last: see _recover
     write_history(run_dir / HISTORY_FILE, rows)
     _publish_staged(run_dir)
 
