@@ -45,6 +45,7 @@ __all__ = [
     "catalog_fingerprint",
     "catalog_ids",
     "dataset_name",
+    "embed_files",
     "embed_image",
     "embed_images",
     "load_cached",
@@ -336,25 +337,28 @@ def embed_images(
     each batch. An unreadable image raises :class:`ImageError` naming it (see :func:`update_catalog` for a
     job that skips such images instead).
     """
-    vectors, skipped = _embed_skipping(model, [os.fspath(p) for p in paths], image_size, batch_size, progress)
-    if skipped:
-        path, reason = next(iter(skipped.items()))
-        raise ImageError(reason if path in reason else f"{path}: {reason}")
-    return vectors
-
-
-def _embed_skipping(
-    model, paths: list[str], image_size: int | None, batch_size: int, progress: Progress | None
-) -> tuple[np.ndarray, dict[str, str]]:
-    """Embeds ``paths``; images that fail to decode are left out. Returns (vectors of the good paths in
-    order, {bad path: reason})."""
     size = _resolve_size(model, image_size)
+    vectors, _ = embed_files(model, [os.fspath(p) for p in paths], size, batch_size, progress, strict=True)
+    return normalize_rows(vectors)
+
+
+def embed_files(
+    model, paths: Sequence[str | os.PathLike], size: int, batch_size: int = 64, progress: Progress | None = None,
+    *, strict: bool = False,
+) -> tuple[np.ndarray, dict[str, str]]:
+    """The model's raw float32 outputs for image files at ``size`` px, in order, and ``{path: reason}`` for the
+    files that did not decode (left out of the outputs). ``strict``: raise :class:`ImageError` naming the first
+    such file instead. ``progress(done, total)`` follows the batches. The one loop behind catalogue embedding,
+    :func:`embed_images` and :func:`~mildnet.evaluation.embed_paths`."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     chunks: list[np.ndarray] = []
     skipped: dict[str, str] = {}
     done = 0
     for batch in decode_batches(paths, size, batch_size):
+        if strict and batch.failed:
+            path, reason = next(iter(batch.failed.items()))
+            raise ImageError(reason if path in reason else f"{path}: {reason}")
         if batch.paths:
             chunks.append(run_model(model, batch.pixels))
         skipped.update(batch.failed)
@@ -362,6 +366,15 @@ def _embed_skipping(
         if progress is not None:
             progress(done, len(paths))
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, _embedding_dim(model)), dtype=np.float32)
+    return vectors, skipped
+
+
+def _embed_skipping(
+    model, paths: list[str], image_size: int | None, batch_size: int, progress: Progress | None
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Embeds ``paths``; images that fail to decode are left out. Returns (L2-normalised vectors of the good
+    paths in order, {bad path: reason})."""
+    vectors, skipped = embed_files(model, paths, _resolve_size(model, image_size), batch_size, progress)
     return normalize_rows(vectors), skipped
 
 

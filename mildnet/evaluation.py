@@ -31,9 +31,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mildnet.data.images import ImageCache, decode_batches, map_images, missing_message
-from mildnet.embeddings import model_image_size, normalize_rows, run_model
-from mildnet.errors import DataError, MildnetError, ModelError
+from mildnet.data.images import ImageCache, map_images, missing_message
+from mildnet.embeddings import embed_files, model_image_size, normalize_rows, run_model
+from mildnet.errors import DataError, ImageError, MildnetError, ModelError
 from mildnet.store import EmbeddingSet
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -78,17 +78,10 @@ def embed_paths(
     missing = [p for p in unique if not (root / p).is_file()]
     if missing:
         raise DataError(missing_message(missing, len(unique), root))
-    chunks = []
-    done = 0
-    for batch in decode_batches([root / p for p in unique], image_size, batch_size):
-        if batch.failed:
-            reason = next(iter(batch.failed.values()))
-            raise DataError(f"could not read an image under {root}: {reason}")
-        chunks.append(run_model(model, batch.pixels))
-        done += len(batch.paths)
-        if progress is not None:
-            progress(done, len(unique))
-    vectors = np.concatenate(chunks)
+    try:
+        vectors, _ = embed_files(model, [root / p for p in unique], image_size, batch_size, progress, strict=True)
+    except ImageError as exc:
+        raise DataError(f"could not read an image under {root}: {exc}") from None
     return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)
 
 
