@@ -351,24 +351,6 @@ def _seed_states(model) -> list:
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
-def _restore_seed_states(model, path: Path) -> None:
-    """Puts back the random-generator states :func:`_save_optimizer` kept (none in files from before)."""
-    if not path.is_file():
-        return
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            values = [saved[f"r{i}"] for i in range(int(saved["n_rng"]))] if "n_rng" in saved.files else []
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("ignoring unreadable %s (%s): dropout draws restart", path.name, exc)
-        return
-    states = _seed_states(model)
-    if values and (len(values) != len(states) or any(tuple(v.shape) != x.shape for v, x in zip(states, values))):
-        log.warning("%s does not match this model's random layers: dropout draws restart", path.name)
-        return
-    for variable, value in zip(states, values):
-        variable.assign(value)
-
-
 # An epoch's best/last model and optimizer state are first written under staged names and renamed into
 # place only after history.csv records the epoch, so a crash at any moment leaves files that all belong to
 # the same finished epoch (``_recover_staged`` completes or discards an interrupted hand-over).
@@ -403,9 +385,10 @@ def _recover_staged(run_dir: Path, epochs_in_history: int) -> None:
         _staged(run_dir / name).unlink(missing_ok=True)
 
 
-def _restore_optimizer(optimizer, path: Path) -> None:
-    """Loads what :func:`_save_optimizer` wrote; a missing or mismatching file only costs a warning
-    (the optimizer then restarts from zero state, like a warm restart)."""
+def _restore_optimizer(optimizer, model, path: Path) -> None:
+    """Loads what :func:`_save_optimizer` wrote: the optimizer's state and the model's random-generator
+    states. A missing or mismatching file only costs a warning (the optimizer then restarts from zero state,
+    like a warm restart; dropout draws restart)."""
     if not path.is_file():
         log.warning("no %s in the run: the optimizer state restarts from zero", path.name)
         return
@@ -413,6 +396,8 @@ def _restore_optimizer(optimizer, path: Path) -> None:
         with np.load(path, allow_pickle=False) as saved:
             names = [str(n) for n in saved["names"]]
             values = [saved[f"v{i}"] for i in range(len(names))]
+            # Files from before the random states were kept have no n_rng.
+            rngs = [saved[f"r{i}"] for i in range(int(saved["n_rng"]))] if "n_rng" in saved.files else []
     except (OSError, ValueError, KeyError) as exc:
         log.warning("ignoring unreadable %s (%s): the optimizer state restarts from zero", path.name, exc)
         return
@@ -420,8 +405,14 @@ def _restore_optimizer(optimizer, path: Path) -> None:
     # Shapes, not names, decide: Keras numbers optimizer names per process (sgd, sgd_1, ...).
     if len(variables) != len(values) or any(tuple(v.shape) != x.shape for v, x in zip(variables, values)):
         log.warning("%s does not match this model's optimizer: its state restarts from zero", path.name)
+    else:
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+    states = _seed_states(model)
+    if rngs and (len(rngs) != len(states) or any(tuple(v.shape) != x.shape for v, x in zip(states, rngs))):
+        log.warning("%s does not match this model's random layers: dropout draws restart", path.name)
         return
-    for variable, value in zip(variables, values):
+    for variable, value in zip(states, rngs):
         variable.assign(value)
 
 
@@ -544,8 +535,7 @@ def _optimizer_for(model, strategy, config: TrainConfig, run_dir: Path, resumed:
         # Built here, in the strategy's scope, not lazily inside the replicated step.
         optimizer.build(model.trainable_variables)
         if resumed:
-            _restore_optimizer(optimizer, run_dir / OPTIMIZER_FILE)
-            _restore_seed_states(model, run_dir / OPTIMIZER_FILE)
+            _restore_optimizer(optimizer, model, run_dir / OPTIMIZER_FILE)
     return optimizer
 
 
