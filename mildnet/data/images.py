@@ -120,10 +120,7 @@ def load_image(source: ImageSource, size: int | tuple[int, int] | None = None) -
     one-line reason for anything that is not a readable image.
     """
     target = _target(size)
-    image = _decode_rgb(source, target)
-    if target is not None and image.size != target:
-        image = image.resize(target, Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(_resized(_decode_rgb(source, target), target), dtype=np.uint8)
 
 
 def load_image_and_preview(source: ImageSource, size: int, preview_px: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +133,15 @@ def load_image_and_preview(source: ImageSource, size: int, preview_px: int) -> t
     """
     target = _target(size)
     image = _decode_rgb(source, target)
-    pixels = image.resize(target, Image.Resampling.BILINEAR) if image.size != target else image
+    pixels = _resized(image, target)
     preview = image.copy()
     preview.thumbnail((preview_px, preview_px))
     return np.asarray(pixels, dtype=np.uint8), np.asarray(preview, dtype=np.uint8)
+
+
+def _resized(image: Image.Image, target: tuple[int, int] | None) -> Image.Image:
+    """The model's input: one bilinear (antialiased) resize, so catalogue and upload pixels agree exactly."""
+    return image if target is None or image.size == target else image.resize(target, Image.Resampling.BILINEAR)
 
 
 def _target(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
