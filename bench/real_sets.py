@@ -17,12 +17,27 @@ Three sets, each a folder with ``catalog.csv`` and ``train/val/test.csv`` over t
   negative = another photo (half of the same type). Views and a copy of
   the originals are written as JPEGs under ``--out``.
 
+Studio sets from magento-luma (``--luma DIR``; real studio catalogue photos with the shop's own product ids, types
+and colours; split by product id, stratified by type; ``alt`` close-up views left out):
+
+- ``luma-typecolour``: positive = same product type AND colour family (the shop's labels), half of the negatives
+  the same type in another colour: often the query's own photo re-coloured (Luma's colour variants are recolours
+  of one master photo), the hardest "same type, other colour" negative there is.
+- ``luma-variant``: product = product id + colour (another view of the same variant is the positive), category =
+  product type; for recall@k by product.
+- ``studio-mix`` (needs ``mix`` and ``luma-typecolour``): what the shipped real-photo model trains on since issue
+  17: clothing-small's ``mix`` train triplets plus Luma's type + colour train triplets, image paths relative to a
+  common root (the parent of both datasets), validated on both sets' val triplets.
+
     python bench/real_sets.py --images ../shared/data/clothing-dataset-small --out /tmp/real
+    python bench/real_sets.py --images ../shared/data/clothing-dataset-small --luma ../shared/data/magento-luma \
+        --out /tmp/real --sets class,typecolour,mix,luma,studio-mix
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -126,10 +141,59 @@ def _augment(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
     return ImageEnhance.Contrast(view).enhance(float(rng.uniform(0.85, 1.15)))
 
 
-def _write_set(folder: Path, catalog: pd.DataFrame, seed: int) -> None:
+LUMA_SPLIT = (0.55, 0.15, 0.30)
+# Luma is small (613 photos): more triplets per query steady the test figure and give training more pairs.
+LUMA_PER_QUERY = 6
+
+
+def luma_catalog(luma: Path, seed: int) -> pd.DataFrame:
+    """Luma's labels as a catalogue: one row a photo (no ``alt`` close-ups), split by product id within each type."""
+    labels = pd.read_csv(luma / "labels.csv", dtype=str, keep_default_na=False)
+    labels = labels[labels["view"] != "alt"].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    split_of = {}
+    for _, products in sorted(labels.groupby("product_type")["product_id"]):
+        ids = np.array(sorted(products.unique()))
+        rng.shuffle(ids)
+        bounds = np.round(np.cumsum(LUMA_SPLIT) * len(ids)).astype(int)
+        for i, pid in enumerate(ids):
+            split_of[pid] = "train" if i < bounds[0] else "val" if i < bounds[1] else "test"
+    return pd.DataFrame({
+        "image": labels["image"], "luma_product": labels["product_id"], "variant": labels["variant_id"],
+        "type": labels["product_type"], "colour": labels["colour"], "view": "",
+        "split": labels["product_id"].map(split_of),
+    })
+
+
+def luma_sets(luma: Path, out: Path, seed: int) -> pd.DataFrame:
+    base = luma_catalog(luma, seed)
+    typecolour = base.assign(product_id=base["type"] + "-" + base["colour"], category=base["type"])
+    _write_set(out / "luma-typecolour", typecolour, seed, per_query=LUMA_PER_QUERY)
+    variant = base.assign(product_id=base["variant"], category=base["type"])
+    _write_set(out / "luma-variant", variant, seed, per_query=LUMA_PER_QUERY)
+    return base
+
+
+def studio_mix_set(out: Path, clothing: Path, luma: Path) -> None:
+    """clothing-small's mix + Luma's type + colour triplets, paths relative to the datasets' common parent."""
+    root = Path(os.path.commonpath([clothing.resolve(), luma.resolve()]))
+    folder = out / "studio-mix"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        parts = []
+        for src, images in (("mix", clothing), ("luma-typecolour", luma)):
+            frame = pd.read_csv(out / src / f"{split}.csv", header=None, dtype=str)
+            prefix = images.resolve().relative_to(root).as_posix()
+            parts.append(frame.apply(lambda col, prefix=prefix: prefix + "/" + col))
+        both = pd.concat(parts, ignore_index=True)
+        both.to_csv(folder / f"{split}.csv", header=False, index=False, lineterminator="\n")
+        print(f"studio-mix: {split} {len(both)} triplets (root {root})")
+
+
+def _write_set(folder: Path, catalog: pd.DataFrame, seed: int, per_query: int = 2) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_catalog(folder / "catalog.csv", catalog)
-    for split, triplets in generate_triplets(catalog, per_query=2, seed=seed).items():
+    for split, triplets in generate_triplets(catalog, per_query=per_query, seed=seed).items():
         write_triplets(folder / f"{split}.csv", triplets)
         print(f"{folder.name}: {split} {len(triplets)} triplets")
 
@@ -137,6 +201,7 @@ def _write_set(folder: Path, catalog: pd.DataFrame, seed: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="clothing-dataset-small folder")
+    parser.add_argument("--luma", type=Path, help="magento-luma folder (for the luma and studio-mix sets)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", default="class,typecolour,mix,instance")
@@ -150,6 +215,13 @@ def main(argv=None) -> int:
         mix_set(args.out, args.seed)
     if "instance" in wanted:
         instance_set(args.images, args.out, catalog, args.seed)
+    if wanted & {"luma", "studio-mix"}:
+        if args.luma is None:
+            parser.error("the luma and studio-mix sets need --luma DIR")
+        base = luma_sets(args.luma, args.out, args.seed)
+        print(base.groupby(["split", "type"]).size().unstack(0).fillna(0).astype(int).to_string())
+    if "studio-mix" in wanted:
+        studio_mix_set(args.out, args.images, args.luma)
     return 0
 
 
