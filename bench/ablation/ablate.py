@@ -94,7 +94,7 @@ def train_head(X, Xf, trips, seed, flip, init="product", epochs=10, batch=32, lr
 
         keras.utils.set_random_seed(seed)
         model = build_model("squeezenet_colour", 160, None, None)
-        if X.shape[1] == 1792:
+        if X.shape[1] == model.get_layer("embedding").kernel.shape[0]:
             dense.kernel.assign(model.get_layer("embedding").kernel.numpy())
         keras.utils.set_random_seed(seed)
     opt = keras.optimizers.Adam(learning_rate=lr)
@@ -143,7 +143,7 @@ def train_head(X, Xf, trips, seed, flip, init="product", epochs=10, batch=32, lr
         row = dict(epoch=epoch, train_acc=tr, val_acc=va, val_loss=vl, test_acc=te)
         history.append(row)
         if best is None or va > best["val_acc"] or (va == best["val_acc"] and vl < best["val_loss"]):
-            best = row
+            best = {**row, "kernel": W}
     return best, history
 
 

@@ -60,11 +60,14 @@ def hsv(small):
     return h % 1.0, s, mx
 
 
-def hsv_cells(small, hue_bins=8, sat_bins=4, val_bins=4, grey_bins=8, grey_sat=0.15, dark_val=0.15):
+def hsv_cells(small, hue_bins=8, sat_bins=4, val_bins=4, grey_bins=8, grey_sat=0.15, dark_val=0.15, centred=False):
     """Chromatic pixels: hue x saturation x value cells; achromatic ones (saturation < grey_sat or value <
     dark_val, where hue is noise) go to ``grey_bins`` value-only cells after them."""
     h, s, v = hsv(small)
-    hi = np.minimum((h * hue_bins).astype(np.int64), hue_bins - 1)
+    if centred:  # hue cells centred on red, as the product's ColourHistogram(space="hsv") has them
+        hi = np.floor(h * hue_bins + 0.5).astype(np.int64) % hue_bins
+    else:
+        hi = np.minimum((h * hue_bins).astype(np.int64), hue_bins - 1)
     # Saturation bins over [grey_sat, 1], value bins over [dark_val, 1].
     si = np.clip(((s - grey_sat) / (1 - grey_sat) * sat_bins).astype(np.int64), 0, sat_bins - 1)
     vi = np.clip(((v - dark_val) / (1 - dark_val) * val_bins).astype(np.int64), 0, val_bins - 1)
@@ -76,9 +79,29 @@ def hsv_cells(small, hue_bins=8, sat_bins=4, val_bins=4, grey_bins=8, grey_sat=0
     return cell.reshape(len(small), -1), n_chrom + grey_bins
 
 
-def histogram(small, space="rgb", sigma=0.5, bg_s=None, **kw):
+def histogram(small, space="rgb", sigma=0.5, bg_s=None, soft=False, **kw):
     cells, n_cells = rgb_cells(small, kw.get("bins", 8)) if space == "rgb" else hsv_cells(small, **kw)
     w = centre_weight(GRID, sigma)[None, :]
     if bg_s is not None:
         w = w * background_weight(small, s=bg_s)
-    return _hellinger(_weighted_counts(cells, w, n_cells))
+    w = np.broadcast_to(w, cells.shape)
+    if not soft:
+        return _hellinger(_weighted_counts(cells, w, n_cells))
+    # Soft hue: a chromatic pixel's weight is shared between the two nearest hue-cell centres (circularly).
+    hue_bins = kw.get("hue_bins", 8)
+    h, _, _ = hsv(small)
+    pos = h.reshape(len(small), -1) * hue_bins - 0.5  # cell centres at (i + 0.5) / hue_bins
+    lo = np.floor(pos)
+    frac = pos - lo
+    lo = lo.astype(np.int64) % hue_bins
+    hi = (lo + 1) % hue_bins
+    n_chrom = hue_bins * 16
+    chrom = cells < n_chrom
+    rest = cells % 16  # saturation x value part of a chromatic cell
+    hue_of = cells // 16
+    c_lo = np.where(chrom, lo * 16 + rest, cells)
+    c_hi = np.where(chrom, hi * 16 + rest, cells)
+    f = np.where(chrom, frac, 0.0)
+    del hue_of
+    counts = _weighted_counts(c_lo, w * (1 - f), n_cells) + _weighted_counts(c_hi, w * f, n_cells)
+    return _hellinger(counts)
