@@ -115,7 +115,7 @@ def render(ctx: Context) -> None:
             st.warning("**No close match in this catalogue.** The photo probably shows something this catalogue "
                        "does not sell. The nearest products are listed below anyway, marked as weak.",
                        icon=":material/search_off:")
-            st.caption(f"Why: {verdict.reason}.")
+            st.caption(f"Why: {verdict.reason}")
         if calibrated.note:
             st.caption(calibrated.note)
         query_product = _row(info, query["id"]).get("product_id") if query["kind"] == "catalog" else None
