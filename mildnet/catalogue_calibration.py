@@ -38,7 +38,7 @@ from mildnet.errors import DataError, ImageError, StoreError
 __all__ = [
     "DOCUMENT", "CatalogueCalibration", "CatalogueSettings", "CloseMatchRule", "calibrate_catalogue",
     "close_match_metrics", "evaluate_close_match", "fit_match", "fit_rule", "load_for", "refresh", "save_for",
-    "top_cosines",
+    "catalogue_labels", "describe", "top_cosines",
 ]
 
 FORMAT = 1
@@ -194,9 +194,13 @@ def _balanced_threshold(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def _labels(ids: Sequence[str], labels) -> tuple[np.ndarray, np.ndarray | None]:
-    """Product and category code per row; a photo without a product id is its own product."""
+    """Product and category code per row; a photo without a product id is its own product. Without a table, a
+    folder of class folders (``tee/a.jpg``) gives each photo its folder as category, as `data add` does."""
     if labels is None:
-        return np.arange(len(ids)), None
+        folders = [i.split("/", 1)[0] if "/" in i else None for i in ids]
+        if None in folders or len(set(folders)) < 2:
+            return np.arange(len(ids)), None
+        return np.arange(len(ids)), np.unique(np.asarray(folders, dtype=object), return_inverse=True)[1]
     table = labels.drop_duplicates("image").set_index("image")
     products = table["product_id"] if "product_id" in table else None
     cats = table["category"] if "category" in table else None
@@ -375,6 +379,27 @@ def load_for(store, key: str, embeddings) -> CatalogueCalibration | None:
                                                                  embeddings.catalog_fingerprint):
         return None
     return found
+
+
+def catalogue_labels(image_root, catalog_path=None):
+    """The catalogue table (product ids, categories) in or beside ``image_root``; None for a flat folder or a
+    table that cannot be read (then the catalogue is calibrated as flat)."""
+    from mildnet.data.catalog import read_catalog_for
+
+    try:
+        return read_catalog_for(image_root, catalog_path)
+    except (DataError, OSError):
+        return None
+
+
+def describe(calibration: CatalogueCalibration) -> str:
+    """One line for the CLI: how "close match" is decided for this catalogue."""
+    rule = calibration.rule
+    line = f"catalogue calibration: close match when {rule.score} cosine >= {rule.threshold:.4f} ({rule.method}"
+    if rule.auc is not None:
+        line += (f"; simulated AUC {rule.auc:.2f}, sold types called close {rule.in_called_close:.0%}, "
+                 f"held-out types not close {rule.out_called_not_close:.0%}")
+    return line + ")"
 
 
 def refresh(store, key: str, embeddings, model=None, image_root=None, labels=None, image_size: int | None = None,
