@@ -95,3 +95,11 @@ def test_close_match_metrics_and_threshold():
     assert not rule.is_close([]) and rule.is_close([0.6])
     with pytest.raises(cal.CalibrationError):
         cc.CloseMatchRule("median", 0.5, "flat")
+
+
+def test_evaluate_close_match_bad_input_is_one_line(capsys, tmp_path):
+    from mildnet.cli import main
+
+    assert main(["evaluate", "--close-match"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--close-match needs --images DIR" in err and "Traceback" not in err and len(err.splitlines()) == 1
