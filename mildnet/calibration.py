@@ -328,18 +328,20 @@ def close_match(best_cosine: float, calibration: Calibration, reference: np.ndar
     return _verdict(best_cosine, calibration, reference, min_match, quantile)[0]
 
 
+# Shopper-facing reasons for "no close match": plain words, no cosines.
+NOTHING_ALIKE = "Nothing in this catalogue looks much like your photo: it may not sell this kind of product."
+UNLIKELY_SAME = "Even the best result is unlikely to be the same product."
+
+
 def _verdict(best_cosine: float, calibration: Calibration, reference: np.ndarray | None, min_match: float,
              quantile: float) -> tuple[bool, str | None]:
     if not math.isfinite(best_cosine):
-        return False, "no result"
-    best_match = float(calibration.match(best_cosine))
-    if best_match < min_match:
-        return False, f"the best result's match strength is {best_match:.0%}"
+        return False, "No results."
+    if float(calibration.match(best_cosine)) < min_match:
+        return False, UNLIKELY_SAME
     if reference is not None and len(reference):
-        floor = float(np.quantile(reference, quantile))
-        if best_cosine < floor:
-            return False, (f"the best result (cosine {best_cosine:.4f}) is further away than {1 - quantile:.0%} of "
-                           f"this catalogue's images are from their nearest neighbour (cosine {floor:.4f})")
+        if best_cosine < float(np.quantile(reference, quantile)):
+            return False, NOTHING_ALIKE
     return True, None
 
 
@@ -354,12 +356,18 @@ class Verdict:
 
 
 def assess(cosines: Sequence[float], calibration: Calibration | None,
-           reference: np.ndarray | None = None) -> Verdict:
-    """Match strength of each result (in rank order) and whether the best one is a close match."""
+           reference: np.ndarray | None = None, rule=None) -> Verdict:
+    """Match strength of each result (in rank order) and whether the best one is a close match.
+
+    ``rule``: a catalogue's own close-match rule (``catalogue_calibration.CloseMatchRule``, anything with
+    ``is_close(cosines)``); it replaces the match-and-reference test, which is for a run's calibration."""
     cosines = [float(c) for c in cosines]
     if calibration is None:
         return Verdict([None] * len(cosines), None)
     matches = [float(m) for m in calibration.match(cosines)] if cosines else []
+    if rule is not None:
+        ok = bool(cosines) and rule.is_close(cosines)
+        return Verdict(matches, ok, None if ok else (NOTHING_ALIKE if cosines else "No results."))
     best = max(cosines) if cosines else float("nan")
     ok, reason = _verdict(best, calibration, reference, MIN_MATCH, CATALOGUE_QUANTILE)
     return Verdict(matches, ok, reason)

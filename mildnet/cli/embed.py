@@ -134,6 +134,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             print(f"images: {len(merged)}  dim: {merged.dim}")
             print(f"cache: merged {args.merge_shards} shard(s)")
             print_skipped(merged.meta.get("skipped", []))
+            _calibrate(args, store, key, merged, model, images)
             return 0
         if registered_ids is None:
             ids = emb.catalog_ids(images, include=args.include)
@@ -161,9 +162,36 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print_skipped(result.skipped)
         if shard is not None:
             print(f"shard {shard[0]}/{shard[1]} stored; merge with --merge-shards {shard[1]} once all are done")
+        else:
+            _calibrate(args, store, result.key, s, model, images)
         return 0
     finally:
         store.close()
+
+
+def catalogue_calibration(args: argparse.Namespace, store, key: str, embeddings, model, images: Path):
+    """``(calibration or None, note)``: the catalogue's own calibration, fitted now unless one is kept for
+    this very set (so `search` finds it, and the scores mean the same for every query)."""
+    from mildnet import catalogue_calibration as cc
+
+    catalog = None
+    if is_registered(getattr(args, "dataset", None)):
+        from mildnet.data import manifest
+
+        catalog = manifest.dataset_splits(args.dataset)[0].catalog
+    labels = cc.catalogue_labels(images, catalog) if images.is_dir() else None
+    return cc.refresh(store, key, embeddings, model if images.is_dir() else None, images, labels,
+                      embeddings.meta.get("image_size"))
+
+
+def _calibrate(args, store, key, embeddings, model, images: Path) -> None:
+    from mildnet.catalogue_calibration import describe
+
+    found, note = catalogue_calibration(args, store, key, embeddings, model, images)
+    if found is not None:
+        print(describe(found))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _source(args: argparse.Namespace, config: dict) -> str:

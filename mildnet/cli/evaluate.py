@@ -55,6 +55,16 @@ def register(subparsers) -> None:
                       help="split of --dataset (default test)")
     data.add_argument("--catalog", metavar="CSV",
                       help="catalog.csv with product_id/category/view (default: one in or beside the image folder)")
+    close = parser.add_argument_group(
+        "close match as a decision (instead of triplets): the gallery is --images (rows of --split in its "
+        "catalogue), calibrated on its own photos as search does; in-catalogue queries should be called close, "
+        "out-of-catalogue ones not")
+    close.add_argument("--close-match", action="store_true", help="score the close-match decision")
+    close.add_argument("--hold-out", metavar="CATEGORIES", help="comma-separated categories left out of the "
+                       "gallery: their photos are out-of-catalogue queries")
+    close.add_argument("--in-queries", metavar="DIR", type=Path, help="a folder of photos of things the gallery "
+                       "sells (default: the catalogue's rows of other splits whose category is in the gallery)")
+    close.add_argument("--out-queries", metavar="DIR", type=Path, help="a folder of photos of things it does not sell")
     parser.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the model's, or 224)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     parser.add_argument("--json", action="store_true", help="also print the metrics as one JSON object (last line)")
@@ -153,6 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.close_match:
+        return _close_match(args)
     baseline_names = _baseline_names(args)
     model, run_info, source = _load_model(args)
     image_root, triplets, catalog_path, described = _load_data(args, run_info)
@@ -209,3 +221,78 @@ def _score_baselines(args, names, image_root, triplets, catalog, report) -> dict
         with ProgressBar("baselines", unit="") as bar:
             results = evaluate_baselines(image_root, triplets, catalog, weights, names, progress=bar.update)
     return baseline_summary(results, report.triplet_accuracy)
+
+
+def _close_match(args: argparse.Namespace) -> int:
+    from mildnet import catalogue_calibration as cc
+    from mildnet.data.catalog import gallery
+    from mildnet.embeddings import catalog_ids
+    from mildnet.evaluation import embed_paths, model_image_size
+    from mildnet.store import EmbeddingSet
+
+    if args.baseline or not args.images:
+        raise UsageError("--close-match needs --images DIR (the gallery) and a model (--run/--model, default the "
+                         "shipped one), not a baseline")
+    if not (args.run or args.model):
+        args.run = use_default_run(args)
+    model, _, source = _load_model(args)
+    size = model_image_size(model) or args.image_size or 224
+    root = Path(args.images)
+    catalog = cc.catalogue_labels(root, args.catalog)
+    held = {c.strip() for c in (args.hold_out or "").split(",") if c.strip()}
+    if catalog is None:
+        if held:
+            raise UsageError("--hold-out needs a catalogue with categories (--catalog CSV)")
+        rows, others = None, None
+        gallery_ids = catalog_ids(root)
+    else:
+        table = gallery(catalog)
+        in_split = table["split"].eq(args.split) if "split" in table else table["image"].notna()
+        category = table["category"].fillna("").astype(str) if "category" in table else None
+        kept = ~category.isin(held) if category is not None else in_split
+        rows, others = table[in_split & kept], table[~in_split & kept]
+        gallery_ids = list(rows["image"])
+        unknown = held - set(category) if category is not None else held
+        if unknown:
+            raise UsageError(f"--hold-out: no category {sorted(unknown)[0]!r} in the catalogue")
+    if len(gallery_ids) < 2:
+        raise DataError(f"the gallery has {len(gallery_ids)} photo(s); a close-match test needs at least two")
+    if args.in_queries:
+        in_paths = _folder_photos(args.in_queries)
+    else:
+        in_paths = [root / i for i in (others["image"] if others is not None else [])]
+    out_paths = _folder_photos(args.out_queries) if args.out_queries else []
+    if held and catalog is not None:
+        out_paths += [root / i for i in catalog[catalog["category"].astype(str).isin(held)]["image"]]
+    if not in_paths or not out_paths:
+        raise UsageError("--close-match needs in-catalogue queries (--in-queries DIR, or catalogue rows outside "
+                         "--split) and out-of-catalogue ones (--out-queries DIR and/or --hold-out CATEGORIES)")
+
+    def vectors(paths, base):
+        table = embed_paths(model, base, [str(p) for p in paths], size, args.batch_size)
+        return table, table.rows([str(p) for p in paths])
+
+    g_table, g_vectors = vectors(gallery_ids, root)
+    s = EmbeddingSet(list(gallery_ids), list(gallery_ids), g_vectors,
+                     {"model_fingerprint": "evaluate", "catalog_fingerprint": "evaluate", "image_size": size})
+    calibration = cc.calibrate_catalogue(s, rows, model, root, size)
+    _, in_v = vectors([p.resolve() for p in in_paths], "/")
+    _, out_v = vectors([p.resolve() for p in out_paths], "/")
+    result = cc.evaluate_close_match(calibration, g_vectors, in_v, out_v)
+    result.update(gallery=len(gallery_ids), held_out=sorted(held), source=source, rule=cc.describe(calibration))
+    print(f"gallery: {root} ({len(gallery_ids)} photos{', without ' + ', '.join(sorted(held)) if held else ''})")
+    print(cc.describe(calibration))
+    print(f"close-match ROC AUC          {result['auc']:.3f}")
+    print(f"in-catalogue called close    {result['in_called_close']:.1%}  (n={result['n_in']})")
+    print(f"out-of-catalogue not close   {result['out_called_not_close']:.1%}  (n={result['n_out']})")
+    if args.json:
+        print(json.dumps({"close_match": result}, sort_keys=True, default=str))
+    return 0
+
+
+def _folder_photos(folder: Path) -> list[Path]:
+    from mildnet.embeddings import catalog_ids
+
+    if not folder.is_dir():
+        raise DataError(f"query folder not found: {folder}")
+    return [folder / i for i in catalog_ids(folder)]

@@ -14,7 +14,7 @@ from mildnet.cli.common import (
     load_model_from_args,
     open_store_from_args,
 )
-from mildnet.cli.embed import is_registered, registered_catalog
+from mildnet.cli.embed import catalogue_calibration, is_registered, registered_catalog
 from mildnet.errors import ImageError, MildnetError
 
 
@@ -100,14 +100,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     model, config = load_model_from_args(args)
     model_fp = emb.model_fingerprint(model)
-    key, embeddings = _embedded_set(args, model_fp)
+    key, embeddings, (own, own_note) = _embedded_set(args, model_fp, model)
     image_root = Path(args.images or embeddings.meta.get("image_root") or ".")
     _warn_if_catalogue_changed(args, embeddings, registered_ids)
+    # The close-match score may average more results than are shown: ask for enough, show what was asked.
+    shown = args.k
+    args.k = max(shown, own.rule.k) if own is not None else shown
     hits, query_info, query_picture = _query(args, model, config, embeddings, key, image_root)
+    args.k = shown
 
-    calibration, note = _calibration(args, model_fp)
-    verdict = assess([h.score for h in hits], calibration,
-                     catalogue_reference(embeddings.vectors) if calibration is not None else None)
+    if own is not None:
+        calibration, note = own.match, own_note
+        verdict = assess([h.score for h in hits], calibration, rule=own.rule)
+    else:
+        calibration, note = _calibration(args, model_fp)
+        note = "; ".join(n for n in (own_note, note) if n) or None
+        verdict = assess([h.score for h in hits], calibration,
+                         catalogue_reference(embeddings.vectors) if calibration is not None else None)
+    hits = hits[:shown]
+    verdict = type(verdict)(verdict.matches[:shown], verdict.close_match, verdict.reason)
     results = [{"id": h.id, "path": str(image_root / h.path), "score": round(h.score, 6),
                 "match": None if m is None else round(m, 4)} for h, m in zip(hits, verdict.matches)]
     if args.plot is not None:
@@ -118,7 +129,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         payload = {"query": query_info, "key": key, "model": config.get("model", model.name), "k": args.k,
                    "n_catalog": len(embeddings), "close_match": verdict.close_match,
-                   "close_match_reason": verdict.reason, "calibrated": calibration is not None, "results": results}
+                   "close_match_reason": verdict.reason, "calibrated": calibration is not None,
+                   "calibration": "catalogue" if own is not None else ("run" if calibration is not None else None),
+                   "results": results}
         if args.plot is not None:
             payload["plot"] = str(args.plot)
         print(json.dumps(payload))
@@ -131,8 +144,9 @@ def _run_hint(args: argparse.Namespace) -> str:
     return f"--run {args.run}" if args.run is not None else f"--model {args.model}"
 
 
-def _embedded_set(args: argparse.Namespace, model_fp: str):
-    """``(key, set)``: the stored embeddings of this model for the catalogue the arguments name."""
+def _embedded_set(args: argparse.Namespace, model_fp: str, model=None):
+    """``(key, set, (catalogue calibration or None, note))``: the stored embeddings of this model for the
+    catalogue the arguments name, and the catalogue's own calibration (fitted and kept now if missing)."""
     run_hint = _run_hint(args)
     store = open_store_from_args(args)
     try:
@@ -143,11 +157,13 @@ def _embedded_set(args: argparse.Namespace, model_fp: str):
                 f"no embeddings under {key!r} in {store.describe()}; "
                 f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first"
             )
+        if embeddings.model_fingerprint != model_fp:
+            raise EmbeddingsMissing(f"the set under {key!r} was made by another model; re-run `embed` with this one")
+        root = Path(args.images or embeddings.meta.get("image_root") or ".")
+        own = catalogue_calibration(args, store, key, embeddings, model, root)
     finally:
         store.close()
-    if embeddings.model_fingerprint != model_fp:
-        raise EmbeddingsMissing(f"the set under {key!r} was made by another model; re-run `embed` with this one")
-    return key, embeddings
+    return key, embeddings, own
 
 
 def _warn_if_catalogue_changed(args: argparse.Namespace, embeddings, registered_ids) -> None:

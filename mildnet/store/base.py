@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import json
+import re
 
 import numpy as np
 
@@ -38,6 +39,14 @@ class Store(abc.ABC):
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
+
+    # A small JSON document kept beside a set (a per-catalogue calibration): replaced whole, removed with the set.
+    def put_document(self, key: str, name: str, document: dict) -> None:
+        raise StoreError(f"{self.describe()} cannot keep documents beside its sets")
+
+    def get_document(self, key: str, name: str) -> dict | None:
+        """The document, None when absent; StoreError when it is unreadable or not a JSON object."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (no-op for stores that hold none)."""
@@ -97,3 +106,19 @@ def build_set(ids: list, paths: list, vectors: np.ndarray, meta: dict, where: st
         return EmbeddingSet(ids, paths, vectors, meta)
     except DataError as exc:
         raise StoreError(f"unusable embedding set in {where}: {exc}") from None
+
+
+def check_document_name(name: str) -> str:
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9-]{0,40}", name):
+        raise StoreError(f"invalid document name {name!r}")
+    return name
+
+
+def parse_document(raw: bytes, where: str) -> dict:
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"{where} is damaged (not JSON: {exc})") from None
+    if not isinstance(document, dict):
+        raise StoreError(f"{where} is damaged (not a JSON object)")
+    return document

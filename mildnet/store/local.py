@@ -21,9 +21,11 @@ from mildnet.store.base import (
     Store,
     as_store_dtype,
     build_set,
+    check_document_name,
     check_format,
     check_key,
     items_payload,
+    parse_document,
     parse_items,
 )
 from mildnet.store.embedding_set import EmbeddingSet, check_dtype
@@ -206,6 +208,28 @@ class LocalStore(Store):
         except MemoryError:
             raise StoreError(f"not enough memory for the embedding matrix {vec_path} {vectors.shape}") from None
         return build_set(ids, paths, vectors, meta, str(vdir))
+
+    def put_document(self, key: str, name: str, document: dict) -> None:
+        path = self._folder(key) / f"{check_document_name(name)}.json"
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.json")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_file(tmp, json.dumps(document, indent=1).encode("utf-8"))
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get_document(self, key: str, name: str) -> dict | None:
+        path = self._folder(key) / f"{check_document_name(name)}.json"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return parse_document(raw, str(path))
 
     def delete(self, key: str) -> bool:
         folder = self._folder(key)

@@ -19,9 +19,11 @@ from mildnet.store.base import (
     Store,
     as_store_dtype,
     build_set,
+    check_document_name,
     check_format,
     check_key,
     items_payload,
+    parse_document,
     parse_items,
 )
 from mildnet.store.embedding_set import DTYPES, HALF, EmbeddingSet, check_dtype
@@ -128,6 +130,18 @@ class RedisStore(Store):
 
     def _k(self, key: str, *parts: str) -> bytes:
         return ":".join([f"{self.prefix}{key}", *parts]).encode("utf-8")
+
+    def put_document(self, key: str, name: str, document: dict) -> None:
+        check_key(key)
+        raw = json.dumps(document).encode("utf-8")
+        with self._errors("write to"):
+            self._r.set(self._k(key, "doc", check_document_name(name)), raw)
+
+    def get_document(self, key: str, name: str) -> dict | None:
+        check_key(key)
+        with self._errors("read from"):
+            raw = self._r.get(self._k(key, "doc", check_document_name(name)))
+        return None if raw is None else parse_document(raw, f"document {name!r} of {key!r}")
 
     def _index_key(self) -> bytes:
         return f"{self.prefix}__keys__".encode()

@@ -48,6 +48,7 @@ def render(ctx: Context) -> None:
     _accuracy_charts(runs, names, reports, splits, split)
     _distances(runs, names, reports, split)
     _retrieval(runs, names, reports, split)
+    _close_match(ctx, runs, names)
     st.subheader("Training history")
     _history(runs, names)
 
@@ -110,6 +111,39 @@ def _retrieval(runs: list[Run], names: dict[str, str], reports: dict, split: str
         color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
         tooltip=["run", "k", alt.Tooltip("recall:Q", format=".1%")])
     st.altair_chart(chart.properties(height=260), width="stretch")
+
+
+def close_match_table(runs: list[Run], names: dict[str, str], found: dict) -> pd.DataFrame:
+    """One row per run: how its close-match decision was tuned on this catalogue and how it did there
+    (``found``: run key -> the catalogue calibration or None)."""
+    rows = []
+    for run in runs:
+        own = found.get(run.key)
+        rule = own.rule if own is not None else None
+        rows.append({"model": names[run.key], "decided by": "run's own calibration" if rule is None else rule.method,
+                     "score": None if rule is None else rule.score,
+                     "threshold": None if rule is None else round(rule.threshold, 4),
+                     "ROC AUC": None if rule is None else rule.auc,
+                     "sold types called close": None if rule is None else rule.in_called_close,
+                     "unsold types not close": None if rule is None else rule.out_called_not_close})
+    return pd.DataFrame(rows)
+
+
+def _close_match(ctx: Context, runs: list[Run], names: dict[str, str]) -> None:
+    st.subheader("Close match")
+    st.caption("Whether a query gets a close match, tuned on this catalogue: each category left out in turn stands "
+               "for things it does not sell, each product left out for other photos of things it sells. "
+               "Measured on real out-of-catalogue photos with `python -m mildnet evaluate --close-match`.")
+    found = {}
+    for run in runs:
+        searcher = resources.cached_searcher(run, ctx.dataset)
+        own, note = resources.catalogue_calibration(run, ctx.dataset, searcher) if searcher else (None, None)
+        found[run.key] = own
+        if note:
+            st.caption(note)
+    st.dataframe(close_match_table(runs, names, found), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="percent")
+                                for c in ("sold types called close", "unsold types not close")})
 
 
 def _evaluate(ctx: Context, runs: list[Run], splits: list[str]) -> dict:

@@ -62,10 +62,19 @@ def reference(searcher) -> np.ndarray:
     return _reference(emb.model_fingerprint, emb.catalog_fingerprint, len(emb), emb.vectors)
 
 
-def assess(hits, run: Run, model_fp: str, searcher) -> tuple[cal.Verdict, RunCalibration]:
-    """Match strengths of ``hits`` and the close-match verdict (None values when the run is not calibrated)."""
-    found = for_run(run, model_fp)
+def assess(hits, run: Run, model_fp: str, searcher, own=None) -> tuple[cal.Verdict, RunCalibration]:
+    """Match strengths of ``hits`` and the close-match verdict (None values when nothing is calibrated).
+
+    ``own``: ``(catalogue calibration or None, note)`` of the searched catalogue; when there is one it decides,
+    else the run's calibration and the catalogue's nearest-neighbour reference do."""
     scores = [h.score for h in hits]
+    own_calibration, own_note = own if own is not None else (None, None)
+    if own_calibration is not None:
+        verdict = cal.assess(scores, own_calibration.match, rule=own_calibration.rule)
+        return verdict, RunCalibration(own_calibration.match)
+    found = for_run(run, model_fp)
+    if own_note and found.calibration is not None:
+        found = RunCalibration(found.calibration, own_note)
     if found.calibration is None:
         return cal.assess(scores, None), found
     return cal.assess(scores, found.calibration, reference(searcher)), found

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from mildnet import catalogue_calibration as cc
 from mildnet import embeddings
 from mildnet import evaluation as core_evaluation  # `evaluation` is this module's cached evaluation of a run
 from mildnet.data.manifest import dataset_splits, manifest_path, user_manifest_path
+from mildnet.errors import DataError
 from mildnet.pretrained import REAL_PHOTOS
 from mildnet.runs import METRICS_FILE, model_path, open_run
 from mildnet.search import Searcher
@@ -234,7 +236,27 @@ def searcher(run: uiruns.Run, ds: uidata.Dataset, progress=None):
                               image_size=bundle.image_size, model_fp=bundle.fingerprint,
                               model_name=bundle.config.get("model"), progress=progress,
                               batch_size=int(os.environ.get("MILDNET_EMBED_BATCH", "64")))
-    return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+    found = _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+    catalogue_calibration(run, ds, found)  # fitted with the embedding, not at the first query
+    return found
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _catalogue_calibration(model_fp: str, catalog_fp: str, dataset_name: str, _searcher_obj, _bundle: ModelBundle):
+    ds = dataset(dataset_name)
+    try:
+        labels = uidata.read_catalog(ds)
+    except DataError:
+        labels = None  # a catalogue table that cannot be read: calibrated as a flat folder
+    return cc.refresh(store(), embeddings.cache_key(ds.name, model_fp), _searcher_obj.embeddings, _bundle.model,
+                      ds.image_root, labels, _bundle.image_size)
+
+
+def catalogue_calibration(run: uiruns.Run, ds: uidata.Dataset, searcher_obj):
+    """``(the catalogue's own calibration or None, note)`` for this model and catalogue, fitted once and kept
+    beside its embeddings (see :mod:`mildnet.catalogue_calibration`)."""
+    emb = searcher_obj.embeddings
+    return _catalogue_calibration(emb.model_fingerprint, emb.catalog_fingerprint, ds.name, searcher_obj, model(run))
 
 
 def embedding_changes(run: uiruns.Run, ds: uidata.Dataset):

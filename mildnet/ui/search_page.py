@@ -104,18 +104,22 @@ def render(ctx: Context) -> None:
         k = st.number_input("Results", min_value=1, max_value=most, key=K_KEY, on_change=_remember_k,
                             help="How many similar products to show.")
     with right:
+        own = resources.catalogue_calibration(ctx.run, ctx.dataset, searcher)
+        # The close-match score may average more results than are shown: ask for enough, show what was asked.
+        wanted = max(int(k), own[0].rule.k) if own[0] is not None else int(k)
         if query["kind"] == "upload":
-            hits = searcher.query(vector, k=int(k))[0]
+            hits = searcher.query(vector, k=wanted)[0]
         else:
-            hits = searcher.query_id(query["id"], k=int(k))
-        verdict, calibrated = matching.assess(hits, ctx.run, bundle.fingerprint, searcher)
+            hits = searcher.query_id(query["id"], k=wanted)
+        verdict, calibrated = matching.assess(hits, ctx.run, bundle.fingerprint, searcher, own)
+        hits = hits[:int(k)]
         st.html(f'<div class="mn-role">Top {len(hits)} similar products · {len(searcher):,} in the catalog · '
                 f'{html.escape(ctx.run.label)}</div>')
         if verdict.close_match is False:
             st.warning("**No close match in this catalogue.** The photo probably shows something this catalogue "
                        "does not sell. The nearest products are listed below anyway, marked as weak.",
                        icon=":material/search_off:")
-            st.caption(f"Why: {verdict.reason}.")
+            st.caption(f"Why: {verdict.reason}")
         if calibrated.note:
             st.caption(calibrated.note)
         query_product = _row(info, query["id"]).get("product_id") if query["kind"] == "catalog" else None

@@ -1,0 +1,440 @@
+"""Per-catalogue, per-model calibration: match strength and the "close match" decision fitted on the searched
+catalogue's own photos, kept beside its cached embeddings (see docs/calibration.md for the measurements).
+
+A run's calibration (:mod:`mildnet.calibration`) comes from its validation triplets, another set of photos: on a
+studio catalogue it put sunglasses at "97 % match" for a handbag. Here both parts come from the catalogue:
+
+**Match strength** (:func:`fit_match`): an isotonic cosine -> P(same product) map (:func:`mildnet.calibration.fit`)
+whose matching pairs are (photo, an augmented view of it: crop, flip, light; made in memory, the only images
+the model runs on) and pairs of photos of one product; non-matching pairs are photos of other products of the
+same category (one at random and the nearest one), so "match" means "this product", not "this kind of thing".
+
+**Close match** (:func:`fit_rule`): a threshold on a score of the query's results. A catalogue cannot show
+us photos of things it does not sell, but a categorised one can simulate them: each photo queried against the
+catalogue without its category ("a type it does not sell") versus against the catalogue without its product
+("another photo of a type it sells"). The score (best cosine or the mean of the top ``k``) with the higher
+simulated ROC AUC wins; its threshold is the one that makes the larger of the two simulated error rates
+smallest, lowered where needed so that at most :attr:`CatalogueSettings.max_in_rejected` of the sold-type
+simulation is rejected (a held-out category is often a near neighbour of a sold one, tee and tank, so the
+simulated outside is harder than a bag or a watch; measured in docs/calibration.md).
+A catalogue without two categories cannot simulate the outside, so a *flat* rule is used: close when the
+score reaches the ``max_in_rejected`` quantile of the photos' leave-one-product-out scores (90 % of photos
+like the catalogue's own are called close; what is rejected is further from everything than nearly any
+catalogue photo is from its nearest other product).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mildnet.calibration import Calibration, CalibrationError, fit
+from mildnet.errors import DataError, ImageError, StoreError
+
+__all__ = [
+    "DOCUMENT", "CatalogueCalibration", "CatalogueSettings", "CloseMatchRule", "calibrate_catalogue",
+    "close_match_metrics", "evaluate_close_match", "fit_match", "fit_rule", "load_for", "refresh", "save_for",
+    "catalogue_labels", "describe", "top_cosines",
+]
+
+FORMAT = 1
+DOCUMENT = "catalogue-calibration"
+SCORES = {"top1": 1, "top3": 3}  # score name -> how many top results are averaged
+
+
+@dataclass(frozen=True)
+class CatalogueSettings:
+    """How much of a catalogue is used (caps keep it to seconds for any size)."""
+
+    augmented_photos: int = 128  # photos whose augmented view the model embeds
+    pair_photos: int = 2000  # photos drawn for the vector-only pairs and the close-match simulation
+    # At most this share of the catalogue's own simulated queries (another photo of a type it sells) is called
+    # "no close match": a shopper looking for something the shop sells should nearly always be shown it.
+    max_in_rejected: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CloseMatchRule:
+    """Close when ``score`` (see :data:`SCORES`) of a query's results is >= ``threshold``; the rest says how it
+    was chosen and how it did on the catalogue's simulation (rates None for a flat rule)."""
+
+    score: str
+    threshold: float
+    method: str  # "category holdout" or "flat"
+    auc: float | None = None
+    in_called_close: float | None = None
+    out_called_not_close: float | None = None
+    n_in: int = 0
+    n_out: int = 0
+    note: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise CalibrationError(f"unknown close-match score {self.score!r}")
+        if not math.isfinite(self.threshold):
+            raise CalibrationError("close-match threshold is not a number")
+
+    @property
+    def k(self) -> int:
+        return SCORES[self.score]
+
+    def value(self, cosines: Sequence[float]) -> float:
+        """The score of one query's result cosines (in rank order); NaN without results."""
+        top = sorted((float(c) for c in cosines), reverse=True)[:self.k]
+        return float(np.mean(top)) if top else float("nan")
+
+    def is_close(self, cosines: Sequence[float]) -> bool:
+        value = self.value(cosines)
+        return math.isfinite(value) and value >= self.threshold
+
+
+@dataclass(frozen=True)
+class CatalogueCalibration:
+    """Match map and close-match rule of one catalogue embedded by one model."""
+
+    match: Calibration
+    rule: CloseMatchRule
+    model_fingerprint: str
+    catalog_fingerprint: str
+    summary: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "model_fingerprint": self.model_fingerprint,
+                "catalog_fingerprint": self.catalog_fingerprint, "match": self.match.to_dict(),
+                "rule": asdict(self.rule), "summary": self.summary}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CatalogueCalibration:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CalibrationError(f"unknown format {data.get('format') if isinstance(data, dict) else data!r}")
+        try:
+            rule = data["rule"]
+            if not isinstance(rule, dict):
+                raise TypeError("'rule' is not an object")
+            return cls(Calibration.from_dict(data["match"]), CloseMatchRule(**rule), str(data["model_fingerprint"]),
+                       str(data["catalog_fingerprint"]), dict(data.get("summary") or {}))
+        except KeyError as exc:
+            raise CalibrationError(f"missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise CalibrationError(f"bad value: {exc}") from None
+
+
+# --- scores --------------------------------------------------------------------------------------
+
+
+def top_cosines(vectors, queries, mask_of: Callable[[np.ndarray], np.ndarray] | None = None, k: int = 3,
+                block: int = 256) -> np.ndarray:
+    """(n_queries, k) best cosines of each query against ``vectors``, best first (-inf where fewer);
+    ``mask_of(query_rows)`` gives a (len(query_rows), n) mask of catalogue rows to leave out for them."""
+    v = np.asarray(vectors, dtype=np.float32)
+    q = np.asarray(queries, dtype=np.float32)
+    k = max(1, min(k, len(v)))
+    out = np.full((len(q), k), -np.inf, dtype=np.float64)
+    for start in range(0, len(q), block):
+        rows = np.arange(start, min(start + block, len(q)))
+        sims = q[rows] @ v.T
+        if mask_of is not None:
+            sims[mask_of(rows)] = -np.inf
+        part = -np.partition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else sims
+        out[rows] = -np.sort(-part, axis=1)[:, :k]
+    return out
+
+
+def _score(top: np.ndarray, name: str) -> np.ndarray:
+    """Score per query from its best cosines; a query with fewer than k results uses those it has."""
+    t = top[:, :SCORES[name]]
+    finite = np.isfinite(t)
+    with np.errstate(invalid="ignore"):
+        return np.where(finite.any(axis=1), np.where(finite, t, 0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1),
+                        -np.inf)
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(an in-catalogue score > an out-of-catalogue one), ties half (Mann-Whitney)."""
+    x = np.concatenate([pos, neg])
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def close_match_metrics(in_scores, out_scores, threshold: float) -> dict:
+    """ROC AUC of a score separating in- from out-of-catalogue queries, and both rates at ``threshold``."""
+    pos, neg = np.asarray(in_scores, dtype=np.float64), np.asarray(out_scores, dtype=np.float64)
+    return {
+        "auc": _auc(pos, neg) if len(pos) and len(neg) else None,
+        "in_called_close": float(np.mean(pos >= threshold)) if len(pos) else None,
+        "out_called_not_close": float(np.mean(neg < threshold)) if len(neg) else None,
+        "n_in": int(len(pos)), "n_out": int(len(neg)), "threshold": float(threshold),
+    }
+
+
+def _balanced_threshold(pos: np.ndarray, neg: np.ndarray) -> float:
+    """The threshold whose larger error rate (in called not close, out called close) is smallest."""
+    candidates = np.unique(np.concatenate([pos, neg]))
+    pos_sorted, neg_sorted = np.sort(pos), np.sort(neg)
+    miss = np.searchsorted(pos_sorted, candidates, side="left") / len(pos)  # in-scores below the threshold
+    false = 1.0 - np.searchsorted(neg_sorted, candidates, side="left") / len(neg)  # out-scores at or above it
+    worst = np.maximum(miss, false) + 1e-9 * (miss + false)
+    i = int(np.argmin(worst))
+    # Halfway to the next lower score, so a query scoring just under the chosen in-score is not rejected by a hair.
+    below = candidates[i - 1] if i > 0 else candidates[i]
+    return float((candidates[i] + below) / 2.0)
+
+
+# --- fitting -------------------------------------------------------------------------------------
+
+
+def _labels(ids: Sequence[str], labels) -> tuple[np.ndarray, np.ndarray | None]:
+    """Product and category code per row; a photo without a product id is its own product. Without a table, a
+    folder of class folders (``tee/a.jpg``) gives each photo its folder as category, as `data add` does."""
+    if labels is None:
+        folders = [i.split("/", 1)[0] if "/" in i else None for i in ids]
+        if None in folders or len(set(folders)) < 2:
+            return np.arange(len(ids)), None
+        return np.arange(len(ids)), np.unique(np.asarray(folders, dtype=object), return_inverse=True)[1]
+    table = labels.drop_duplicates("image").set_index("image")
+    products = table["product_id"] if "product_id" in table else None
+    cats = table["category"] if "category" in table else None
+
+    def codes(series, fallback_own: bool):
+        if series is None:
+            return None
+        values = [series.get(i) for i in ids]
+        values = [None if v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip() == "" else str(v)
+                  for v in values]
+        if fallback_own:
+            values = [v if v is not None else f"\0{n}" for n, v in enumerate(values)]
+        elif any(v is None for v in values):
+            return None
+        return np.unique(np.asarray(values, dtype=object), return_inverse=True)[1]
+
+    product = codes(products, True)
+    return (np.arange(len(ids)) if product is None else product), codes(cats, False)
+
+
+def fit_rule(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | None,
+             settings: CatalogueSettings = CatalogueSettings()) -> CloseMatchRule:
+    """The close-match rule of a catalogue (see the module docstring); DataError below two photos."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if len(v) < 2:
+        raise DataError("a close-match threshold needs at least two photos in the catalogue")
+    rng = np.random.default_rng(settings.seed)
+    rows = np.arange(len(v)) if len(v) <= settings.pair_photos else np.sort(
+        rng.choice(len(v), settings.pair_photos, replace=False))
+    k = max(SCORES.values())
+    in_top = top_cosines(v, v[rows], lambda r: product[None, :] == product[rows[r], None], k)
+    n_categories = 0 if category is None else len(np.unique(category))
+    if n_categories >= 2:
+        out_top = top_cosines(v, v[rows], lambda r: category[None, :] == category[rows[r], None], k)
+        # A photo whose product is the only one of its category has no "type it sells" left when its product goes.
+        has_peer = np.array([np.any((category == category[r]) & (product != product[r])) for r in rows])
+        best = None
+        for name in SCORES:
+            pos, neg = _score(in_top[has_peer], name), _score(out_top, name)
+            pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
+            if not len(pos) or not len(neg):
+                break
+            auc = _auc(pos, neg)
+            if best is None or auc > best[1] + 0.005:  # a longer score must earn its place
+                best = (name, auc, pos, neg)
+        if best is not None:
+            name, auc, pos, neg = best
+            # Where held-out categories are near the remaining ones (tee vs tank), the balanced point rejects far
+            # more sold-type photos than a shopper would accept; real out-of-catalogue photos are further away.
+            threshold = min(_balanced_threshold(pos, neg), float(np.quantile(pos, settings.max_in_rejected)))
+            m = close_match_metrics(pos, neg, threshold)
+            return CloseMatchRule(name, threshold, "category holdout", round(auc, 4), m["in_called_close"],
+                                  m["out_called_not_close"], m["n_in"], m["n_out"])
+    pos = _score(in_top, "top1")
+    pos = pos[np.isfinite(pos)]
+    if not len(pos):
+        raise DataError("a close-match threshold needs photos of at least two products")
+    kept = f"{1 - settings.max_in_rejected:.0%}"
+    note = (("no categories" if n_categories == 0 else "one category")
+            + f": nothing to hold out, so the threshold keeps {kept} of catalogue-like photos close")
+    return CloseMatchRule("top1", float(np.quantile(pos, settings.max_in_rejected)), "flat", n_in=int(len(pos)),
+                          note=note)
+
+
+def _augment(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A view a shopper's photo of the same product might give: a crop (70-95 % of the side), maybe mirrored,
+    lighter or darker by up to 15 %."""
+    from PIL import Image
+
+    size = pixels.shape[0]
+    side = int(round(size * rng.uniform(0.7, 0.95)))
+    x, y = rng.integers(0, size - side + 1, size=2)
+    image = Image.fromarray(pixels).crop((int(x), int(y), int(x) + side, int(y) + side)).resize((size, size),
+                                                                                            Image.BILINEAR)
+    out = np.asarray(image, dtype=np.float32)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.clip(out * rng.uniform(0.85, 1.15), 0, 255).astype(np.uint8)
+
+
+def _augmented_cosines(model, image_root, ids, vectors, rows, image_size: int, seed: int) -> np.ndarray:
+    from mildnet.data.images import load_image
+    from mildnet.embeddings import normalize_rows, run_model
+
+    rng = np.random.default_rng(seed)
+    views, kept = [], []
+    for r in rows:
+        try:
+            views.append(_augment(load_image(Path(image_root) / ids[r], image_size), rng))
+        except ImageError:
+            continue  # a photo that no longer decodes is simply not used; embedding reported it already
+        kept.append(r)
+    if not views:
+        return np.zeros(0)
+    out = []
+    for start in range(0, len(views), 64):
+        out.append(normalize_rows(run_model(model, np.stack(views[start:start + 64]))))
+    return np.sum(np.concatenate(out) * vectors[np.asarray(kept)], axis=1)
+
+
+def fit_match(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | None,
+              augmented: np.ndarray | None = None, settings: CatalogueSettings = CatalogueSettings(),
+              source: dict | None = None) -> Calibration:
+    """Isotonic match map from the catalogue's pairs (module docstring); ``augmented`` holds the cosines of
+    photos with their augmented views. DataError when there are no matching or no non-matching pairs."""
+    v = np.asarray(vectors, dtype=np.float32)
+    rng = np.random.default_rng(settings.seed + 1)
+    rows = np.arange(len(v)) if len(v) <= settings.pair_photos else rng.choice(len(v), settings.pair_photos,
+                                                                               replace=False)
+    pos = [] if augmented is None else list(np.asarray(augmented, dtype=np.float64))
+    neg = []
+    same_cat = category is not None and len(np.unique(category)) >= 2
+    for r in rows:
+        mates = np.nonzero((product == product[r]) & (np.arange(len(v)) != r))[0]
+        if len(mates):
+            pos.append(float(v[r] @ v[rng.choice(mates)]))
+        others = product != product[r]
+        if same_cat:
+            others &= category == category[r]
+        others = np.nonzero(others)[0]
+        if len(others):
+            sims = v[others] @ v[r]
+            neg.extend([float(sims[rng.integers(len(others))]), float(sims.max())])
+    return fit(pos, neg, source)
+
+
+def calibrate_catalogue(embeddings, labels=None, model=None, image_root=None, image_size: int | None = None,
+                        settings: CatalogueSettings = CatalogueSettings()) -> CatalogueCalibration:
+    """Calibration of a cached catalogue set (``embeddings``: an EmbeddingSet) from its own photos.
+
+    ``labels``: the catalogue table (``image``, ``product_id``, ``category``) or None for a flat folder;
+    ``model`` + ``image_root`` + ``image_size`` add augmented views as matching pairs (without them only
+    photos of one product are). DataError when the catalogue cannot be calibrated (one photo, no pairs).
+    """
+    ids = list(embeddings.ids)
+    vectors = np.asarray(embeddings.vectors, dtype=np.float32)
+    product, category = _labels(ids, labels)
+    rule = fit_rule(vectors, product, category, settings)
+    augmented = None
+    if model is not None and image_root is not None:
+        rng = np.random.default_rng(settings.seed + 2)
+        n = min(settings.augmented_photos, len(ids))
+        rows = np.sort(rng.choice(len(ids), n, replace=False))
+        size = image_size or int(embeddings.meta.get("image_size") or 0)
+        if size:
+            augmented = _augmented_cosines(model, image_root, ids, vectors, rows, size, settings.seed)
+    source = {"kind": "catalogue", "photos": len(ids), "augmented_views": 0 if augmented is None else len(augmented)}
+    match = fit_match(vectors, product, category, augmented, settings, source)
+    summary = {"photos": len(ids), "products": int(len(np.unique(product))),
+               "categories": 0 if category is None else int(len(np.unique(category)))}
+    return CatalogueCalibration(match, rule, embeddings.model_fingerprint, embeddings.catalog_fingerprint, summary)
+
+
+# --- beside the cached set -----------------------------------------------------------------------
+
+
+def save_for(store, key: str, calibration: CatalogueCalibration) -> None:
+    """Keeps the calibration beside the set stored under ``key`` (StoreError when the store cannot)."""
+    store.put_document(key, DOCUMENT, calibration.to_dict())
+
+
+def load_for(store, key: str, embeddings) -> CatalogueCalibration | None:
+    """The calibration kept beside ``key`` when it was made for exactly this set (same model and catalogue
+    fingerprints), else None; CalibrationError when the document is damaged."""
+    try:
+        document = store.get_document(key, DOCUMENT)
+    except StoreError as exc:
+        raise CalibrationError(f"the catalogue's calibration is unreadable: {exc}") from None
+    if document is None:
+        return None
+    try:
+        found = CatalogueCalibration.from_dict(document)
+    except CalibrationError as exc:
+        raise CalibrationError(f"the catalogue's calibration is damaged ({exc}); embed the catalogue again") from None
+    if (found.model_fingerprint, found.catalog_fingerprint) != (embeddings.model_fingerprint,
+                                                                 embeddings.catalog_fingerprint):
+        return None
+    return found
+
+
+def catalogue_labels(image_root, catalog_path=None):
+    """The catalogue table (product ids, categories) in or beside ``image_root``; None for a flat folder or a
+    table that cannot be read (then the catalogue is calibrated as flat)."""
+    from mildnet.data.catalog import read_catalog_for
+
+    try:
+        return read_catalog_for(image_root, catalog_path)
+    except (DataError, OSError):
+        return None
+
+
+def describe(calibration: CatalogueCalibration) -> str:
+    """One line for the CLI: how "close match" is decided for this catalogue."""
+    rule = calibration.rule
+    line = f"catalogue calibration: close match when {rule.score} cosine >= {rule.threshold:.4f} ({rule.method}"
+    if rule.auc is not None:
+        line += (f"; simulated AUC {rule.auc:.2f}, sold types called close {rule.in_called_close:.0%}, "
+                 f"held-out types not close {rule.out_called_not_close:.0%}")
+    return line + ")"
+
+
+def refresh(store, key: str, embeddings, model=None, image_root=None, labels=None, image_size: int | None = None,
+            settings: CatalogueSettings = CatalogueSettings()) -> tuple[CatalogueCalibration | None, str | None]:
+    """The calibration kept beside ``key`` when it belongs to ``embeddings``, else a new one, fitted and kept
+    there; ``(None, why)`` when the catalogue cannot be calibrated (then search uses the run's calibration).
+    A damaged document is replaced; a store that cannot keep it still gets the calibration for this call."""
+    try:
+        found = load_for(store, key, embeddings)
+    except CalibrationError:
+        found = None  # rebuilt below and written over the damaged one
+    if found is not None:
+        return found, None
+    try:
+        made = calibrate_catalogue(embeddings, labels, model, image_root, image_size, settings)
+    except DataError as exc:
+        return None, f"no catalogue calibration ({exc}); the model's own calibration is used"
+    try:
+        save_for(store, key, made)
+    except StoreError as exc:
+        return made, f"the catalogue calibration could not be kept ({exc})"
+    return made, None
+
+
+# --- measured as a decision ----------------------------------------------------------------------
+
+
+def evaluate_close_match(calibration: CatalogueCalibration, gallery_vectors: np.ndarray, in_queries: np.ndarray,
+                         out_queries: np.ndarray) -> dict:
+    """The close-match decision of ``calibration`` (fitted on the gallery) on real queries: photos of things
+    the gallery sells (``in_queries``, should be called close) and of things it does not (``out_queries``):
+    ROC AUC of its score and both rates at its threshold."""
+    rule = calibration.rule
+    scores = [_score(top_cosines(gallery_vectors, q, None, rule.k), rule.score) if len(q) else np.zeros(0)
+              for q in (in_queries, out_queries)]
+    return {**close_match_metrics(scores[0], scores[1], rule.threshold), "score": rule.score,
+            "method": rule.method, "simulated": {"auc": rule.auc, "in_called_close": rule.in_called_close,
+                                                 "out_called_not_close": rule.out_called_not_close}}

@@ -1,0 +1,105 @@
+"""Per-catalogue calibration: pure numpy on synthetic embeddings (no model), plus its store document."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mildnet import calibration as cal
+from mildnet import catalogue_calibration as cc
+from mildnet.errors import DataError
+from mildnet.store import EmbeddingSet, LocalStore
+
+
+def clustered(categories=3, products=6, photos=2, dim=16, seed=0, spread=(0.25, 0.08)):
+    """Unit vectors: categories far apart, products within them closer, photos of a product closest."""
+    rng = np.random.default_rng(seed)
+    rows, ids, table = [], [], []
+    for c in range(categories):
+        centre = rng.normal(size=dim)
+        for p in range(products):
+            product = centre + spread[0] * np.linalg.norm(centre) * rng.normal(size=dim) / np.sqrt(dim)
+            for k in range(photos):
+                rows.append(product + spread[1] * np.linalg.norm(centre) * rng.normal(size=dim) / np.sqrt(dim))
+                ids.append(f"c{c}/p{p}_{k}.jpg")
+                table.append({"image": ids[-1], "product_id": f"c{c}p{p}", "category": f"c{c}"})
+    v = np.asarray(rows, dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    meta = {"model_fingerprint": "m" * 64, "catalog_fingerprint": "c" * 64, "image_size": 32}
+    return EmbeddingSet(ids, ids, v, meta), pd.DataFrame(table)
+
+
+def test_categorised_catalogue_rule_separates_sold_from_unsold_types():
+    s, table = clustered()
+    made = cc.calibrate_catalogue(s, table)
+    rule = made.rule
+    assert rule.method == "category holdout" and rule.auc > 0.9
+    assert rule.in_called_close >= 0.9 and rule.out_called_not_close >= 0.8
+    # A new photo of a sold product's kind is close; a vector from nowhere is not, in plain words.
+    assert cal.assess(s.vectors[:3] @ s.vectors[0], made.match, rule=rule).close_match is True
+    far = np.random.default_rng(9).normal(size=s.dim).astype(np.float32)
+    verdict = cal.assess(s.vectors @ (far / np.linalg.norm(far)), made.match, rule=rule)
+    assert verdict.close_match is False and verdict.reason == cal.NOTHING_ALIKE and "cosine" not in verdict.reason
+    # Match strength: another photo of the same product beats another product of the same category.
+    same, other = float(s.vectors[0] @ s.vectors[1]), float(s.vectors[0] @ s.vectors[2])
+    assert made.match.match(same) > made.match.match(other)
+
+
+@pytest.mark.parametrize("categories,why", [(None, "no categories"), ("one", "one category")])
+def test_flat_rule_without_two_categories(categories, why):
+    s, table = clustered()
+    # Product ids kept: without a model (no augmented views) photos of one product are the only matching pairs.
+    labels = table.drop(columns="category") if categories is None else table.assign(category="all")
+    rule = cc.calibrate_catalogue(s, labels).rule
+    assert rule.method == "flat" and rule.auc is None and why in rule.note and rule.score == "top1"
+
+
+def test_one_photo_cannot_be_calibrated_and_refresh_says_so_in_one_line(tmp_path):
+    s, table = clustered()
+    one = s.subset(s.ids[:1])
+    with pytest.raises(DataError, match="at least two photos"):
+        cc.calibrate_catalogue(one, table)
+    found, note = cc.refresh(LocalStore(tmp_path), "k/1", one, labels=table)
+    assert found is None and "\n" not in note and "model's own calibration" in note
+
+
+def test_document_round_trip_stale_and_damaged(tmp_path):
+    s, table = clustered()
+    store = LocalStore(tmp_path)
+    made, note = cc.refresh(store, "shop/abc", s, labels=table)
+    assert note is None
+    again = cc.load_for(store, "shop/abc", s)
+    assert again.rule == made.rule and again.match.cosines == made.match.cosines
+    # Another catalogue state (a photo added): the kept calibration is not used for it.
+    moved = EmbeddingSet(s.ids, s.paths, s.vectors, {**s.meta, "catalog_fingerprint": "d" * 64})
+    assert cc.load_for(store, "shop/abc", moved) is None
+    path = next(tmp_path.rglob(f"{cc.DOCUMENT}.json"))
+    path.write_text('{"format": 1, "rule": [1]')
+    with pytest.raises(cal.CalibrationError, match="damaged") as err:
+        cc.load_for(store, "shop/abc", s)
+    assert "\n" not in str(err.value)
+    path.write_text('{"format": 1, "rule": {"score": "top9", "threshold": 0.5, "method": "flat"}, "match": {}}')
+    with pytest.raises(cal.CalibrationError, match="damaged"):
+        cc.load_for(store, "shop/abc", s)
+    fixed, note = cc.refresh(store, "shop/abc", s, labels=table)  # a damaged document is replaced
+    assert fixed is not None and note is None and cc.load_for(store, "shop/abc", s) is not None
+
+
+def test_close_match_metrics_and_threshold():
+    m = cc.close_match_metrics([0.9, 0.8, 0.7], [0.1, 0.2, 0.75], threshold=0.72)
+    assert m["auc"] == pytest.approx(8 / 9) and m["in_called_close"] == pytest.approx(2 / 3)
+    assert m["out_called_not_close"] == pytest.approx(2 / 3) and m["n_in"] == 3 and m["n_out"] == 3
+    rule = cc.CloseMatchRule("top3", 0.5, "flat")
+    assert rule.value([0.9, 0.1, 0.2, 0.95]) == pytest.approx((0.95 + 0.9 + 0.2) / 3)
+    assert not rule.is_close([]) and rule.is_close([0.6])
+    with pytest.raises(cal.CalibrationError):
+        cc.CloseMatchRule("median", 0.5, "flat")
+
+
+def test_evaluate_close_match_bad_input_is_one_line(capsys, tmp_path):
+    from mildnet.cli import main
+
+    assert main(["evaluate", "--close-match"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--close-match needs --images DIR" in err and "Traceback" not in err and len(err.splitlines()) == 1
