@@ -22,6 +22,11 @@ SHIPPED = PROJECT / "mildnet" / "pretrained" / "sample"
 # catalogue its best cosine is 0.980, below the catalogue's nearest-neighbour floor of 0.996; 59 % of that split's
 # 372 photos are flagged (see mildnet/calibration.py), and this one with a clear margin.
 REAL_PHOTO = ("test", "outwear", "01e4ab4f-6148-4dd7-9a43-df7681fbc71d.jpg")
+# A real photo of a kind of product the sample does not sell (a hat; the sample sells tops and dresses). The app's
+# default model (the real-photo one) with the catalogue's own close-match rule calls real photos of tops close
+# (they are the kind of product it sells: the jacket above is, at 0.824 against a threshold of 0.772) and a hat
+# not (0.615).
+UNSOLD_PHOTO = ("test", "hat", "2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg")
 
 
 def run(capsys, *argv):
@@ -336,7 +341,7 @@ def test_most_real_photos_are_flagged_and_catalogue_photos_are_not(sample_catalo
 
 
 @pytest.mark.slow  # the module's sample_catalogue fixture embeds the sample catalogue (~15 s); every user is slow
-def test_search_page_says_no_close_match_for_a_real_photo(sample_catalogue, clothing_dir, monkeypatch):
+def test_search_page_says_no_close_match_for_a_kind_of_product_it_does_not_sell(sample_catalogue, clothing_dir, monkeypatch):
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
@@ -353,8 +358,8 @@ def test_search_page_says_no_close_match_for_a_real_photo(sample_catalogue, clot
     at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=180)
     at.run()
     at.switch_page("pages/search.py").run()
-    photo = clothing_dir.joinpath(*REAL_PHOTO)
-    at.file_uploader(key="mn_upload").set_value(("jacket.jpg", photo.read_bytes(), "image/jpeg")).run()
+    photo = clothing_dir.joinpath(*UNSOLD_PHOTO)
+    at.file_uploader(key="mn_upload").set_value(("hat.jpg", photo.read_bytes(), "image/jpeg")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     warnings = [w.value for w in at.warning]
     assert any("No close match in this catalogue" in w for w in warnings), warnings

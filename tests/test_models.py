@@ -256,3 +256,77 @@ def test_colour_histogram_of_a_solid_image_is_one_cell():
     red[..., 0] = 250.0
     out = np.asarray(ColourHistogram(bins=8, grid=16)(red))[0]
     assert np.argmax(out) == 7 * 64 and out.max() == pytest.approx(1.0) and np.sum(out > 0) == 1
+
+
+def _studio_photo(product_rgb, background=(245, 245, 245), size=32):
+    """A product square on a plain studio background."""
+    image = np.empty((1, size, size, 3), np.float32)
+    image[...] = background
+    image[:, size // 3: 2 * size // 3, size // 3: 2 * size // 3] = product_rgb  # small, like a watch on white
+    return image
+
+
+def test_foreground_weights_are_low_on_the_background_and_high_on_the_product():
+    from mildnet.models.layers import ForegroundWeights
+
+    layer = ForegroundWeights(grid=32, border=3, scale=30.0, floor=0.05)
+    w = np.asarray(layer(_studio_photo((200, 30, 30))))[0, ..., 0]
+    assert w.shape == (32, 32)
+    assert w[0, 0] == pytest.approx(0.05) and w[16, 16] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_foreground_histogram_describes_the_product_not_the_studio_sweep():
+    """On white, two products of one colour share their histogram and a product of another colour does not;
+    without the foreground weighting the sweep's white makes all three look alike."""
+    from mildnet.models.layers import ColourHistogram
+
+    red, red2, blue = _studio_photo((200, 30, 30)), _studio_photo((185, 25, 40)), _studio_photo((30, 40, 200))
+
+    def cos(layer, a, b):
+        return float(np.sum(np.asarray(layer(a)) * np.asarray(layer(b))))
+
+    fg = ColourHistogram(space="hsv", foreground=True, grid=32, border=3)
+    plain = ColourHistogram(space="rgb", grid=32)
+    assert cos(fg, red, red2) > 0.95 and cos(fg, red, blue) < 0.2
+    assert cos(plain, red, blue) > 0.5  # the white sweep alone makes them look alike
+
+
+def test_hsv_histogram_puts_greys_in_grey_cells_and_has_17_bins_cells():
+    from mildnet.models.layers import ColourHistogram
+
+    layer = ColourHistogram(space="hsv", bins=8, grid=16)
+    grey = np.full((1, 16, 16, 3), 128.0, np.float32)
+    out = np.asarray(layer(grey))[0]
+    assert out.shape == (136,) and np.argmax(out) == 16 * 8 + 4 and np.sum(out > 0) == 1
+
+
+def test_weighted_average_pools_only_where_the_weights_are():
+    from mildnet.models.layers import WeightedAverage
+
+    features = np.zeros((1, 4, 4, 2), np.float32)
+    features[0, :2, :, 0] = 1.0  # channel 0 lives in the top half
+    features[0, 2:, :, 1] = 1.0  # channel 1 in the bottom half
+    weights = np.zeros((1, 8, 8, 1), np.float32)
+    weights[0, :4] = 1.0  # the top half (resized to 4x4 by area)
+    out = np.asarray(WeightedAverage()([features, weights]))[0]
+    np.testing.assert_allclose(out, [1.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(space="lab"), dict(foreground=True, border=0), dict(foreground=True, scale=0),
+                                    dict(foreground=True, floor=1.5)])
+def test_colour_histogram_rejects_bad_settings(kwargs):
+    from mildnet.models.layers import ColourHistogram
+
+    with pytest.raises(ValueError):
+        ColourHistogram(**kwargs)
+
+
+def test_colour_histogram_config_of_the_first_version_is_unchanged():
+    """Models saved before the HSV/foreground settings existed must keep their fingerprint (and so their
+    calibration and cached embeddings): default settings add no keys to the config."""
+    from mildnet.models.layers import ColourHistogram
+
+    config = ColourHistogram(bins=8, grid=64, sigma=0.5).get_config()
+    assert {"space", "foreground", "border", "scale", "floor"}.isdisjoint(config)
+    rebuilt = ColourHistogram.from_config(ColourHistogram(space="hsv", foreground=True, scale=20.0).get_config())
+    assert (rebuilt.space, rebuilt.foreground, rebuilt.scale) == ("hsv", True, 20.0)
