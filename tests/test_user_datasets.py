@@ -402,3 +402,30 @@ def test_remove_deletes_an_unpacked_upload_but_never_a_users_folder(registry, tm
     ud.remove_dataset("mine")
     assert not uploaded.exists()  # the app's own copy of a zip's photos
     assert snapshot(mine) == before
+
+
+def test_a_flat_folder_trains_at_the_instance_learning_rate_unless_told_otherwise(registry, tmp_path, capsys):
+    """Instance-level triplets are learnt within an epoch; at the default rate they erase what the start model knew
+    about type and colour (issue 17), so `train --dataset FLAT` and the sidebar start at 1e-4; a labelled folder and
+    an explicit --lr keep theirs."""
+    import argparse
+
+    from mildnet.cli.train import _config_from_args, register
+    from mildnet.training import INSTANCE_LEARNING_RATE, TrainConfig, default_learning_rate
+
+    assert run(capsys, "data", "add", "flat", "--images", make_flat(tmp_path / "flat"))[0] == 0
+    labelled = make_labelled_folder(tmp_path / "lab", per_class=3)
+    assert run(capsys, "data", "add", "labelled", "--images", labelled)[0] == 0
+    assert default_learning_rate("flat") == INSTANCE_LEARNING_RATE < TrainConfig().learning_rate
+    assert default_learning_rate("labelled") == default_learning_rate(None) == TrainConfig().learning_rate
+    assert default_learning_rate("no-such-dataset") == TrainConfig().learning_rate  # resolving it reports the name
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+
+    def lr(*argv):
+        return _config_from_args(parser.parse_args(["train", *argv, "--out", str(tmp_path / "run")])).learning_rate
+
+    assert lr("--dataset", "flat") == INSTANCE_LEARNING_RATE
+    assert lr("--dataset", "flat", "--lr", "0.003") == 0.003
+    assert lr("--dataset", "labelled") == TrainConfig().learning_rate

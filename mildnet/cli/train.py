@@ -57,7 +57,8 @@ def register(subparsers) -> None:
     opt.add_argument("--epochs", type=int, metavar="N", help="epochs (default 10; with --resume: new total)")
     opt.add_argument("--batch-size", type=int, metavar="N", help="triplets per step (default 32)")
     opt.add_argument("--steps-per-epoch", type=int, metavar="N", help="cap on steps per epoch")
-    opt.add_argument("--lr", type=float, metavar="LR", help="learning rate (default 0.001)")
+    opt.add_argument("--lr", type=float, metavar="LR",
+                     help="learning rate (default 0.001; 0.0001 for a flat folder's instance-level --dataset)")
     opt.add_argument("--optimizer", choices=("sgd", "adam"), help="adam (default) or sgd (momentum 0.9, Nesterov)")
     opt.add_argument("--loss", choices=("hinge", "contrastive"), help="triplet loss (default hinge)")
     opt.add_argument("--margin", type=float, metavar="M", help="loss margin (default 0.3)")
@@ -118,7 +119,7 @@ class ProgressPrinter:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from mildnet.training import TrainConfig
+    from mildnet.training import TrainConfig, default_learning_rate
 
     values = {
         "images": args.images or "",
@@ -133,7 +134,7 @@ def _config_from_args(args: argparse.Namespace):
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "steps_per_epoch": args.steps_per_epoch,
-        "learning_rate": args.lr,
+        "learning_rate": args.lr if args.lr is not None else default_learning_rate(args.dataset),
         "optimizer": args.optimizer,
         "loss": args.loss,
         "margin": args.margin,

@@ -8,7 +8,7 @@
 """
 
 from mildnet.runs import TrainConfig, TrainConfigError
-from mildnet.training.config import dataset_splits, resolve_dataset
+from mildnet.training.config import INSTANCE_LEARNING_RATE, dataset_splits, default_learning_rate, resolve_dataset
 from mildnet.training.loop import TrainingCallback, TrainResult, make_optimizer, make_strategy, resume, train
 from mildnet.training.pipeline import (
     augment_image,
@@ -21,6 +21,7 @@ from mildnet.training.pipeline import (
 )
 
 __all__ = [
+    "INSTANCE_LEARNING_RATE",
     "TrainConfig",
     "TrainConfigError",
     "TrainResult",
@@ -28,6 +29,7 @@ __all__ = [
     "augment_image",
     "cache_images",
     "dataset_splits",
+    "default_learning_rate",
     "feature_head",
     "feature_triplet_dataset",
     "holdout_split",

@@ -118,7 +118,7 @@ def _training_section(dataset: str, runs: list[Run], active: Run | None) -> None
 
 def _training_form(dataset: str, runs: list[Run], active: Run | None, manager: jobs.JobManager) -> None:
     from mildnet.models import MODEL_NAMES, describe_model
-    from mildnet.training import TrainConfig
+    from mildnet.training import TrainConfig, default_learning_rate
 
     with st.form("mn_train_form", border=False):
         start_options = ["new"] + [r.key for r in runs]
@@ -146,8 +146,13 @@ def _training_form(dataset: str, runs: list[Run], active: Run | None, manager: j
         defaults = TrainConfig()
         epochs = c1.number_input("Epochs", 1, 500, defaults.epochs, key="mn_train_epochs")
         batch_size = c2.number_input("Batch size", 1, 512, defaults.batch_size, key="mn_train_batch")
-        learning_rate = st.number_input("Learning rate", 1e-6, 1.0, defaults.learning_rate, format="%.5f", step=1e-4,
-                                        key="mn_train_lr")
+        # A flat folder's instance-level triplets want a gentler step (training.config.INSTANCE_LEARNING_RATE); the
+        # widget is keyed by dataset so that switching datasets offers each its own default.
+        learning_rate = st.number_input("Learning rate", 1e-6, 1.0, default_learning_rate(dataset), format="%.5f",
+                                        step=1e-4, key=f"mn_train_lr:{dataset}",
+                                        help="A flat folder (no labels) trains at 0.0001: its instance-level "
+                                             "triplets are learnt within an epoch, and a larger step forgets what "
+                                             "the starting model knew about type and colour.")
         submitted = st.form_submit_button("Start training", icon=":material/play_arrow:", type="primary",
                                           width="stretch")
     if submitted:
