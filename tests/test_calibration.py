@@ -341,7 +341,8 @@ def test_most_real_photos_are_flagged_and_catalogue_photos_are_not(sample_catalo
 
 
 @pytest.mark.slow  # the module's sample_catalogue fixture embeds the sample catalogue (~15 s); every user is slow
-def test_search_page_says_no_close_match_for_a_kind_of_product_it_does_not_sell(sample_catalogue, clothing_dir, monkeypatch):
+def test_search_page_says_no_close_match_for_a_kind_of_product_it_does_not_sell(sample_catalogue, clothing_dir,
+                                                                                  monkeypatch):
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
