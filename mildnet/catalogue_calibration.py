@@ -12,8 +12,9 @@ same category (one at random and the nearest one), so "match" means "this produc
 **Close match** (:func:`fit_rule`): a threshold on a score of the query's results. A catalogue cannot show
 us photos of things it does not sell, but a categorised one can simulate them: each photo queried against the
 catalogue without its category ("a type it does not sell") versus against the catalogue without its product
-("another photo of a type it sells"). The score (best cosine or the mean of the top ``k``) with the higher
-simulated ROC AUC wins; its threshold is the one that makes the larger of the two simulated error rates
+("another photo of a type it sells"). The score (best cosine, the mean of the top 3, or a logistic
+combination of the best cosine and the share of the top 5 in one category, fitted on the simulation) with the
+higher simulated ROC AUC wins; its threshold is the one that makes the larger of the two simulated error rates
 smallest, lowered where needed so that at most :attr:`CatalogueSettings.max_in_rejected` of the sold-type
 simulation is rejected (a held-out category is often a near neighbour of a sold one, tee and tank, so the
 simulated outside is harder than a bag or a watch; measured in docs/calibration.md).
