@@ -12,8 +12,9 @@ same category (one at random and the nearest one), so "match" means "this produc
 **Close match** (:func:`fit_rule`): a threshold on a score of the query's results. A catalogue cannot show
 us photos of things it does not sell, but a categorised one can simulate them: each photo queried against the
 catalogue without its category ("a type it does not sell") versus against the catalogue without its product
-("another photo of a type it sells"). The score (best cosine or the mean of the top ``k``) with the higher
-simulated ROC AUC wins; its threshold is the one that makes the larger of the two simulated error rates
+("another photo of a type it sells"). The score (best cosine, the mean of the top 3, or a logistic
+combination of the best cosine and the share of the top 5 in one category, fitted on the simulation) with the
+higher simulated ROC AUC wins; its threshold is the one that makes the larger of the two simulated error rates
 smallest, lowered where needed so that at most :attr:`CatalogueSettings.max_in_rejected` of the sold-type
 simulation is rejected (a held-out category is often a near neighbour of a sold one, tee and tank, so the
 simulated outside is harder than a bag or a watch; measured in docs/calibration.md).
@@ -38,12 +39,16 @@ from mildnet.errors import DataError, ImageError, StoreError
 __all__ = [
     "DOCUMENT", "CatalogueCalibration", "CatalogueSettings", "CloseMatchRule", "calibrate_catalogue",
     "close_match_metrics", "evaluate_close_match", "fit_match", "fit_rule", "load_for", "refresh", "save_for",
-    "catalogue_labels", "describe", "top_cosines",
+    "catalogue_labels", "describe", "rule_scores", "top_cosines", "top_neighbours",
 ]
 
 FORMAT = 1
 DOCUMENT = "catalogue-calibration"
-SCORES = {"top1": 1, "top3": 3}  # score name -> how many top results are averaged
+# Score name -> how many top results it reads. "top1"/"top3": the best cosine / the mean of the best three.
+# "top1+agree5": a logistic combination, fitted on the catalogue's simulation, of the best cosine and the share of
+# the top five results in one category (a tee among apparel gets tees; a bag gets neighbours of mixed types).
+SCORES = {"top1": 1, "top3": 3, "top1+agree5": 5}
+AGREE = "top1+agree5"
 
 
 @dataclass(frozen=True)
@@ -72,24 +77,45 @@ class CloseMatchRule:
     n_in: int = 0
     n_out: int = 0
     note: str | None = None
+    # "top1+agree5" only: (intercept, weight of the best cosine, weight of the agreement), and the category of
+    # each catalogue photo id (a result without one counts as a category of its own).
+    weights: tuple[float, float, float] | None = None
+    categories: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise CalibrationError(f"unknown close-match score {self.score!r}")
         if not math.isfinite(self.threshold):
             raise CalibrationError("close-match threshold is not a number")
+        if self.score == AGREE:
+            if (not isinstance(self.weights, (list, tuple)) or len(self.weights) != 3
+                    or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in self.weights)):
+                raise CalibrationError(f"the {AGREE} score needs three finite weights")
+            if not isinstance(self.categories, dict):
+                raise CalibrationError(f"the {AGREE} score needs the catalogue's categories")
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
 
     @property
     def k(self) -> int:
         return SCORES[self.score]
 
-    def value(self, cosines: Sequence[float]) -> float:
-        """The score of one query's result cosines (in rank order); NaN without results."""
-        top = sorted((float(c) for c in cosines), reverse=True)[:self.k]
-        return float(np.mean(top)) if top else float("nan")
+    def value(self, cosines: Sequence[float], ids: Sequence[str] | None = None) -> float:
+        """The score of one query's results: their cosines and (for ``top1+agree5``) their catalogue ids, in the
+        same order; NaN without results."""
+        if self.score != AGREE:
+            top = sorted((float(c) for c in cosines), reverse=True)[:self.k]
+            return float(np.mean(top)) if top else float("nan")
+        if ids is None or len(ids) != len(cosines):
+            raise CalibrationError(f"the {AGREE} close-match score needs the results' ids")
+        ranked = sorted(zip((float(c) for c in cosines), ids), key=lambda x: -x[0])[:self.k]
+        if not ranked:
+            return float("nan")
+        cats = [self.categories.get(str(i), f"\0{i}") for _, i in ranked]
+        share = max(cats.count(c) for c in cats) / len(cats)
+        return _combine(self.weights, ranked[0][0], share)
 
-    def is_close(self, cosines: Sequence[float]) -> bool:
-        value = self.value(cosines)
+    def is_close(self, cosines: Sequence[float], ids: Sequence[str] | None = None) -> bool:
+        value = self.value(cosines, ids)
         return math.isfinite(value) and value >= self.threshold
 
 
@@ -104,9 +130,12 @@ class CatalogueCalibration:
     summary: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        rule = asdict(self.rule)
+        if rule["weights"] is not None:
+            rule["weights"] = list(rule["weights"])
         return {"format": FORMAT, "model_fingerprint": self.model_fingerprint,
                 "catalog_fingerprint": self.catalog_fingerprint, "match": self.match.to_dict(),
-                "rule": asdict(self.rule), "summary": self.summary}
+                "rule": rule, "summary": self.summary}
 
     @classmethod
     def from_dict(cls, data: dict) -> CatalogueCalibration:
@@ -127,22 +156,66 @@ class CatalogueCalibration:
 # --- scores --------------------------------------------------------------------------------------
 
 
-def top_cosines(vectors, queries, mask_of: Callable[[np.ndarray], np.ndarray] | None = None, k: int = 3,
-                block: int = 256) -> np.ndarray:
-    """(n_queries, k) best cosines of each query against ``vectors``, best first (-inf where fewer);
-    ``mask_of(query_rows)`` gives a (len(query_rows), n) mask of catalogue rows to leave out for them."""
+def top_neighbours(vectors, queries, mask_of: Callable[[np.ndarray], np.ndarray] | None = None, k: int = 3,
+                   block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(n_queries, k) best cosines of each query against ``vectors``, best first (-inf where fewer), and the
+    catalogue rows they belong to; ``mask_of(query_rows)`` gives a (len(query_rows), n) mask of catalogue rows
+    to leave out for them."""
     v = np.asarray(vectors, dtype=np.float32)
     q = np.asarray(queries, dtype=np.float32)
     k = max(1, min(k, len(v)))
     out = np.full((len(q), k), -np.inf, dtype=np.float64)
+    where = np.zeros((len(q), k), dtype=np.int64)
     for start in range(0, len(q), block):
         rows = np.arange(start, min(start + block, len(q)))
         sims = q[rows] @ v.T
         if mask_of is not None:
             sims[mask_of(rows)] = -np.inf
-        part = -np.partition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else sims
-        out[rows] = -np.sort(-part, axis=1)[:, :k]
-    return out
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(
+            np.arange(sims.shape[1]), (len(rows), 1))
+        order = np.argsort(-np.take_along_axis(sims, part, 1), axis=1, kind="stable")
+        where[rows] = np.take_along_axis(part, order, 1)
+        out[rows] = np.take_along_axis(sims, where[rows], 1)
+    return out, where
+
+
+def top_cosines(vectors, queries, mask_of: Callable[[np.ndarray], np.ndarray] | None = None, k: int = 3,
+                block: int = 256) -> np.ndarray:
+    """The cosines of :func:`top_neighbours`."""
+    return top_neighbours(vectors, queries, mask_of, k, block)[0]
+
+
+def _agreement(top: np.ndarray, top_category: np.ndarray, k: int = SCORES[AGREE]) -> np.ndarray:
+    """Share of a query's top ``k`` results (those it has) in their most common category; 0 without results."""
+    finite = np.isfinite(top[:, :k])
+    cats = top_category[:, :k]
+    counts = np.stack([((cats == cats[:, [j]]) & finite).sum(axis=1) for j in range(cats.shape[1])], axis=1)
+    counts = np.where(finite, counts, 0)
+    return counts.max(axis=1) / np.maximum(finite.sum(axis=1), 1)
+
+
+def _combine(weights, top1, agreement):
+    return weights[0] + weights[1] * top1 + weights[2] * agreement
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, iterations: int = 50, ridge: float = 1e-3) -> np.ndarray:
+    """Weights (intercept first) of a logistic regression of y on the columns of x, both classes weighted
+    equally (Newton steps on standardised columns, a little ridge so separable data stays finite)."""
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    z = np.column_stack([np.ones(len(x)), (x - mu) / sd])
+    weight = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1))
+    w = np.zeros(z.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -30, 30)))
+        grad = z.T @ (weight * (p - y)) + ridge * w
+        hess = (z * (weight * p * (1 - p))[:, None]).T @ z + ridge * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    coef = w[1:] / sd
+    return np.concatenate([[w[0] - float(coef @ mu)], coef])
 
 
 def _score(top: np.ndarray, name: str) -> np.ndarray:
@@ -221,9 +294,25 @@ def _labels(ids: Sequence[str], labels) -> tuple[np.ndarray, np.ndarray | None]:
     return (np.arange(len(ids)) if product is None else product), codes(cats, False)
 
 
+def _candidates(in_top, in_cat, out_top, out_cat):
+    """(name, in-scores, out-scores, weights) of each close-match score on the simulation, simplest first."""
+    for name in ("top1", "top3"):
+        yield name, _score(in_top, name), _score(out_top, name), None
+    pos_ok, neg_ok = np.isfinite(in_top[:, 0]), np.isfinite(out_top[:, 0])
+    x = np.concatenate([np.column_stack([t[ok, 0], _agreement(t[ok], c[ok])])
+                        for t, c, ok in ((in_top, in_cat, pos_ok), (out_top, out_cat, neg_ok))])
+    y = np.concatenate([np.ones(pos_ok.sum()), np.zeros(neg_ok.sum())])
+    if pos_ok.sum() < 2 or neg_ok.sum() < 2:
+        return
+    weights = _logistic(x, y)
+    value = _combine(weights, x[:, 0], x[:, 1])
+    yield AGREE, value[y == 1], value[y == 0], tuple(float(w) for w in weights)
+
+
 def fit_rule(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | None,
-             settings: CatalogueSettings = CatalogueSettings()) -> CloseMatchRule:
-    """The close-match rule of a catalogue (see the module docstring); DataError below two photos."""
+             settings: CatalogueSettings = CatalogueSettings(), ids: Sequence[str] | None = None) -> CloseMatchRule:
+    """The close-match rule of a catalogue (see the module docstring); DataError below two photos. ``ids``
+    (catalogue photo ids, row order; default the row numbers) name the rows for a ``top1+agree5`` rule."""
     v = np.asarray(vectors, dtype=np.float32)
     if len(v) < 2:
         raise DataError("a close-match threshold needs at least two photos in the catalogue")
@@ -231,29 +320,32 @@ def fit_rule(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | No
     rows = np.arange(len(v)) if len(v) <= settings.pair_photos else np.sort(
         rng.choice(len(v), settings.pair_photos, replace=False))
     k = max(SCORES.values())
-    in_top = top_cosines(v, v[rows], lambda r: product[None, :] == product[rows[r], None], k)
+    in_top, in_rows = top_neighbours(v, v[rows], lambda r: product[None, :] == product[rows[r], None], k)
     n_categories = 0 if category is None else len(np.unique(category))
     if n_categories >= 2:
-        out_top = top_cosines(v, v[rows], lambda r: category[None, :] == category[rows[r], None], k)
+        out_top, out_rows = top_neighbours(v, v[rows], lambda r: category[None, :] == category[rows[r], None], k)
         # A photo whose product is the only one of its category has no "type it sells" left when its product goes.
         has_peer = np.array([np.any((category == category[r]) & (product != product[r])) for r in rows])
         best = None
-        for name in SCORES:
-            pos, neg = _score(in_top[has_peer], name), _score(out_top, name)
+        for name, pos, neg, weights in _candidates(in_top[has_peer], category[in_rows[has_peer]], out_top,
+                                                   category[out_rows]):
             pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
             if not len(pos) or not len(neg):
                 break
             auc = _auc(pos, neg)
             if best is None or auc > best[1] + 0.005:  # a longer score must earn its place
-                best = (name, auc, pos, neg)
+                best = (name, auc, pos, neg, weights)
         if best is not None:
-            name, auc, pos, neg = best
+            name, auc, pos, neg, weights = best
             # Where held-out categories are near the remaining ones (tee vs tank), the balanced point rejects far
             # more sold-type photos than a shopper would accept; real out-of-catalogue photos are further away.
             threshold = min(_balanced_threshold(pos, neg), float(np.quantile(pos, settings.max_in_rejected)))
             m = close_match_metrics(pos, neg, threshold)
+            categories = None if weights is None else {
+                (str(ids[r]) if ids is not None else str(r)): str(int(category[r])) for r in range(len(v))}
             return CloseMatchRule(name, threshold, "category holdout", round(auc, 4), m["in_called_close"],
-                                  m["out_called_not_close"], m["n_in"], m["n_out"])
+                                  m["out_called_not_close"], m["n_in"], m["n_out"], weights=weights,
+                                  categories=categories)
     pos = _score(in_top, "top1")
     pos = pos[np.isfinite(pos)]
     if not len(pos):
@@ -338,7 +430,7 @@ def calibrate_catalogue(embeddings, labels=None, model=None, image_root=None, im
     ids = list(embeddings.ids)
     vectors = np.asarray(embeddings.vectors, dtype=np.float32)
     product, category = _labels(ids, labels)
-    rule = fit_rule(vectors, product, category, settings)
+    rule = fit_rule(vectors, product, category, settings, ids)
     augmented = None
     if model is not None and image_root is not None:
         rng = np.random.default_rng(settings.seed + 2)
@@ -395,7 +487,12 @@ def catalogue_labels(image_root, catalog_path=None):
 def describe(calibration: CatalogueCalibration) -> str:
     """One line for the CLI: how "close match" is decided for this catalogue."""
     rule = calibration.rule
-    line = f"catalogue calibration: close match when {rule.score} cosine >= {rule.threshold:.4f} ({rule.method}"
+    if rule.score == AGREE:
+        b, w1, w2 = rule.weights
+        line = (f"catalogue calibration: close match when {w1:.2f} x top1 cosine {w2:+.2f} x share of the top "
+                f"{rule.k} in one category >= {rule.threshold - b:.4f} ({rule.method}")
+    else:
+        line = f"catalogue calibration: close match when {rule.score} cosine >= {rule.threshold:.4f} ({rule.method}"
     if rule.auc is not None:
         line += (f"; simulated AUC {rule.auc:.2f}, sold types called close {rule.in_called_close:.0%}, "
                  f"held-out types not close {rule.out_called_not_close:.0%}")
@@ -427,14 +524,27 @@ def refresh(store, key: str, embeddings, model=None, image_root=None, labels=Non
 # --- measured as a decision ----------------------------------------------------------------------
 
 
+def rule_scores(rule: CloseMatchRule, gallery_vectors: np.ndarray, queries: np.ndarray,
+                gallery_ids: Sequence[str] | None = None) -> np.ndarray:
+    """The rule's score of each query against the gallery (``gallery_ids``: its photo ids, default the row
+    numbers as :func:`fit_rule` names them); the same as :meth:`CloseMatchRule.value` on a search's results."""
+    if not len(queries):
+        return np.zeros(0)
+    top, where = top_neighbours(gallery_vectors, queries, None, rule.k)
+    if rule.score != AGREE:
+        return _score(top, rule.score)
+    names = [str(i) for i in gallery_ids] if gallery_ids is not None else [str(r) for r in range(len(gallery_vectors))]
+    codes = np.unique([rule.categories.get(n, f"\0{n}") for n in names], return_inverse=True)[1]
+    return np.where(np.isfinite(top[:, 0]), _combine(rule.weights, top[:, 0], _agreement(top, codes[where])), -np.inf)
+
+
 def evaluate_close_match(calibration: CatalogueCalibration, gallery_vectors: np.ndarray, in_queries: np.ndarray,
-                         out_queries: np.ndarray) -> dict:
+                         out_queries: np.ndarray, gallery_ids: Sequence[str] | None = None) -> dict:
     """The close-match decision of ``calibration`` (fitted on the gallery) on real queries: photos of things
     the gallery sells (``in_queries``, should be called close) and of things it does not (``out_queries``):
     ROC AUC of its score and both rates at its threshold."""
     rule = calibration.rule
-    scores = [_score(top_cosines(gallery_vectors, q, None, rule.k), rule.score) if len(q) else np.zeros(0)
-              for q in (in_queries, out_queries)]
+    scores = [rule_scores(rule, gallery_vectors, q, gallery_ids) for q in (in_queries, out_queries)]
     return {**close_match_metrics(scores[0], scores[1], rule.threshold), "score": rule.score,
             "method": rule.method, "simulated": {"auc": rule.auc, "in_called_close": rule.in_called_close,
                                                  "out_called_not_close": rule.out_called_not_close}}

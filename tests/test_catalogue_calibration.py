@@ -103,3 +103,38 @@ def test_evaluate_close_match_bad_input_is_one_line(capsys, tmp_path):
     assert main(["evaluate", "--close-match"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--close-match needs --images DIR" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_agreement_score_is_chosen_where_it_separates_better_and_search_reads_it_alike(tmp_path):
+    # Wide categories (products spread as far as categories are apart): cosine alone overlaps, but a held-out
+    # category's photos get neighbours of mixed types while a sold type's get its own type.
+    s, table = clustered(categories=6, products=8, spread=(1.5, 0.3))
+    made = cc.calibrate_catalogue(s, table)
+    rule = made.rule
+    assert rule.score == "top1+agree5" and rule.k == 5 and len(rule.weights) == 3 and rule.weights[2] > 0
+    assert set(rule.categories) == set(s.ids) and "share of the top 5" in cc.describe(made)
+    # The per-search value (results with their ids, in any order) is the score the calibration measured.
+    queries = s.vectors[::7]
+    batch = cc.rule_scores(rule, s.vectors, queries, s.ids)
+    for q, expected in zip(queries, batch):
+        cos = s.vectors @ q
+        top = np.argsort(-cos)[:8][::-1]
+        assert rule.value(cos[top], [s.ids[i] for i in top]) == pytest.approx(expected, abs=1e-4)
+    # Same cosines, different neighbours: five results of one category score higher than five of five.
+    one = [s.ids[i] for i in range(0, 10, 2)]  # c0 photos
+    mixed = [s.ids[i * 16] for i in range(5)]  # one photo of each of five categories
+    assert rule.value([0.8] * 5, one) > rule.value([0.8] * 5, mixed)
+    with pytest.raises(cal.CalibrationError, match="needs the results' ids"):
+        rule.value([0.8] * 5)
+    # Kept beside the set and read back as it was.
+    store = LocalStore(tmp_path)
+    cc.save_for(store, "shop/w", made)
+    assert cc.load_for(store, "shop/w", s).rule == rule
+
+
+def test_agreement_counts_only_the_results_a_query_has():
+    top = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.9, 0.8, -np.inf, -np.inf, -np.inf]])
+    cats = np.array([[1, 1, 2, 1, 3], [4, 5, 4, 4, 4]])
+    assert cc._agreement(top, cats).tolist() == pytest.approx([3 / 5, 1 / 2])
+    with pytest.raises(cal.CalibrationError, match="three finite weights"):
+        cc.CloseMatchRule("top1+agree5", 0.1, "category holdout", weights=(1.0, float("nan"), 2.0), categories={})

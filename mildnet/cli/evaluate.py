@@ -278,7 +278,7 @@ def _close_match(args: argparse.Namespace) -> int:
     calibration = cc.calibrate_catalogue(s, rows, model, root, size)
     _, in_v = vectors([p.resolve() for p in in_paths], "/")
     _, out_v = vectors([p.resolve() for p in out_paths], "/")
-    result = cc.evaluate_close_match(calibration, g_vectors, in_v, out_v)
+    result = cc.evaluate_close_match(calibration, g_vectors, in_v, out_v, gallery_ids)
     result.update(gallery=len(gallery_ids), held_out=sorted(held), source=source, rule=cc.describe(calibration))
     print(f"gallery: {root} ({len(gallery_ids)} photos{', without ' + ', '.join(sorted(held)) if held else ''})")
     print(cc.describe(calibration))

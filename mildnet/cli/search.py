@@ -111,7 +111,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if own is not None:
         calibration, note = own.match, own_note
-        verdict = assess([h.score for h in hits], calibration, rule=own.rule)
+        verdict = assess([h.score for h in hits], calibration, rule=own.rule, ids=[h.id for h in hits])
     else:
         calibration, note = _calibration(args, model_fp)
         note = "; ".join(n for n in (own_note, note) if n) or None

@@ -70,7 +70,7 @@ def assess(hits, run: Run, model_fp: str, searcher, own=None) -> tuple[cal.Verdi
     scores = [h.score for h in hits]
     own_calibration, own_note = own if own is not None else (None, None)
     if own_calibration is not None:
-        verdict = cal.assess(scores, own_calibration.match, rule=own_calibration.rule)
+        verdict = cal.assess(scores, own_calibration.match, rule=own_calibration.rule, ids=[h.id for h in hits])
         return verdict, RunCalibration(own_calibration.match)
     found = for_run(run, model_fp)
     if own_note and found.calibration is not None:
