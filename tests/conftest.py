@@ -39,6 +39,7 @@ FIXTURE_MARKS = {
     "playwright_api": "browser",
     "shared_dir": "shared",
     "clothing_dir": "shared",
+    "luma_dir": "shared",
     "squeezenet_weights": "shared",
 }
 
@@ -60,6 +61,11 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def clothing_dir() -> Path:
     return _shared("data", "clothing-dataset-small")
+
+
+@pytest.fixture(scope="session")
+def luma_dir() -> Path:
+    return _shared("data", "magento-luma")
 
 
 @pytest.fixture(scope="session")
