@@ -24,11 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # label -> (set folder under --sets, image root)
+CLOTHING, LUMA = SHARED / "data" / "clothing-dataset-small", SHARED / "data" / "magento-luma"
 SETS = {
-    "clothing-small type + colour": ("typecolour", SHARED / "data" / "clothing-dataset-small"),
-    "clothing-small garment type": ("class", SHARED / "data" / "clothing-dataset-small"),
-    "Luma type + colour (positive: another product)": ("luma-typecolour", SHARED / "data" / "magento-luma"),
-    "Luma variant (recall by product + colour)": ("luma-variant", SHARED / "data" / "magento-luma"),
+    "clothing-small type + colour": ("typecolour", CLOTHING),
+    "clothing-small garment type": ("class", CLOTHING),
+    "Luma type + colour (positive: another product)": ("luma-typecolour", LUMA),
+    "Luma variant (recall by product + colour)": ("luma-variant", LUMA),
 }
 
 
@@ -67,13 +68,18 @@ def main(argv=None) -> int:
     model, size, label = _model(args)
     sets = {name: (args.sets / folder / "test.csv", root, args.sets / folder / "catalog.csv")
             for name, (folder, root) in SETS.items()}
+    # Recall by Luma's own product id (all colours of a product count as hits; they are recolours of one photo).
+    by_product = read_catalog(args.sets / "luma-variant" / "catalog.csv")
+    by_product["product_id"] = by_product["luma_product"]
+    sets["Luma product (recall by product id)"] = (args.sets / "luma-variant" / "test.csv", LUMA, by_product)
     sets["synthetic sample"] = _sample_set()
     print(f"model: {label}\n")
     print("| test set | triplets | all | in-class | other type | recall@1 | recall@5 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (triplets, root, catalog) in sets.items():
         frame = read_triplets(triplets).triplets
-        report = evaluate_triplets(model, root, frame, image_size=size, catalog=read_catalog(catalog))
+        catalog = catalog if isinstance(catalog, pd.DataFrame) else read_catalog(catalog)
+        report = evaluate_triplets(model, root, frame, image_size=size, catalog=catalog)
         cells = [report.by_type.get(k, {}).get("accuracy") for k in ("in_class", "out_of_class")]
         r = report.retrieval or {}
         row = [report.triplet_accuracy, *cells, r.get("recall@1"), r.get("recall@5")]
@@ -90,7 +96,7 @@ def _speed(model, size, sets):
 
     from mildnet.evaluation import embed_paths
 
-    root = SHARED / "data" / "magento-luma"
+    root = LUMA
     catalog = pd.read_csv(sets / "luma-variant" / "catalog.csv", dtype=str)
     paths = list(catalog["image"])
     embed_paths(model, root, paths[:64], size)  # compile
