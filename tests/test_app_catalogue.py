@@ -19,6 +19,7 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from mildnet.data import user_datasets as ud
 from tests.conftest import make_labelled_folder, make_tiny_app_root
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -239,7 +240,8 @@ def test_add_a_zip_keeps_only_photos_and_reports_the_rest(env):
 
     unpacked = catalogue.uploads_dir() / "zipped"
     files = sorted(p.relative_to(unpacked).as_posix() for p in unpacked.rglob("*") if p.is_file())
-    assert files == [f"shop/p{i}.jpg" for i in range(7)]
+    assert files == [ud.UPLOAD_MARKER] + [f"shop/p{i}.jpg" for i in range(7)]
+    assert (unpacked / ud.UPLOAD_MARKER).read_text().strip() == "zipped"  # ours, deleted with the dataset
     assert not (unpacked.parent / "escape.jpg").exists() and not (env / "up.jpg").exists()
     report = " ".join(w.value for w in at.warning)
     assert "Skipped 7 entries of the zip" in report

@@ -394,6 +394,7 @@ def test_escaping_links_lists_only_links_leaving_the_root(tmp_path):
 
 def test_remove_deletes_an_unpacked_upload_but_never_a_users_folder(registry, tmp_path):
     uploaded = make_flat(ud.user_data_dir() / ud.UPLOADS_DIR / "shop", n=6)
+    ud.mark_upload(uploaded, "shop")  # as the app's add_zip marks what it unpacks
     mine = make_flat(tmp_path / "mine", n=6, seed=1)
     before = snapshot(mine)
     ud.add_dataset("shop", uploaded)
@@ -429,3 +430,42 @@ def test_a_flat_folder_trains_at_the_instance_learning_rate_unless_told_otherwis
     assert lr("--dataset", "flat") == INSTANCE_LEARNING_RATE
     assert lr("--dataset", "flat", "--lr", "0.003") == 0.003
     assert lr("--dataset", "labelled") == TrainConfig().learning_rate
+
+
+# --- data remove deletes only what the dataset created (issue 18, F1 and F9) -------------------------------------
+
+
+def test_remove_leaves_photos_under_uploads_that_the_app_did_not_unpack_for_this_dataset(registry, tmp_path, capsys):
+    """F1: a folder under data/uploads/ is the user's unless the app unpacked it for this very dataset: a user's own
+    folder there, and another dataset's unpacked zip registered a second time, both keep their photos."""
+    uploads = registry.parent / "data" / ud.UPLOADS_DIR
+    mine = make_flat(uploads / "myphotos")
+    zipped = make_flat(uploads / "zipped", n=6, seed=1)
+    ud.mark_upload(zipped, "zipped")  # as the app's add_zip does
+    assert run(capsys, "data", "add", "mine", "--images", mine)[0] == 0
+    assert run(capsys, "data", "add", "zipped", "--images", zipped)[0] == 0
+    assert run(capsys, "data", "add", "flatcopy", "--images", zipped)[0] == 0
+    before_mine, before_zip = snapshot(mine), snapshot(zipped)
+
+    code, out, err = run(capsys, "data", "remove", "mine")
+    assert code == 0 and "were not touched" in out, err
+    code, out, err = run(capsys, "data", "remove", "flatcopy")
+    assert code == 0 and "were not touched" in out, err
+    assert snapshot(mine) == before_mine and snapshot(zipped) == before_zip
+
+    code, out, err = run(capsys, "data", "remove", "zipped")  # its own unpacked copy goes with it
+    assert code == 0 and "deleted the photos unpacked from its uploaded zip" in out, err
+    assert not zipped.exists() and mine.is_dir()
+
+
+def test_remove_deletes_an_unpacked_zip_with_one_top_folder_and_the_name_can_be_used_again(registry, tmp_path,
+                                                                                          capsys):
+    """F9: a zip with one top folder unpacks to data/uploads/NAME/shop and registers that folder; removing the
+    dataset removes data/uploads/NAME, so the name is free again."""
+    target = registry.parent / "data" / ud.UPLOADS_DIR / "shop"
+    make_flat(target / "shop")
+    ud.mark_upload(target, "shop")
+    assert run(capsys, "data", "add", "shop", "--images", target / "shop")[0] == 0
+    code, out, err = run(capsys, "data", "remove", "shop")
+    assert code == 0, err
+    assert not target.exists()

@@ -216,7 +216,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
     from mildnet.data.user_datasets import remove_dataset
 
     result = remove_dataset(args.name)
-    print(f"unregistered {result.name}; your images in {result.origin} were not touched")
+    if result.deleted_upload is not None:
+        print(f"unregistered {result.name}; deleted the photos unpacked from its uploaded zip: {result.deleted_upload}")
+    else:
+        print(f"unregistered {result.name}; your images in {result.origin} were not touched")
     if result.removed is not None:
         print(f"deleted its derived files: {result.removed}")
     elif result.kept:

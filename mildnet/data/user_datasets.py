@@ -501,14 +501,16 @@ def _refresh_instance(row: mf.DatasetSplit, old: pd.DataFrame, changes: FolderCh
 @dataclass(frozen=True)
 class RemoveResult:
     name: str
-    origin: str  # the user's folder, untouched
+    origin: str  # the user's folder, untouched (unless it was the app's own unpacked copy of an uploaded zip)
     removed: Path | None  # our derived files, deleted
     kept: str = ""  # why derived files were left in place
+    deleted_upload: Path | None = None  # the app's unpacked copy of this dataset's uploaded zip, deleted
 
 
 def remove_dataset(name: str, manifest: str | os.PathLike | None = None) -> RemoveResult:
     """Unregister a dataset added with :func:`add_dataset` and delete its derived files; the user's images
-    are never touched (hard links to them are only names: removing one leaves the photo)."""
+    are never touched (hard links to them are only names: removing one leaves the photo). The one folder of
+    photos deleted is the app's unpacked copy of this dataset's uploaded zip (:func:`mark_upload`)."""
     user_path = mf.user_manifest_path(manifest)
     home = user_data_dir(manifest) / name
     with _registry_lock(home.parent):
@@ -523,23 +525,45 @@ def remove_dataset(name: str, manifest: str | os.PathLike | None = None) -> Remo
             raise DataError(f"no dataset {name!r} was added with `data add` (added: {mine})")
         mf.save_user_manifest([s for s in user if s.dataset != name], user_path)
     first = rows[0]
-    _remove_unpacked_upload(first.origin, user_data_dir(manifest))
+    upload = _remove_unpacked_upload(name, first.origin, user_data_dir(manifest))
     kept = _why_keep(home, first)
     if kept:
-        return RemoveResult(name, first.origin, None, kept)
+        return RemoveResult(name, first.origin, None, kept, upload)
     shutil.rmtree(home)
-    return RemoveResult(name, first.origin, home)
+    return RemoveResult(name, first.origin, home, deleted_upload=upload)
 
 
-def _remove_unpacked_upload(origin: str | None, data_dir: Path) -> None:
-    """An uploaded zip's photos were unpacked by the app under ``data/uploads/<NAME>/``: they are our copy,
-    not the user's folder (the user kept the zip), so unregistering the dataset deletes them too."""
-    if not origin:
-        return
-    folder = Path(origin).resolve()
+# Written by the app into the folder it unpacks an uploaded zip into: the folder is then ours to delete with
+# the dataset. Being under data/uploads/ is not enough: a user may keep (or register) photos of their own there.
+UPLOAD_MARKER = ".mildnet-upload"
+
+
+def mark_upload(folder: str | os.PathLike, name: str) -> None:
+    """Marks ``folder`` (``data/uploads/<NAME>``) as the app's unpacked copy of dataset ``name``'s zip."""
+    (Path(folder) / UPLOAD_MARKER).write_text(name + "\n", encoding="utf-8")
+
+
+def _remove_unpacked_upload(name: str, origin: str | None, data_dir: Path) -> Path | None:
+    """Deletes the app's unpacked copy of dataset ``name``'s uploaded zip (the user kept the zip): the folder
+    directly under ``data/uploads/`` that holds ``origin`` (a zip with one top folder registers that folder) and
+    carries this dataset's :data:`UPLOAD_MARKER`. Anything else under uploads/ is the user's and stays."""
+    if not origin or Path(origin).is_symlink():
+        return None
     uploads = (data_dir / UPLOADS_DIR).resolve()
-    if folder.parent == uploads and folder.is_dir() and not Path(origin).is_symlink():
-        shutil.rmtree(folder)
+    folder = Path(origin).resolve()
+    if not folder.is_relative_to(uploads) or folder == uploads:
+        return None
+    while folder.parent != uploads:
+        folder = folder.parent
+    marker = folder / UPLOAD_MARKER
+    try:
+        owner = marker.read_text(encoding="utf-8").strip() if marker.is_file() and not marker.is_symlink() else None
+    except (OSError, UnicodeDecodeError):
+        owner = None
+    if owner != name or folder.is_symlink() or not folder.is_dir():
+        return None
+    shutil.rmtree(folder)
+    return folder
 
 
 def _why_keep(home: Path, row: mf.DatasetSplit) -> str:

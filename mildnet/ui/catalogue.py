@@ -82,6 +82,7 @@ def add_zip(name: str, upload: BinaryIO, progress: Progress | None = None) -> tu
         extracted = extract_images(handle.name, target,
                                    progress=lambda done, total: report(done, total, "unpacking photos"))
     try:
+        ud.mark_upload(target, name)  # ours: `data remove` deletes it with the dataset
         added = ud.add_dataset(name, extracted.root, progress=progress)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
