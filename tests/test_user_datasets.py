@@ -469,3 +469,17 @@ def test_remove_deletes_an_unpacked_zip_with_one_top_folder_and_the_name_can_be_
     code, out, err = run(capsys, "data", "remove", "shop")
     assert code == 0, err
     assert not target.exists()
+
+
+def test_a_labels_file_that_is_not_a_csv_is_refused_without_showing_its_content(registry, tmp_path, capsys):
+    """Issue 18 F2: the app's "Labels CSV" field takes any server path; the error named the first line's "columns",
+    which for /etc/shadow was root's entry. Column names that look like column names are still listed."""
+    photos = make_flat(tmp_path / "photos", n=4)
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$saltsalt$hashhashhash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n")
+    code, out, err = run(capsys, "data", "add", "s", "--images", photos, "--labels", secret)
+    assert code != 0 and "needs an 'image' column" in err and "hashhash" not in err and "19000" not in err
+    csv = tmp_path / "labels.csv"
+    csv.write_text("img,sku\np00.jpg,1\n")
+    code, out, err = run(capsys, "data", "add", "s", "--images", photos, "--labels", csv)
+    assert code != 0 and "found: img, sku" in err

@@ -10,6 +10,7 @@ folders, as in clothing-dataset-small), or read back from a ``catalog.csv``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +88,24 @@ def read_catalog_for(image_root: str | os.PathLike, path: str | os.PathLike | No
     return catalog.reset_index(drop=True)
 
 
+_COLUMN_NAME = re.compile(r"[\w .()-]{1,40}")
+
+
+def _describe_header(columns) -> str:
+    """The header's column names when they look like column names; else not a word of it: a file that is not a
+    labels CSV (someone typed /etc/shadow into the app's field) must not have its first line shown back."""
+    names = [str(c) for c in columns]
+    if names and len(names) <= 30 and all(_COLUMN_NAME.fullmatch(n) for n in names):
+        return "found: " + ", ".join(names)
+    return "its first line is not a CSV header of column names"
+
+
 def normalise_catalog(frame: pd.DataFrame, source: str = "catalog") -> pd.DataFrame:
     """Validate a catalog table and bring it to the standard columns (extra columns are kept)."""
     frame = frame.copy()
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     if "image" not in frame.columns:
-        raise DataError(f"{source}: needs an 'image' column (found: {', '.join(frame.columns) or 'none'})")
+        raise DataError(f"{source}: needs an 'image' column ({_describe_header(frame.columns)})")
     if "product_id" not in frame.columns:
         product = next((c for c in _PRODUCT_COLUMNS if c in frame.columns), None)
         if product is None:
