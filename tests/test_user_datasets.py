@@ -483,3 +483,17 @@ def test_a_labels_file_that_is_not_a_csv_is_refused_without_showing_its_content(
     csv.write_text("img,sku\np00.jpg,1\n")
     code, out, err = run(capsys, "data", "add", "s", "--images", photos, "--labels", csv)
     assert code != 0 and "found: img, sku" in err
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c"])
+def test_a_folder_name_with_a_unicode_line_separator_keeps_the_registry_readable(registry, tmp_path, capsys,
+                                                                                separator):
+    """Issue 18 F3: the registry was written by csv.writer but read with str.splitlines(), which also splits on
+    these; then `data list`, `data remove` and every page failed for good."""
+    photos = make_flat(tmp_path / f"photos{separator}x", n=4)
+    assert run(capsys, "data", "add", "sep", "--images", photos)[0] == 0
+    code, out, err = run(capsys, "data", "list")
+    assert code == 0 and "sep" in out, err
+    assert rows_of("sep")[0].origin == photos.resolve().as_posix()
+    code, out, err = run(capsys, "data", "remove", "sep")
+    assert code == 0, err

@@ -174,18 +174,23 @@ def save_user_manifest(splits: list[DatasetSplit], path: str | os.PathLike | Non
 
 
 def parse_manifest(text: str, base: Path, name: str = "manifest", allow_empty: bool = False) -> list[DatasetSplit]:
-    # Keep physical line numbers for messages while dropping comments and blank lines.
-    lines = [(no, line) for no, line in enumerate(text.splitlines(), 1)
-             if line.strip() and not line.lstrip().startswith("#")]
+    # One csv.reader over the whole text: it splits records on \n and \r only (and keeps quoted ones whole), where
+    # str.splitlines() also split on U+2028, U+0085, form feeds...: a folder name with one of those, written
+    # correctly by csv.writer, broke the registry and with it every command and page (issue 18 F3). Physical line
+    # numbers are kept for messages; comments and blank lines are dropped.
+    lines: list[tuple[int, list[str]]] = []
+    parser = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for cells in parser:
+            if any(c.strip() for c in cells) and not cells[0].lstrip().startswith("#"):
+                lines.append((parser.line_num, cells))
+    except csv.Error as exc:  # e.g. a field over the csv module's 131,072-character limit
+        raise DataError(f"{name}: unreadable CSV ({exc})") from None
     if not lines:
         if allow_empty:
             return []
         raise DataError(f"{name}: empty manifest (needs a header row: {','.join(COLUMNS)})")
-    try:
-        records = list(csv.reader([line for _, line in lines]))
-    except csv.Error as exc:  # e.g. a field over the csv module's 131,072-character limit
-        raise DataError(f"{name}: unreadable CSV ({exc})") from None
-    reader = iter(records)
+    reader = iter(cells for _, cells in lines)
     header = [h.strip().lower() for h in next(reader)]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
