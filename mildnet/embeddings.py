@@ -139,9 +139,17 @@ def catalog_fingerprint(image_root: str | os.PathLike, ids: Iterable[str]) -> st
 
 
 def dataset_name(image_root: str | os.PathLike) -> str:
-    """The default dataset part of a cache key: the image folder's name."""
-    name = Path(os.path.abspath(image_root)).name
-    return name or "images"
+    """The default dataset part of a cache key for a folder that is not a registered dataset: the folder's name
+    and 8 hex digits of its resolved path. The name alone made two shops' ``photos`` folders share one set in a
+    store: embedding the second replaced the first, and searching the first returned the second's products
+    under paths that do not exist (issue 18 F4)."""
+    path = Path(os.path.abspath(image_root))
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError):  # a link loop: the absolute path still names the folder
+        pass
+    digest = hashlib.sha256(path.as_posix().encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{path.name or 'images'}-{digest}"
 
 
 def cache_key(dataset: str, model_fp: str) -> str:

@@ -172,3 +172,19 @@ def test_embed_float16_halves_the_store_and_searches_the_same(capsys, run_dir, i
     for store in (wide, half):
         code, out, _ = run(capsys, "search", "--run", run_dir, "--store", store, "--id", "red/red_1.jpg", "--json")
         assert code == 0 and json.loads(out.splitlines()[-1])["results"][0]["id"].startswith("red/")
+
+
+def test_two_folders_with_the_same_name_keep_their_own_sets(capsys, run_dir, tmp_path):
+    """Issue 18 F4: the cache key was the folder's name: embedding /b/shop/photos replaced /a/shop/photos's set in
+    the same store, and searching A returned B's products under paths that do not exist."""
+    a = make_labelled_folder(tmp_path / "a" / "photos", classes=("red", "green"), per_class=3, size=SIZE)
+    b = make_labelled_folder(tmp_path / "b" / "photos", classes=("blue", "grey"), per_class=2, size=SIZE, seed=5)
+    store = tmp_path / "store"
+    assert embed(capsys, run_dir, a, store)[0] == 0
+    code, out, err = embed(capsys, run_dir, b, store)
+    assert code == 0 and "cache: built (4 embedded)" in out and "removed" not in out, err
+    code, out, err = run(capsys, "search", "--run", run_dir, "--store", store, "--images", a,
+                         "--image", a / "red/red_0.jpg", "-k", 6, "--json")
+    assert code == 0, err
+    ids = [r["id"] for r in json.loads(out.strip().splitlines()[-1])["results"]]
+    assert len(ids) == 6 and all(i.split("/")[0] in ("red", "green") for i in ids)

@@ -122,7 +122,7 @@ def test_cache_reuse_and_incremental_update(model, images, tmp_path):
     meta = built.embeddings.meta
     assert meta["model_name"] == "tiny_cnn" and meta["image_size"] == SIZE and meta["dim"] == 32
     assert meta["model_fingerprint"] == emb.model_fingerprint(model)
-    assert built.key == emb.cache_key("images", meta["model_fingerprint"])
+    assert built.key == emb.cache_key(emb.dataset_name(images), meta["model_fingerprint"])
 
     again = Counter()
     reused = emb.update_catalog(model, images, store, batch_size=5, progress=again)
@@ -194,7 +194,7 @@ def test_changed_model_is_rebuilt_never_served(model, images, tmp_path):
 def test_shards_merge_into_the_unsharded_set(model, images, tmp_path):
     store = LocalStore(tmp_path / "store")
     whole = emb.update_catalog(model, images, LocalStore(tmp_path / "whole"), batch_size=4).embeddings
-    key = emb.cache_key("images", emb.model_fingerprint(model))
+    key = emb.cache_key(emb.dataset_name(images), emb.model_fingerprint(model))
     sizes = []
     for index in (0, 2):
         part = emb.update_catalog(model, images, store, shard=(index, 3), batch_size=4)
@@ -216,7 +216,7 @@ def test_shards_stay_mergeable_after_an_image_changes_in_one_of_them(model, imag
     import os
 
     store = LocalStore(tmp_path / "store")
-    key = emb.cache_key("images", emb.model_fingerprint(model))
+    key = emb.cache_key(emb.dataset_name(images), emb.model_fingerprint(model))
     for index in (0, 1):
         emb.update_catalog(model, images, store, shard=(index, 2), batch_size=4)
     emb.merge_shards(store, key, 2)
