@@ -69,11 +69,15 @@ def test_document_round_trip_stale_and_damaged(tmp_path):
     store = LocalStore(tmp_path)
     made, note = cc.refresh(store, "shop/abc", s, labels=table)
     assert note is None
-    again = cc.load_for(store, "shop/abc", s)
+    again = cc.load_for(store, "shop/abc", s, table)
     assert again.rule == made.rule and again.match.cosines == made.match.cosines
+    # Other labels for the same photos (a catalogue.csv added or edited): refitted, not reused.
+    assert cc.load_for(store, "shop/abc", s, None) is None
+    relabelled = table.assign(category=table["category"].where(table.index % 2 == 0, "other"))
+    assert cc.load_for(store, "shop/abc", s, relabelled) is None
     # Another catalogue state (a photo added): the kept calibration is not used for it.
     moved = EmbeddingSet(s.ids, s.paths, s.vectors, {**s.meta, "catalog_fingerprint": "d" * 64})
-    assert cc.load_for(store, "shop/abc", moved) is None
+    assert cc.load_for(store, "shop/abc", moved, table) is None
     path = next(tmp_path.rglob(f"{cc.DOCUMENT}.json"))
     path.write_text('{"format": 1, "rule": [1]')
     with pytest.raises(cal.CalibrationError, match="damaged") as err:
@@ -83,7 +87,7 @@ def test_document_round_trip_stale_and_damaged(tmp_path):
     with pytest.raises(cal.CalibrationError, match="damaged"):
         cc.load_for(store, "shop/abc", s)
     fixed, note = cc.refresh(store, "shop/abc", s, labels=table)  # a damaged document is replaced
-    assert fixed is not None and note is None and cc.load_for(store, "shop/abc", s) is not None
+    assert fixed is not None and note is None and cc.load_for(store, "shop/abc", s, table) is not None
 
 
 def test_close_match_metrics_and_threshold():
@@ -129,7 +133,7 @@ def test_agreement_score_is_chosen_where_it_separates_better_and_search_reads_it
     # Kept beside the set and read back as it was.
     store = LocalStore(tmp_path)
     cc.save_for(store, "shop/w", made)
-    assert cc.load_for(store, "shop/w", s).rule == rule
+    assert cc.load_for(store, "shop/w", s, table).rule == rule
 
 
 def test_agreement_counts_only_the_results_a_query_has():
@@ -138,3 +142,21 @@ def test_agreement_counts_only_the_results_a_query_has():
     assert cc._agreement(top, cats).tolist() == pytest.approx([3 / 5, 1 / 2])
     with pytest.raises(cal.CalibrationError, match="three finite weights"):
         cc.CloseMatchRule("top1+agree5", 0.1, "category holdout", weights=(1.0, float("nan"), 2.0), categories={})
+
+
+@pytest.mark.parametrize("layout", ["data add table", "no table", "under split folders"])
+def test_a_folder_of_class_folders_is_a_catalogue_of_types(layout):
+    """Review of issue 17: `data add` writes product = class folder and no category for class folders; read as
+    products, no category could be held out and the flat rule called most unsold types close. Its photos are
+    products of the class-folder types, also under train/val/test folders (not categories themselves)."""
+    s, table = clustered()
+    if layout == "under split folders":
+        ids = [f"{('train', 'test')[n % 2]}/{i}" for n, i in enumerate(s.ids)]
+        s = EmbeddingSet(ids, ids, s.vectors, s.meta)
+    classes = [i.split("/")[-2] for i in s.ids]
+    labels = None if layout != "data add table" else pd.DataFrame(
+        {"image": s.ids, "product_id": classes, "category": ""})
+    product, category = cc._labels(s.ids, labels)  # what calibrate_catalogue fits (it also needs a model's views)
+    assert len(np.unique(product)) == len(s.ids) and len(np.unique(category)) == 3
+    rule = cc.fit_rule(s.vectors, product, category, ids=s.ids)
+    assert rule.method == "category holdout" and rule.auc > 0.9, rule

@@ -505,3 +505,22 @@ def test_redis_store_float16_round_trip_and_half_the_bytes(redis_url):
     assert plain.get("ds/m").equals(s)
     assert isinstance(open_store(redis_url, dtype="float16"), RedisStore)
     assert open_store(redis_url, dtype="float16").dtype == "float16"
+
+
+def _documents_go_with_their_set(store):
+    store.put("shop/abc", make_set())
+    store.put_document("shop/abc", "catalogue-calibration", {"threshold": 0.5})
+    assert store.get_document("shop/abc", "catalogue-calibration") == {"threshold": 0.5}
+    assert store.delete("shop/abc")
+    assert store.get_document("shop/abc", "catalogue-calibration") is None
+    store.put("shop/abc", make_set(seed=1))  # a new set under the same key starts without the old one's documents
+    assert store.get_document("shop/abc", "catalogue-calibration") is None
+
+
+def test_local_documents_are_deleted_with_their_set(tmp_path):
+    _documents_go_with_their_set(LocalStore(tmp_path))
+
+
+def test_redis_documents_are_deleted_with_their_set(redis_url):
+    """Review of issue 17: RedisStore.delete left a set's documents behind (a local store's folder takes them)."""
+    _documents_go_with_their_set(RedisStore(redis_url, prefix="docs-test:"))

@@ -171,12 +171,20 @@ def catalog_from_folder(
     return assign_splits(catalog, split_fractions, seed)
 
 
-def _from_path(name: str) -> dict[str, str]:
+def folder_class(name: str) -> str | None:
+    """The class folder of an image path as :func:`catalog_from_folder` reads it (``[split/]class/.../x.jpg``:
+    the folders under an optional train/val/test folder), or None for a file directly under the root."""
     parts = name.split("/")
     split = _SPLIT_FOLDERS.get(parts[0].lower(), "") if len(parts) > 2 else ""
     folders = parts[1:-1] if split else parts[:-1]
+    return "/".join(folders) if folders else None
+
+
+def _from_path(name: str) -> dict[str, str]:
+    parts = name.split("/")
+    split = _SPLIT_FOLDERS.get(parts[0].lower(), "") if len(parts) > 2 else ""
     # A file directly under the root is its own product: it has no positive but can be a negative.
-    product = "/".join(folders) if folders else Path(name).stem
+    product = folder_class(name) or Path(name).stem
     return {"image": name, "product_id": product, "category": "", "split": split}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -274,6 +275,12 @@ class RedisStore(Store):
             tx.getdel(self._k(key, "current"))
             tx.srem(self._index_key(), key.encode("utf-8"))
             previous, _ = tx.execute()
+            # The documents kept beside the set (its catalogue calibration) go with it, as in a local store's
+            # folder; a stale one left behind was read again for a new set under the same key.
+            pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", self._k(key, "doc")) + b":*"
+            documents = list(self._r.scan_iter(match=pattern, count=100))
+            if documents:
+                self._r.delete(*documents)
         if previous is None:
             return False
         self._drop_version(key, previous.decode("ascii", "replace"))
