@@ -160,3 +160,21 @@ def test_a_folder_of_class_folders_is_a_catalogue_of_types(layout):
     assert len(np.unique(product)) == len(s.ids) and len(np.unique(category)) == 3
     rule = cc.fit_rule(s.vectors, product, category, ids=s.ids)
     assert rule.method == "category holdout" and rule.auc > 0.9, rule
+
+
+def test_evaluation_page_table_says_the_rates_are_simulated_and_which_runs_are_not_embedded():
+    """Review of issue 17: the page labelled the simulation's rates as if measured on real photos, and called a
+    run whose catalogue was not embedded yet "decided by the run's own calibration"."""
+    from types import SimpleNamespace
+
+    from mildnet.ui.evaluation_page import close_match_table
+
+    s, table = clustered()
+    made = cc.fit_rule(s.vectors, *cc._labels(s.ids, table), ids=s.ids)
+    runs = [SimpleNamespace(key="a"), SimpleNamespace(key="b"), SimpleNamespace(key="c")]
+    frame = close_match_table(runs, {"a": "A", "b": "B", "c": "C"},
+                              {"a": SimpleNamespace(rule=made), "b": None, "c": None},
+                              {"a": True, "b": False, "c": True})
+    assert {"simulated ROC AUC", "simulated: sold types called close"} <= set(frame.columns)
+    assert list(frame["decided by"]) == [made.method, "not embedded yet (search once to embed)",
+                                         "run's own calibration"]
