@@ -86,8 +86,22 @@ class CloseMatchRule:
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise CalibrationError(f"unknown close-match score {self.score!r}")
-        if not math.isfinite(self.threshold):
+        # A document edited or damaged into other types must be refused here (and refitted), not fail later
+        # with a traceback where the rule is described or applied.
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not math.isfinite(self.threshold):
             raise CalibrationError("close-match threshold is not a number")
+        for name in ("auc", "in_called_close", "out_called_not_close"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= value <= 1.0):
+                raise CalibrationError(f"close-match {name} must be a number in [0, 1] or null, got {value!r}")
+        for name in ("n_in", "n_out"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CalibrationError(f"close-match {name} must be a count, got {value!r}")
+        if self.method not in ("category holdout", "flat") or not (self.note is None or isinstance(self.note, str)):
+            raise CalibrationError(f"unknown close-match method {self.method!r}")
         if self.score == AGREE:
             if (not isinstance(self.weights, (list, tuple)) or len(self.weights) != 3
                     or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in self.weights)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -178,3 +180,21 @@ def test_evaluation_page_table_says_the_rates_are_simulated_and_which_runs_are_n
     assert {"simulated ROC AUC", "simulated: sold types called close"} <= set(frame.columns)
     assert list(frame["decided by"]) == [made.method, "not embedded yet (search once to embed)",
                                          "run's own calibration"]
+
+
+@pytest.mark.parametrize("field,value", [("auc", "0.98"), ("in_called_close", 1.5), ("n_in", "12"),
+                                         ("threshold", True), ("method", "magic")])
+def test_a_document_damaged_into_other_types_is_refused_and_refitted(tmp_path, field, value):
+    """Review of issue 17: a parseable document with "auc": "0.98" passed and then `embed`/`search` failed with a
+    traceback while describing the rule; it must count as damaged (one line) and be refitted."""
+    s, table = clustered()
+    store = LocalStore(tmp_path)
+    made, _ = cc.refresh(store, "shop/abc", s, labels=table)
+    path = next(tmp_path.rglob(f"{cc.DOCUMENT}.json"))
+    document = json.loads(path.read_text())
+    document["rule"][field] = value
+    path.write_text(json.dumps(document))
+    with pytest.raises(cal.CalibrationError, match="damaged"):
+        cc.load_for(store, "shop/abc", s, table)
+    fixed, note = cc.refresh(store, "shop/abc", s, labels=table)
+    assert note is None and fixed.rule == made.rule and "simulated AUC" in cc.describe(fixed)
