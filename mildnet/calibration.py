@@ -242,6 +242,12 @@ def fit(positive_cosines, negative_cosines, source: dict | None = None) -> Calib
     return Calibration(probe.cosines, probe.matches, n_pos, n_neg, summary, dict(source or {}))
 
 
+def rank_auc(positive, negative) -> float:
+    """P(a positive score > a negative one), ties counting half (Mann-Whitney): the ROC AUC of two samples."""
+    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    return _rank_auc(np.concatenate([pos, neg]), np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]))
+
+
 def _rank_auc(x: np.ndarray, y: np.ndarray) -> float:
     """P(a matching pair's cosine > a non-matching pair's), ties counting half (Mann-Whitney)."""
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)

@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mildnet.calibration import Calibration, CalibrationError, fit
+from mildnet.calibration import Calibration, CalibrationError, fit, rank_auc
 from mildnet.errors import DataError, ImageError, StoreError
 
 __all__ = [
@@ -244,23 +244,11 @@ def _score(top: np.ndarray, name: str) -> np.ndarray:
                         -np.inf)
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(an in-catalogue score > an out-of-catalogue one), ties half (Mann-Whitney)."""
-    x = np.concatenate([pos, neg])
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    ranks = (sums / counts)[inverse]
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def close_match_metrics(in_scores, out_scores, threshold: float) -> dict:
     """ROC AUC of a score separating in- from out-of-catalogue queries, and both rates at ``threshold``."""
     pos, neg = np.asarray(in_scores, dtype=np.float64), np.asarray(out_scores, dtype=np.float64)
     return {
-        "auc": _auc(pos, neg) if len(pos) and len(neg) else None,
+        "auc": rank_auc(pos, neg) if len(pos) and len(neg) else None,
         "in_called_close": float(np.mean(pos >= threshold)) if len(pos) else None,
         "out_called_not_close": float(np.mean(neg < threshold)) if len(neg) else None,
         "n_in": int(len(pos)), "n_out": int(len(neg)), "threshold": float(threshold),
@@ -367,7 +355,7 @@ def fit_rule(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | No
             pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
             if not len(pos) or not len(neg):
                 break
-            auc = _auc(pos, neg)
+            auc = rank_auc(pos, neg)
             if best is None or auc > best[1] + 0.005:  # a longer score must earn its place
                 best = (name, auc, pos, neg, weights)
         if best is not None:

@@ -136,9 +136,11 @@ class WeightedAverage(keras.layers.Layer):
     def call(self, inputs):
         features, weights = inputs
         size = ops.shape(features)[1:3]
-        w = ops.image.resize(ops.cast(weights, features.dtype), (size[0], size[1]), interpolation="area")
+        # Sums in float32: over a 40x40 map they overflow float16 under a mixed-precision policy.
+        x = ops.cast(features, "float32")
+        w = ops.image.resize(ops.cast(weights, "float32"), (size[0], size[1]), interpolation="area")
         total = ops.sum(w, axis=(1, 2))
-        return ops.sum(features * w, axis=(1, 2)) / ops.maximum(total, 1e-6)
+        return ops.cast(ops.sum(x * w, axis=(1, 2)) / ops.maximum(total, 1e-6), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         features_shape = input_shape[0]
