@@ -61,6 +61,9 @@ class CatalogueSettings:
     # At most this share of the catalogue's own simulated queries (another photo of a type it sells) is called
     # "no close match": a shopper looking for something the shop sells should nearly always be shown it.
     max_in_rejected: float = 0.1
+    # The fitted top1+agree5 score is offered only when both sides of the simulation have this many queries: on a
+    # 20-photo catalogue its logistic fit took extreme weights (10.4, -31.4) from a handful of points.
+    min_fit_queries: int = 100
     seed: int = 0
 
 
@@ -317,15 +320,16 @@ def labels_fingerprint(ids: Sequence[str], labels) -> str:
     return h.hexdigest()[:16]
 
 
-def _candidates(in_top, in_cat, out_top, out_cat):
-    """(name, in-scores, out-scores, weights) of each close-match score on the simulation, simplest first."""
+def _candidates(in_top, in_cat, out_top, out_cat, min_fit: int = 2):
+    """(name, in-scores, out-scores, weights) of each close-match score on the simulation, simplest first; the
+    fitted one only with ``min_fit`` queries on each side."""
     for name in ("top1", "top3"):
         yield name, _score(in_top, name), _score(out_top, name), None
     pos_ok, neg_ok = np.isfinite(in_top[:, 0]), np.isfinite(out_top[:, 0])
     x = np.concatenate([np.column_stack([t[ok, 0], _agreement(t[ok], c[ok])])
                         for t, c, ok in ((in_top, in_cat, pos_ok), (out_top, out_cat, neg_ok))])
     y = np.concatenate([np.ones(pos_ok.sum()), np.zeros(neg_ok.sum())])
-    if pos_ok.sum() < 2 or neg_ok.sum() < 2:
+    if pos_ok.sum() < max(2, min_fit) or neg_ok.sum() < max(2, min_fit):
         return
     weights = _logistic(x, y)
     value = _combine(weights, x[:, 0], x[:, 1])
@@ -351,7 +355,7 @@ def fit_rule(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | No
         has_peer = np.array([np.any((category == category[r]) & (product != product[r])) for r in rows])
         best = None
         for name, pos, neg, weights in _candidates(in_top[has_peer], category[in_rows[has_peer]], out_top,
-                                                   category[out_rows]):
+                                                   category[out_rows], settings.min_fit_queries):
             pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
             if not len(pos) or not len(neg):
                 break

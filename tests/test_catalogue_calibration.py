@@ -115,7 +115,9 @@ def test_agreement_score_is_chosen_where_it_separates_better_and_search_reads_it
     # Wide categories (products spread as far as categories are apart): cosine alone overlaps, but a held-out
     # category's photos get neighbours of mixed types while a sold type's get its own type.
     s, table = clustered(categories=6, products=8, spread=(1.5, 0.3))
-    made = cc.calibrate_catalogue(s, table)
+    # 96 photos: below the default simulation size for the fitted score, which then is not offered at all.
+    assert cc.calibrate_catalogue(s, table).rule.score != "top1+agree5"
+    made = cc.calibrate_catalogue(s, table, settings=cc.CatalogueSettings(min_fit_queries=20))
     rule = made.rule
     assert rule.score == "top1+agree5" and rule.k == 5 and len(rule.weights) == 3 and rule.weights[2] > 0
     assert set(rule.categories) == set(s.ids) and "share of the top 5" in cc.describe(made)
