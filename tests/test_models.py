@@ -330,3 +330,82 @@ def test_colour_histogram_config_of_the_first_version_is_unchanged():
     assert {"space", "foreground", "border", "scale", "floor"}.isdisjoint(config)
     rebuilt = ColourHistogram.from_config(ColourHistogram(space="hsv", foreground=True, scale=20.0).get_config())
     assert (rebuilt.space, rebuilt.foreground, rebuilt.scale) == ("hsv", True, 20.0)
+
+
+# --- EfficientNet-Lite (converted ImageNet weights, docs/backbones.md) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def lite0():
+    return build_model("efficientnet_lite0_colour", input_size=64)
+
+
+def _lite_arrays(model, seed=0):
+    """A weights file's arrays for ``model``: every backbone variable under its key, random values."""
+    from mildnet.models.efficientnet_lite import backbone_layers, weight_key
+
+    rng = np.random.default_rng(seed)
+    return {weight_key(layer, v): rng.uniform(0.5, 1.5, v.shape).astype("float32")
+            for layer in backbone_layers(model) for v in layer.weights}
+
+
+def test_efficientnet_lite_builds_the_reference_layout(lite0):
+    from mildnet.models.efficientnet_lite import backbone_layers, block_names
+
+    assert len(block_names("lite0")) == 16 and len(block_names("lite2")) == 21
+    # Stem/head fixed at 32/1280, no squeeze-excite, ReLU6: the parameter count of the converted state dict
+    # (bench/convert_efficientnet_lite.py: 3.41M values, BN moving statistics included, classifier excluded).
+    assert sum(int(np.prod(v.shape)) for layer in backbone_layers(lite0) for v in layer.weights) == 3_413_024
+    assert lite0.get_layer("features").output.shape[-1] == 24 + 40 + 112 + 1280 + 17 * 8
+    assert lite0.get_layer("block2b_add") is not None and lite0.get_layer("head_relu").get_config()["max_value"] == 6
+    assert not _has_lambda(lite0)
+    _assert_unit_rows(lite0.predict(_images(size=64), verbose=0), 256)
+    lite2 = build_model("efficientnet_lite2_colour", input_size=64)
+    assert lite2.get_layer("features").output.shape[-1] == 24 + 48 + 120 + 1280 + 17 * 8
+
+
+def test_efficientnet_lite_loader_maps_every_weight(lite0, tmp_path):
+    from mildnet.models import efficientnet_lite
+
+    arrays = _lite_arrays(lite0)
+    np.savez(tmp_path / "w.npz", **arrays)
+    model = build_model("efficientnet_lite0_colour", input_size=64, weights=str(tmp_path / "w.npz"))
+    for layer in efficientnet_lite.backbone_layers(model):
+        for v in layer.weights:
+            np.testing.assert_array_equal(np.asarray(v), arrays[efficientnet_lite.weight_key(layer, v)])
+
+
+@pytest.mark.parametrize("change", ["missing", "shape", "extra", "not npz"])
+def test_efficientnet_lite_loader_refuses_a_wrong_file_with_one_line(lite0, tmp_path, change):
+    from mildnet.models import efficientnet_lite
+
+    arrays = _lite_arrays(lite0)
+    path = tmp_path / "w.npz"
+    if change == "missing":
+        arrays.pop("block3a_dw_bn/moving_mean")
+    elif change == "shape":
+        arrays["head_conv/kernel"] = arrays["head_conv/kernel"][..., :10]
+    elif change == "extra":
+        arrays["block17a_dw_conv/kernel"] = np.zeros((3, 3, 4, 1), "float32")
+    np.savez(path, **arrays)
+    if change == "not npz":
+        path.write_bytes(b"not a zip")
+    before = [np.asarray(v).copy() for v in lite0.weights]
+    with pytest.raises(ModelError) as caught:
+        efficientnet_lite.load_weights(lite0, path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+    assert all(np.array_equal(a, np.asarray(v)) for a, v in zip(before, lite0.weights))  # nothing half-loaded
+
+
+def test_efficientnet_lite_imagenet_without_converted_file_names_the_converter(tmp_path, monkeypatch):
+    monkeypatch.setenv("MILDNET_WEIGHTS_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match="convert_efficientnet_lite.py"):
+        build_model("efficientnet_lite0_colour", input_size=64, weights="imagenet")
+
+
+def test_efficientnet_lite_saves_and_loads_in_safe_mode(lite0, tmp_path):
+    from mildnet.models.layers import Preprocess
+
+    loaded = load_model(save_model(lite0, tmp_path / "e.keras"), expected_name="efficientnet_lite0_colour")
+    x = _images(size=64)
+    np.testing.assert_allclose(lite0.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(Preprocess("lite")(np.full((1, 1, 1, 3), 255.0, "float32"))), 1.0)

@@ -10,7 +10,7 @@ from keras import ops
 # ImageNet channel means in BGR order, as used by the Caffe-trained VGG and SqueezeNet weights.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
-PREPROCESS_MODES = ("caffe", "tf", "unit", "none")
+PREPROCESS_MODES = ("caffe", "tf", "unit", "lite", "none")
 
 
 @keras.saving.register_keras_serializable(package="mildnet")
@@ -21,6 +21,7 @@ class Preprocess(keras.layers.Layer):
         - ``"caffe"``: RGB -> BGR, then subtract the ImageNet mean (VGG, SqueezeNet).
         - ``"tf"``: scale to [-1, 1] (MobileNet).
         - ``"unit"``: scale to [0, 1] (small models trained from scratch).
+        - ``"lite"``: ``(x - 127) / 128``, the reference normalisation of EfficientNet-Lite.
         - ``"none"``: pass through (backbones that rescale internally, e.g. EfficientNet).
     """
 
@@ -39,6 +40,8 @@ class Preprocess(keras.layers.Layer):
             return x / 127.5 - 1.0
         if self.mode == "unit":
             return x / 255.0
+        if self.mode == "lite":
+            return (x - 127.0) / 128.0
         return x
 
     def compute_output_shape(self, input_shape):

