@@ -5,6 +5,7 @@ Backbone preprocessing lives inside the model (a :class:`Preprocess` layer), so 
 is self-contained and never depends on the caller preparing pixels the right way.
 """
 
+import functools
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,10 +333,19 @@ def _build_squeezenet_colour(input_size, embedding_dim, weights):
     # features are trained to ignore. Each part is L2-normalised so none dominates by scale.
     inputs = _image_input(input_size)
     x = Preprocess("caffe", name="preprocess")(inputs)
-    fires = squeezenet.squeezenet_features(x)
+    model = _taps_and_colour(inputs, squeezenet.squeezenet_features(x), SQUEEZENET_TAPS, embedding_dim,
+                             "squeezenet_colour")
+    if weights is not None:
+        squeezenet.load_weights(model, weights)
+    return model
+
+
+def _taps_and_colour(inputs, maps: dict, taps, embedding_dim: int, name: str) -> keras.Model:
+    """The frozen-features design: each tapped map pooled and L2-normalised, plus the product's colour, into the
+    layer named ``features``; one linear embedding over it, L2-normalised."""
     parts = []
-    for tap in SQUEEZENET_TAPS:
-        pooled = layers.GlobalAveragePooling2D(name=f"gap_{tap}")(fires[tap])
+    for tap in taps:
+        pooled = layers.GlobalAveragePooling2D(name=f"gap_{tap}")(maps[tap])
         parts.append(L2Normalize(name=f"l2_{tap}")(pooled))
     # The colour of the product, not of the studio sweep: HSV cells of the foreground (issue 17: on Luma's studio
     # photos type + colour 0.916 vs 0.910 trained, 0.857 vs 0.850 zero-shot; recall@5 by product 0.82 vs 0.76;
@@ -346,11 +356,7 @@ def _build_squeezenet_colour(input_size, embedding_dim, weights):
     # the features, which keeps their cosine geometry, so an untrained model already searches like the
     # features themselves and training starts from there instead of from a scrambled space.
     x = layers.Dense(embedding_dim, use_bias=False, kernel_initializer="orthogonal", name="embedding")(features)
-    outputs = L2Normalize(name="l2_norm")(x)
-    model = keras.Model(inputs, outputs, name="squeezenet_colour")
-    if weights is not None:
-        squeezenet.load_weights(model, weights)
-    return model
+    return keras.Model(inputs, L2Normalize(name="l2_norm")(x), name=name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -365,45 +371,24 @@ EFFICIENTNET_TAPS = tuple(f"stage{s}" for s in efficientnet_lite.TAP_STAGES) + (
 def _efficientnet_lite_colour(variant, input_size, embedding_dim, weights):
     inputs = _image_input(input_size)
     x = Preprocess("lite", name="preprocess")(inputs)
-    maps = efficientnet_lite.efficientnet_lite_features(x, variant)
-    parts = []
-    for tap in EFFICIENTNET_TAPS:
-        pooled = layers.GlobalAveragePooling2D(name=f"gap_{tap}")(maps[tap])
-        parts.append(L2Normalize(name=f"l2_{tap}")(pooled))
-    parts.append(ColourHistogram(space="hsv", foreground=True, name="colour_histogram")(inputs))
-    features = layers.Concatenate(name=FEATURES_LAYER)(parts)
-    x = layers.Dense(embedding_dim, use_bias=False, kernel_initializer="orthogonal", name="embedding")(features)
-    outputs = L2Normalize(name="l2_norm")(x)
-    model = keras.Model(inputs, outputs, name=f"efficientnet_{variant}_colour")
+    model = _taps_and_colour(inputs, efficientnet_lite.efficientnet_lite_features(x, variant), EFFICIENTNET_TAPS,
+                             embedding_dim, f"efficientnet_{variant}_colour")
     if weights is not None:
         efficientnet_lite.load_weights(model, weights)
     return model
 
 
-@_register(
-    "efficientnet_lite0_colour",
-    default_embedding_dim=256,
-    description="EfficientNet-Lite0 ImageNet features (GAP of the 1/4, 1/8, 1/16 stages and the 1280-d head) + the "
-    "product's colour (foreground HSV histogram), linear 256-d embedding; weights: a converted .npz "
-    "(bench/convert_efficientnet_lite.py). ~3x SqueezeNet's CPU time.",
-    freeze_through=FEATURES_LAYER,
-    default_input_size=224,
-)
-def _build_efficientnet_lite0_colour(input_size, embedding_dim, weights):
-    return _efficientnet_lite_colour("lite0", input_size, embedding_dim, weights)
-
-
-@_register(
-    "efficientnet_lite2_colour",
-    default_embedding_dim=256,
-    description="EfficientNet-Lite2 ImageNet features (GAP of the 1/4, 1/8, 1/16 stages and the 1280-d head) + the "
-    "product's colour (foreground HSV histogram), linear 256-d embedding; weights: a converted .npz "
-    "(bench/convert_efficientnet_lite.py). ~5x SqueezeNet's CPU time.",
-    freeze_through=FEATURES_LAYER,
-    default_input_size=260,
-)
-def _build_efficientnet_lite2_colour(input_size, embedding_dim, weights):
-    return _efficientnet_lite_colour("lite2", input_size, embedding_dim, weights)
+for _variant, _size, _cost in (("lite0", 224, "~3x"), ("lite2", 260, "~5x")):
+    _register(
+        f"efficientnet_{_variant}_colour",
+        default_embedding_dim=256,
+        description=f"EfficientNet-{_variant.capitalize()} ImageNet features (GAP of the 1/4, 1/8, 1/16 stages and the "
+        "1280-d head) + the product's colour (foreground HSV histogram), linear 256-d embedding; weights: a converted "
+        f".npz (bench/convert_efficientnet_lite.py). {_cost} SqueezeNet's CPU time.",
+        freeze_through=FEATURES_LAYER,
+        default_input_size=_size,
+    )(functools.partial(_efficientnet_lite_colour, _variant))
+del _variant, _size, _cost
 
 
 # ---------------------------------------------------------------------------------------------------
