@@ -185,7 +185,7 @@ def test_a_catalogue_too_small_for_triplets_says_so(env, tmp_path):
     ("blank", "give the path of a folder"),
     ("bad name", "dataset name"),
     ("taken", "already exists"),
-    ("escaping link", "links to files outside it"),
+    ("escaping link", "leads outside the folder"),
 ])
 def test_add_folder_bad_input_is_one_clear_error(env, tmp_path, case, expected):
     name = ""

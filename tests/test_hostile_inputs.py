@@ -640,6 +640,111 @@ def test_hostile_archive(case, tmp_path):
     assert not list(tmp_path.rglob("evil.txt"))
 
 
+# --- folders and photo names: `data add`, `data fetch --from` ------------------------------------------------------
+
+
+def _photos(root: Path, names: list[str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        _jpeg(root / f"p{i}.jpg", (60 * i, 30, 200 - 40 * i))
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _jpeg(root / name, (20, 160, 20))
+    return root
+
+
+def _link_loops(root: Path) -> Path:
+    for label in ("hat", "shoes"):
+        _photos(root / label, [])
+    (root / "hat" / "up").symlink_to("..", target_is_directory=True)
+    (root / "shoes" / "again").symlink_to("../..", target_is_directory=True)
+    return root
+
+
+def _file_loop(root: Path) -> Path:
+    _photos(root, [])
+    (root / "a.jpg").symlink_to(root / "b.jpg")
+    (root / "b.jpg").symlink_to(root / "a.jpg")
+    return root
+
+
+def _fifo_photo(root: Path) -> Path:
+    for label in ("hat", "shoes"):
+        _photos(root / label, [])
+    os.mkfifo(root / "hat" / "pipe.jpg")
+    return root
+
+
+FOLDERS = [
+    Case("fetch-folder-link-loops", "`data fetch clothing-small --from DIR`, DIR holding two `ln -s ..` folder loops",
+         "exit 1 within seconds, one line naming the links, nothing copied (was: copied until the disk was full)",
+         {"build": _link_loops, "command": "fetch", "match": "hat/up leads back to its own parent"}),
+    Case("add-file-link-loop", "`data add` of a folder where a.jpg -> b.jpg -> a.jpg",
+         "exit 1, one line 'a.jpg is a loop of links' (was a RuntimeError traceback)",
+         {"build": _file_loop, "match": "a.jpg is a loop of links"}),
+    Case("photo-name-carriage-return", "a photo named 'bad\\rname.jpg' (also through an uploaded zip)",
+         "added; that photo left out, named with repr, 'control character: rename it'; the rest embeds (was: the "
+         "dataset could never be embedded)", {"names": ["bad\rname.jpg"], "left_out": "control character"}),
+    Case("photo-name-crlf", "a photo named 'bad\\r\\nname.jpg'", "the same; triplet files stay whole",
+         {"names": ["bad\r\nname.jpg"], "left_out": "control character"}),
+    Case("photo-name-line-separator", "a photo named with U+2028 in it", "the same",
+         {"names": ["bad\u2028name.jpg"], "left_out": "control character"}),
+    Case("photo-name-254-bytes", "photo names of 251 to 255 bytes", "added and embedded: their augmented views get "
+         "a shortened name with a hash (was OSError 36 'File name too long')",
+         {"names": ["y" * (n - 4) + ".jpg" for n in range(251, 256)]}),
+    Case("photo-name-spaces-backslash", "' lead.jpg', 'back\\\\slash.jpg', no labels CSV",
+         "added; those photos left out, 'rename it' (was: 'not in the labels CSV' and a phantom row "
+         "'back/slash.jpg')", {"names": [" lead.jpg", "back\\slash.jpg"], "left_out": "rename it"}),
+    Case("photo-name-formula", "'=cmd|' -C calc'!A0.jpg' and '@SUM(1+1).jpg'", "added; in catalog.csv and the "
+         "triplet files such cells start with an apostrophe (text in a spreadsheet, not a formula); read back "
+         "unchanged", {"names": ["=cmd|' -C calc'!A0.jpg", "@SUM(1+1).jpg"], "formula": True}),
+    Case("dataset-name-250-chars", "a dataset name of 250 characters", "usage error, exit 2, one line 'the most is "
+         "64' (was OSError 36 from the staging folder)", {"dataset": "n" * 250, "match": "the most is 64", "exit": 2}),
+    Case("copy-a-fifo", "`data add --copy` of class folders holding a FIFO named hat/pipe.jpg", "added; the pipe left "
+         "out as 'not a regular file' (was shutil.SpecialFileError)", {"build": _fifo_photo, "extra": ["--copy"],
+                                                   "left_out": "not a regular file"}),
+]
+
+
+@pytest.mark.parametrize("case", params(FOLDERS))
+def test_hostile_folder(case, tmp_path, monkeypatch, capsys):
+    from mildnet.data.catalog import read_catalog
+
+    monkeypatch.delenv(manifest.ENV_VAR, raising=False)
+    monkeypatch.setenv(manifest.USER_ENV_VAR, str(tmp_path / "reg" / "data_manifest.user.csv"))
+    root = case.check.get("build", lambda r: _photos(r, case.check.get("names", [])))(tmp_path / "photos")
+    name = case.check.get("dataset", "shop")
+    if case.check.get("command") == "fetch":
+        command = ["data", "fetch", "clothing-small", "--from", str(root), "--to", str(tmp_path / "out")]
+    else:
+        command = ["data", "add", name, "--images", str(root), *case.check.get("extra", [])]
+    code = _within(60, main, command)
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").rsplit("\n", 1)[-1].split("\r")[-1]
+    if "match" in case.check:
+        assert code == case.check.get("exit", 1) and last.startswith("error:"), err
+        assert re.search(case.check["match"], last) and err.count("error:") == 1, err
+        assert not list((tmp_path / "out").rglob("*.jpg")) and not (tmp_path / "reg").exists()
+        return
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:") and "left out" in line]
+    if "left_out" in case.check:
+        assert len(warnings) == 1 and case.check["left_out"] in warnings[0], err
+        assert all(c.isprintable() for c in warnings[0]), warnings  # the odd name is shown with repr
+    else:
+        assert not warnings, err
+    home = tmp_path / "reg" / "data" / name
+    catalog = read_catalog(home / "catalog.csv")
+    image_root = home / "images" if (home / "images").is_dir() else root
+    assert all((image_root / image).is_file() for image in catalog["image"]), "a phantom row"
+    if case.check.get("formula"):
+        raw = (home / "catalog.csv").read_text() + (home / "train.csv").read_text()
+        assert not re.search(r"(^|,)[=@+-]", raw, re.MULTILINE), raw
+        assert {"=cmd|' -C calc'!A0.jpg", "@SUM(1+1).jpg"} <= set(catalog["product_id"])
+    assert main(["embed", "--dataset", name, "--model", "tiny_cnn", "--image-size", "32",
+                 "--store", str(tmp_path / "store")]) == 0, capsys.readouterr().err
+
+
 # --- URLs: store URLs in embed/search, download URLs ---------------------------------------------------------------
 
 URLS = [
@@ -723,6 +828,8 @@ TABLES = [
     ("Checkpoints", "load_model (Keras safe_mode)", CHECKPOINTS, "test_hostile_checkpoint"),
     ("Stores", "`search` against a damaged local store / Redis set", STORES, "test_hostile_store"),
     ("Archives", "extract (data fetch, archive imports)", ARCHIVES, "test_hostile_archive"),
+    ("Folders and photo names", "`data add` (the app's folder and zip uploads too), `data fetch --from`", FOLDERS,
+     "test_hostile_folder"),
     ("URLs", "`embed`/`search --store URL`, download()", URLS, "test_hostile_url"),
     ("Model arguments", "`embed`, `search`, `evaluate`", ARGUMENTS, "test_bad_model_arguments"),
     ("Scenarios", "whole training runs and imports", SCENARIOS, None),

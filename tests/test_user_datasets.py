@@ -23,9 +23,9 @@ from mildnet.cli import main
 from mildnet.data import manifest as mf
 from mildnet.data import user_datasets as ud
 from mildnet.data.catalog import AUGMENTED_COLUMN, gallery, read_catalog
+from mildnet.data.images import unsafe_links
 from mildnet.data.instance import MAX_VIEW_SIDE
 from mildnet.data.triplets import read_triplets
-from mildnet.data.user_datasets import escaping_links
 from tests.conftest import make_labelled_folder
 
 
@@ -248,7 +248,7 @@ def test_folder_with_labels_csv(registry, tmp_path, capsys):
     pd.DataFrame(rows).to_csv(labels, index=False)
     code, out, err = run(capsys, "data", "add", "labelled", "--images", photos, "--labels", labels)
     assert code == 0, err
-    assert "12 images, 6 products" in out and "1 image(s) left out, e.g. p12.jpg: not in the labels CSV" in err
+    assert "12 images, 6 products" in out and "1 image(s) left out, e.g. 'p12.jpg': not in the labels CSV" in err
     rows_ = rows_of("labelled")
     assert {r.kind for r in rows_} == {"labelled"} and rows_[0].image_root == photos.resolve()
     assert str(labels.resolve()) in rows_[0].notes
@@ -312,11 +312,11 @@ def _bad_input(case: str, tmp_path: Path) -> tuple[list, int, str]:
     if case == "file link escaping":
         photos = make_flat(tmp_path / "shop", n=3)
         (photos / "stolen.jpg").symlink_to(_outside_photo(tmp_path))
-        return ["x", "--images", photos], 1, "stolen.jpg ->"
+        return ["x", "--images", photos], 1, "stolen.jpg leads outside the folder"
     if case == "folder link escaping":
         photos = make_flat(tmp_path / "shop", n=3)
         (photos / "more").symlink_to(_outside_photo(tmp_path).parent, target_is_directory=True)
-        return ["x", "--images", photos], 1, "more ->"
+        return ["x", "--images", photos], 1, "more leads outside the folder"
     if case == "folder holding the dataset's files":
         return ["x", "--images", tmp_path], 1, "overlaps"
     raise AssertionError(case)
@@ -381,15 +381,23 @@ def test_embed_needs_images_or_a_registered_dataset(registry, capsys):
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-def test_escaping_links_lists_only_links_leaving_the_root(tmp_path):
+def test_unsafe_links_lists_links_leaving_the_root_dangling_or_looping(tmp_path):
     root = make_flat(tmp_path / "root", n=2)
     outside = _outside_photo(tmp_path)
     (root / "inside.jpg").symlink_to(root / "p00.jpg")
     (root / "out.jpg").symlink_to(outside)
     (root / "dangling.jpg").symlink_to(root / "gone.jpg")
     (root / ".hidden.jpg").symlink_to(outside)  # skipped like list_images skips it
-    assert escaping_links(root) == sorted([("out.jpg", str(outside.resolve())),
-                                           ("dangling.jpg", str((root / "gone.jpg").resolve()))])
+    (root / "sub").mkdir()
+    (root / "sub" / "up").symlink_to("..")
+    (root / "sub" / "sibling").symlink_to(root / "other")
+    (root / "other").mkdir()
+    (root / "a.jpg").symlink_to(root / "b.jpg")
+    (root / "b.jpg").symlink_to(root / "a.jpg")
+    found = dict(unsafe_links(root))
+    assert sorted(found) == ["a.jpg", "b.jpg", "dangling.jpg", "out.jpg", "sub/up"], found
+    assert "outside" in found["out.jpg"] and "nothing" in found["dangling.jpg"]
+    assert "loop" in found["a.jpg"] and "parent" in found["sub/up"]
 
 
 def test_remove_deletes_an_unpacked_upload_but_never_a_users_folder(registry, tmp_path):
@@ -497,3 +505,15 @@ def test_a_folder_name_with_a_unicode_line_separator_keeps_the_registry_readable
     assert rows_of("sep")[0].origin == photos.resolve().as_posix()
     code, out, err = run(capsys, "data", "remove", "sep")
     assert code == 0, err
+
+
+def test_two_refreshes_placing_the_same_photos_at_once_do_not_collide(tmp_path):
+    # Two app sessions refreshing one changed folder both place its new photos (issue 18 F11: SameFileError).
+    root = make_flat(tmp_path / "root", n=3)
+    photos = sorted(p.name for p in root.glob("*.jpg"))
+    quiet = lambda *args: None  # noqa: E731
+    assert ud._place(root, photos, tmp_path / "dest", False, quiet) == "hard-linked"
+    assert ud._place(root, photos, tmp_path / "dest", False, quiet) == "hard-linked"
+    assert ud._place(root, photos, tmp_path / "copy", True, quiet) == "copied"
+    assert ud._place(root, photos, tmp_path / "copy", True, quiet) == "copied"
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == photos

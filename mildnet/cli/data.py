@@ -157,7 +157,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         print("warning: too few images for triplets; the catalogue is searchable, but not trainable", file=sys.stderr)
     if result.left_out:
         first = next(iter(result.left_out.items()))
-        print(f"warning: {len(result.left_out)} image(s) left out, e.g. {first[0]}: {first[1]}", file=sys.stderr)
+        print(f"warning: {len(result.left_out)} image(s) left out, e.g. {first[0]!r}: {first[1]}", file=sys.stderr)
     print(f"search it: python -m mildnet embed --dataset {result.name} && "
           f"python -m mildnet search --dataset {result.name} --image PHOTO")
     return 0

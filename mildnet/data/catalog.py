@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mildnet.data import cells
 from mildnet.data.images import list_images
 from mildnet.data.triplets import COLUMNS as TRIPLET_COLUMNS
 from mildnet.data.triplets import unsafe_reason
@@ -44,14 +45,14 @@ def read_catalog(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError(f"catalog {path} is empty (needs a header row: image,product_id,...)") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read catalog {path}: {exc}") from None
-    return normalise_catalog(frame, source=str(path))
+    return normalise_catalog(cells.unescape_frame(frame), source=str(path))
 
 
 def write_catalog(path: str | os.PathLike, catalog: pd.DataFrame) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    catalog.to_csv(tmp, index=False, lineterminator="\n")
+    cells.escape_frame(catalog).to_csv(tmp, index=False, lineterminator="\n")
     os.replace(tmp, path)
     return path
 

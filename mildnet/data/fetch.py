@@ -26,6 +26,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from mildnet.data.images import refuse_unsafe_links
 from mildnet.errors import DataError, DownloadError
 
 Progress = Callable[[int, "int | None"], None]
@@ -113,6 +114,10 @@ def download(
                 raise DownloadError(f"cannot copy folder {path} to {dest}: one contains the other")
             if expected is not None:
                 raise DownloadError(f"{path} is a folder; a sha256 can only be checked for a file")
+            try:
+                refuse_unsafe_links(path, hint="copy the files in, or give the folder that holds them")
+            except DataError as exc:
+                raise DownloadError(str(exc)) from exc
             return _copy_tree(path, dest)
         if not path.is_file():
             raise DownloadError(f"no such file: {path}")
@@ -156,6 +161,22 @@ def _copy_file(path: Path, part: Path, progress: Progress | None) -> None:
         raise DownloadError(f"cannot copy {path}: {exc.strerror or exc}") from exc
 
 
+class _CopyFailed(Exception):
+    """Not an OSError, so that copytree stops at the first failure instead of collecting one per file
+    (after a full disk it would otherwise try every remaining file)."""
+
+    def __init__(self, source: str, error: OSError):
+        super().__init__(source)
+        self.source, self.error = source, error
+
+
+def _copy_or_stop(source: str, target: str) -> str:
+    try:
+        return shutil.copy2(source, target)
+    except OSError as exc:
+        raise _CopyFailed(source, exc) from exc
+
+
 def _copy_tree(path: Path, dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
@@ -163,10 +184,18 @@ def _copy_tree(path: Path, dest: Path) -> Path:
     try:
         # copytree needs a missing target; the staging dir keeps the copy on dest's filesystem so the
         # final rename is atomic.
-        shutil.copytree(path, staging / "tree", symlinks=False)
+        shutil.copytree(path, staging / "tree", symlinks=False, copy_function=_copy_or_stop)
         os.replace(staging / "tree", dest)
-    except (OSError, shutil.Error) as exc:
-        raise DownloadError(f"cannot copy folder {path} to {dest}: {exc}") from exc
+    except _CopyFailed as exc:
+        raise DownloadError(f"cannot copy folder {path} to {dest}: {exc.source}: "
+                            f"{exc.error.strerror or exc.error}") from None
+    except shutil.Error as exc:  # folders that could not be made or stat'ed: name the first, count the rest
+        errors = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        first = f"{errors[0][0]}: {errors[0][2]}" if errors else str(exc)[:200]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DownloadError(f"cannot copy folder {path} to {dest}: {first}{more}") from None
+    except OSError as exc:
+        raise DownloadError(f"cannot copy folder {path} to {dest}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest

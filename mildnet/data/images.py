@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import unicodedata
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -201,16 +202,97 @@ def verify_image(path: str | os.PathLike) -> str | None:
     return None
 
 
-def list_images(root: str | os.PathLike) -> list[str]:
-    """Image files under ``root``, as sorted '/'-separated paths relative to it."""
+def list_images(root: str | os.PathLike, left_out: dict[str, str] | None = None) -> list[str]:
+    """Image files under ``root``, as sorted '/'-separated paths relative to it (hidden files and folders
+    skipped; folder links not followed).
+
+    Names a catalogue file cannot keep as they are (:func:`name_problem`) and entries that are not regular
+    files (a pipe named x.jpg would block a reader) are skipped; ``left_out``, when given, receives each of
+    them with the reason."""
     root = Path(root)
     found = []
+    pending = [(root, "")]
+    while pending:
+        folder, prefix = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # as os.walk does: an unreadable sub-folder holds nothing we can use
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            name = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((Path(entry.path), name + "/"))
+                continue
+            if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            problem = name_problem(name)
+            try:
+                if problem is None and not entry.is_file():  # follows a file link, as opening it would
+                    problem = "not a regular file (a pipe, socket, device or broken link)"
+            except OSError as exc:
+                problem = f"cannot be read ({exc.strerror or exc})"
+            if problem is None:
+                found.append(name)
+            elif left_out is not None:
+                left_out[name] = problem
+    return sorted(found)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a photo's '/'-separated relative path cannot be kept verbatim in a catalogue or triplet CSV (whose
+    readers trim cells and read backslashes as folder separators), or None."""
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        return "its name holds a line break or another control character: rename it"
+    if any(part != part.strip() for part in name.split("/")):
+        return "its name starts or ends with a space: rename it"
+    if "\\" in name:
+        return "its name holds a backslash, which catalogue files read as a folder separator: rename it"
+    return None
+
+
+def unsafe_links(root: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(link, why)`` for every symbolic link under ``root`` (hidden ones aside, as :func:`list_images`
+    skips them) that a reader or a copy following it would take out of ``root``, to nothing, or round a
+    loop (a folder link back to one of its own parents copies for ever)."""
+    root = Path(root).resolve()
+    found = []
+    # os.walk does not follow folder links, so every dirpath here is a real folder under root.
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in filenames:
-            if filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith("."):
-                found.append(Path(dirpath, filename).relative_to(root).as_posix())
+        here = Path(dirpath)
+        for entry in [*dirnames, *filenames]:
+            path = here / entry
+            if entry.startswith(".") or not path.is_symlink():
+                continue
+            name = path.relative_to(root).as_posix()
+            try:
+                target = path.resolve(strict=True)
+            except FileNotFoundError:
+                found.append((name, "points to nothing"))
+                continue
+            except (RuntimeError, OSError):  # RuntimeError up to Python 3.12, OSError(ELOOP) after
+                found.append((name, "is a loop of links"))
+                continue
+            if not target.is_relative_to(root):
+                # The target stays unnamed: on a shared server it would reveal another folder's layout.
+                found.append((name, "leads outside the folder"))
+            elif target.is_dir() and here.is_relative_to(target):
+                found.append((name, f"leads back to its own parent {target.relative_to(root).as_posix() or '.'}"))
     return sorted(found)
+
+
+def refuse_unsafe_links(root: str | os.PathLike, hint: str = "copy the images in, or give the folder that "
+                        "holds them") -> None:
+    """Raise DataError listing the first few :func:`unsafe_links` under ``root``, if any."""
+    unsafe = unsafe_links(root)
+    if not unsafe:
+        return
+    shown = "; ".join(f"{link} {why}" for link, why in unsafe[:3])
+    more = f"; and {len(unsafe) - 3} more" if len(unsafe) > 3 else ""
+    raise DataError(f"{root} holds links that cannot be followed safely ({shown}{more}): images must stay inside "
+                    f"the folder you give; {hint}")
 
 
 # --- tf.data -------------------------------------------------------------------------------------

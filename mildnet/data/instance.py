@@ -30,12 +30,20 @@ VIEWS_DIR = "views"
 DEFAULT_VIEWS = 2
 # Models see 224 px or less: larger views would only cost disk, encoding and decoding time.
 MAX_VIEW_SIDE = 320
+_NAME_MAX = 255  # bytes in one file name on ext4, xfs, btrfs, APFS and NTFS (in UTF-16 units there)
 _FILL = (255, 255, 255)  # corners uncovered by the rotation: white, the usual catalogue background
 
 
 def view_name(image: str, k: int) -> str:
     """Where view ``k`` of ``image`` lives, relative to the dataset's image root."""
-    return f"{VIEWS_DIR}/{image}.v{k}.jpg"
+    folder, _, base = image.rpartition("/")
+    leaf = f"{base}.v{k}.jpg"
+    if len(leaf.encode("utf-8")) > _NAME_MAX:
+        # A photo name near the file system's 255-byte limit leaves no room for the suffix: keep its start and
+        # tell it apart from its neighbours by a hash of the whole name.
+        start = base.encode("utf-8")[:200].decode("utf-8", "ignore")
+        leaf = f"{start}-{zlib.crc32(base.encode('utf-8')):08x}.v{k}.jpg"
+    return f"{VIEWS_DIR}/{folder + '/' if folder else ''}{leaf}"
 
 
 def photo_name(image: str) -> str:

@@ -219,10 +219,16 @@ def parse_manifest(text: str, base: Path, name: str = "manifest", allow_empty: b
     return splits
 
 
+# A name becomes folder names with a prefix and suffix (".NAME.adding-1a2b3c4d") and store keys: 64 leaves room.
+MAX_NAME_LENGTH = 64
+
+
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a dataset (it becomes a folder and a store key), or None."""
     if not _NAME_RE.match(name or ""):
         return f"dataset name {name!r} may use only letters, digits, '.', '_', '-' (starting with a letter or digit)"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"dataset name {name[:20]}... is {len(name)} characters long; the most is {MAX_NAME_LENGTH}"
     return None
 
 

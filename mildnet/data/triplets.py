@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import pandas as pd
 
 from mildnet.data import csv_rows, read_text_file
+from mildnet.data.cells import escape_frame, unescape
 
 COLUMNS = ("query", "positive", "negative")
 
@@ -89,7 +90,7 @@ def parse_triplets(text: str, name: str = "<triplets>", path: Path | None = None
             continue
         # Windows-style separators name the same file as '/' ones; normalising here means the check,
         # training and search all open exactly the path that was validated.
-        cells = tuple(cell.strip().replace("\\", "/") for cell in row)
+        cells = tuple(unescape(cell.strip()).replace("\\", "/") for cell in row)
         if not all(cells):
             problems.append(Problem("empty", name, line_no, "empty image name"))
             continue
@@ -115,7 +116,7 @@ def write_triplets(path: str | os.PathLike, triplets: pd.DataFrame) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    triplets.loc[:, list(COLUMNS)].to_csv(tmp, header=False, index=False, lineterminator="\n")
+    escape_frame(triplets.loc[:, list(COLUMNS)]).to_csv(tmp, header=False, index=False, lineterminator="\n")
     os.replace(tmp, path)
     return path
 

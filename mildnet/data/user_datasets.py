@@ -39,7 +39,7 @@ from mildnet.data.catalog import (
     read_catalog,
     write_catalog,
 )
-from mildnet.data.images import list_images
+from mildnet.data.images import list_images, refuse_unsafe_links
 from mildnet.data.instance import DEFAULT_VIEWS, PHOTOS_DIR, instance_catalog, write_views
 from mildnet.data.triplets import COLUMNS as TRIPLET_COLUMNS
 from mildnet.data.triplets import write_triplets
@@ -102,9 +102,10 @@ def add_dataset(
     start = time.perf_counter()
     report = progress or (lambda done, total, message="": None)
     root, home, labels_path = _check_request(name, images, labels, manifest)
-    photos = _photos_inside(root)
+    left_out: dict[str, str] = {}
+    photos = _photos_inside(root, left_out)
     catalog = _user_catalog(root, photos, labels_path, seed)
-    left_out = {image: "not in the labels CSV" for image in sorted(set(photos) - set(catalog["image"]))}
+    left_out.update({image: "not in the labels CSV" for image in sorted(set(photos) - set(catalog["image"]))})
     kind = "labelled" if _has_positives(catalog) else "instance"
 
     home.parent.mkdir(parents=True, exist_ok=True)
@@ -173,17 +174,16 @@ def _check_request(
     return root, home, labels_path
 
 
-def _photos_inside(root: Path) -> list[str]:
-    """The folder's photos; refused when there are none or when a link leads out of the folder."""
-    photos = list_images(root)
+def _photos_inside(root: Path, left_out: dict[str, str]) -> list[str]:
+    """The folder's photos (those whose names a catalogue cannot keep go to ``left_out``); refused when there
+    are none or when a link leads out of the folder."""
+    photos = list_images(root, left_out)
+    if not photos and left_out:
+        first, why = next(iter(left_out.items()))
+        raise DataError(f"none of the {len(left_out)} images under {root} can be used, e.g. {first!r}: {why}")
     if not photos:
         raise DataError(f"no images (jpg, png, webp, bmp, gif) found under {root}")
-    escaping = escaping_links(root)
-    if escaping:
-        shown = ", ".join(f"{link} -> {target}" for link, target in escaping[:_EXAMPLES])
-        more = f" and {len(escaping) - _EXAMPLES} more" if len(escaping) > _EXAMPLES else ""
-        raise DataError(f"{root} holds links to files outside it ({shown}{more}); images must stay inside the "
-                        "folder you give: copy them in, or give the folder that holds them")
+    refuse_unsafe_links(root)
     return photos
 
 
@@ -203,23 +203,6 @@ def _stage_instance_views(
         raise DataError(f"none of the {len(unreadable)} images under {root} can be read, e.g. {first}: {why}")
     placement = _place(root, kept, staging / "images" / PHOTOS_DIR, copy, report)
     return instance_catalog(catalog, views=views, leave_out=list(unreadable)), placement
-
-
-def escaping_links(root: str | os.PathLike) -> list[tuple[str, str]]:
-    """``(link, target)`` for every symbolic link under ``root`` (file or folder, hidden ones aside, as
-    :func:`list_images` skips them) that resolves outside ``root`` or to nothing."""
-    root = Path(root).resolve()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for entry in [*dirnames, *filenames]:
-            path = Path(dirpath, entry)
-            if entry.startswith(".") or not path.is_symlink():
-                continue
-            target = path.resolve()
-            if not target.is_relative_to(root) or not target.exists():
-                found.append((path.relative_to(root).as_posix(), str(target)))
-    return sorted(found)
 
 
 def _refuse_taken(name: str, manifest) -> None:
@@ -275,11 +258,19 @@ def _place(root: Path, images: list[str], dest: Path, copy: bool, report: Progre
     for done, image in enumerate(images, start=1):
         source, target = (root / image).resolve(), dest / image
         target.parent.mkdir(parents=True, exist_ok=True)
-        if copy or not _hard_link(source, target):
-            shutil.copy2(source, target)
-            copied += 1
-        else:
+        if not copy and _hard_link(source, target):
             linked += 1
+        elif target.exists() and os.path.samefile(source, target):
+            linked += 1  # another session refreshing the same folder placed it a moment ago
+        else:
+            # Through a temporary name: a reader (or a second refresh) never sees half a photo.
+            part = target.with_name(f".placing-{uuid.uuid4().hex}.part")
+            try:
+                shutil.copy2(source, part)
+                os.replace(part, target)
+            finally:
+                part.unlink(missing_ok=True)
+            copied += 1
         if done % 64 == 0:
             report(done, total, message)
     report(total, total, message)
@@ -427,10 +418,7 @@ def refresh_dataset(name: str, manifest: str | os.PathLike | None = None, progre
     if not changes:
         catalog = read_catalog(row.catalog)
         return RefreshResult(name, changes, len(gallery(catalog)), {}, {}, time.perf_counter() - start)
-    escaping = escaping_links(origin)
-    if escaping:
-        link, target = escaping[0]
-        raise DataError(f"{origin} now holds links to files outside it ({link} -> {target}); remove them first")
+    refuse_unsafe_links(origin, hint="remove them first")
     old = read_catalog(row.catalog)
     left_out: dict[str, str] = {}
     with _registry_lock(home.parent):

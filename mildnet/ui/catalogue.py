@@ -36,7 +36,8 @@ def suggest_name(text: str, taken: list[str]) -> str:
     """A registry-safe dataset name from a folder or file name, not one of ``taken``."""
     stem = Path(text.strip().rstrip("/\\") or "catalogue").name
     stem = re.sub(r"\.zip$", "", stem, flags=re.IGNORECASE)
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._").lower() or "catalogue"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._").lower()[:mf.MAX_NAME_LENGTH - 4].rstrip("-._")
+    base = base or "catalogue"
     name, n = base, 2
     while name in taken:
         name, n = f"{base}-{n}", n + 1
