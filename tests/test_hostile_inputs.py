@@ -431,6 +431,25 @@ def _truncated_keras(path: Path) -> Path:
     return _bytes(path, data[:-200])
 
 
+def _weights_bomb(path: Path) -> Path:
+    """The shipped sample run's best.keras, its weights member swapped for 256 MB of zeros that deflate to
+    ~250 kB (the probe's 2 MB file declared 2 GiB and took 4.9 GB of memory before failing)."""
+    shipped = Path(__file__).resolve().parents[1] / "mildnet" / "pretrained" / "sample"
+    with zipfile.ZipFile(shipped / "best.keras") as source, zipfile.ZipFile(path, "w") as bomb:
+        for member in source.infolist():
+            if member.filename.endswith(".h5"):
+                info = zipfile.ZipInfo(member.filename)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with bomb.open(info, "w", force_zip64=True) as out:
+                    block = bytes(1 << 20)
+                    for _ in range(256):
+                        out.write(block)
+            else:
+                bomb.writestr(member, source.read(member))
+    (path.parent / "config.json").write_bytes((shipped / "config.json").read_bytes())
+    return path
+
+
 CHECKPOINTS = [
     Case("missing", "a path with no file", "ModelError 'not found'",
          {"build": lambda p: p, "match": "not found"}),
@@ -453,18 +472,27 @@ CHECKPOINTS = [
     Case("config-os-system", "a config whose module/class_name is os.system",
          "ModelError, os.system never called",
          {"build": _config_naming_os_system, "match": "could not load|not a Keras"}),
+    Case("weights-zip-bomb", "a run's best.keras whose weights member inflates 1000x (256 MB from 250 kB)",
+         "ModelError 'would unpack ... times' before Keras reads it; `search --run` exit 1, one line (was: 4.9 GB "
+         "of memory for a 2 MB file)", {"build": _weights_bomb, "match": "times its packed size", "cli": True}),
 ]
 
 
 @pytest.mark.parametrize("case", params(CHECKPOINTS))
-def test_hostile_checkpoint(case, tmp_path):
+def test_hostile_checkpoint(case, tmp_path, capsys):
     from mildnet.models import load_model
 
-    path = case.check["build"](tmp_path / "model.keras")
+    path = case.check["build"](tmp_path / "best.keras")
     with pytest.raises(ModelError, match=case.check["match"]) as refused:
         load_model(path, expected_name=case.check.get("expected_name"))
     assert "\n" not in str(refused.value)
     assert not (tmp_path / "pwned").exists(), "loading a checkpoint ran a shell command"
+    if case.check.get("cli"):  # the way a user meets it: a run folder given to search
+        photo = _jpeg(tmp_path / "q.jpg")
+        assert main(["search", "--run", str(tmp_path), "--image", str(photo), "--images", str(tmp_path),
+                     "--store", str(tmp_path / "store")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1 and case.check["match"] in err, err
 
 
 # --- stores: search against a damaged local store or a Redis set whose keys vanished ----------------------------

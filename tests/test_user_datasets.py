@@ -26,6 +26,7 @@ from mildnet.data.catalog import AUGMENTED_COLUMN, gallery, read_catalog
 from mildnet.data.images import unsafe_links
 from mildnet.data.instance import MAX_VIEW_SIDE
 from mildnet.data.triplets import read_triplets
+from mildnet.errors import DataError
 from tests.conftest import make_labelled_folder
 
 
@@ -517,3 +518,55 @@ def test_two_refreshes_placing_the_same_photos_at_once_do_not_collide(tmp_path):
     assert ud._place(root, photos, tmp_path / "copy", True, quiet) == "copied"
     assert ud._place(root, photos, tmp_path / "copy", True, quiet) == "copied"
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == photos
+
+
+def _hold_lock(path: Path):
+    """Another process holding ``path``'s flock, as a stuck `data add` or app session would."""
+    import subprocess
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_held_registry_lock_times_out_with_a_message_naming_it(registry, tmp_path, capsys, monkeypatch):
+    # Issue 18 F7: `data add`/`remove` waited for ever, silently.
+    monkeypatch.setattr(ud, "REGISTRY_LOCK_TIMEOUT", 0.5)
+    photos = make_flat(tmp_path / "shop", n=4)
+    holder = _hold_lock(registry.parent / "data" / ".user-registry.lock")
+    try:
+        code, _, err = run(capsys, "data", "add", "shop", "--images", photos)
+        assert code == 1 and "the dataset registry is locked" in err and ".user-registry.lock" in err, err
+        assert err.strip().splitlines()[-1].startswith("error:")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(capsys, "data", "add", "shop", "--images", photos)[0] == 0
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_long_refresh_of_one_dataset_does_not_block_adding_another(registry, tmp_path, capsys, monkeypatch):
+    # A refresh holds its dataset's own lock while it writes views; the registry stays free for other adds.
+    monkeypatch.setattr(ud, "REGISTRY_LOCK_TIMEOUT", 0.5)
+    monkeypatch.setattr(ud, "DATASET_LOCK_TIMEOUT", 0.5)
+    first, second = make_flat(tmp_path / "first", n=4), make_flat(tmp_path / "second", n=4, seed=1)
+    assert run(capsys, "data", "add", "first", "--images", first)[0] == 0
+    make_flat(tmp_path / "more", n=2, seed=2)
+    for photo in (tmp_path / "more").iterdir():
+        shutil.move(photo, first / f"new-{photo.name}")
+    holder = _hold_lock(registry.parent / "data" / ".first.lock")
+    try:
+        assert run(capsys, "data", "add", "second", "--images", second)[0] == 0
+        with pytest.raises(DataError, match="dataset first is locked"):
+            ud.refresh_dataset("first")
+        code, _, err = run(capsys, "data", "remove", "first")
+        assert code == 1 and "dataset first is locked" in err, err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ud.refresh_dataset("first").changes.new == ["new-p00.jpg", "new-p01.jpg"]

@@ -317,16 +317,30 @@ MAX_COMPRESSION_RATIO = 100
 _RATIO_FLOOR = 1 << 20  # members this small may compress as they like (a 1 kB CSV of zeros is no threat)
 
 
-def _check_sizes(archive: Path, sizes: list[tuple[str, int, int]]) -> None:
+def _check_sizes(archive: Path, sizes: list[tuple[str, int, int]], max_bytes: int = MAX_EXTRACT_BYTES,
+                 what: str = "extract") -> None:
     """``sizes``: (name, uncompressed, compressed) per member; DataError naming the first cap exceeded."""
     total = sum(size for _, size, _ in sizes)
-    if total > MAX_EXTRACT_BYTES:
-        raise DataError(f"refusing to extract {archive.name}: it would unpack to {total / 2**30:.1f} GB "
-                        f"(at most {MAX_EXTRACT_BYTES >> 30} GB)")
+    if total > max_bytes:
+        raise DataError(f"refusing to {what} {archive.name}: it would unpack to {total / 2**30:.1f} GB "
+                        f"(at most {max_bytes / 2**30:g} GB)")
     for name, size, packed in sizes:
         if size > _RATIO_FLOOR and size > MAX_COMPRESSION_RATIO * max(packed, 1):
-            raise DataError(f"refusing to extract {archive.name}: member {name!r} would unpack {size / packed:.0f}"
+            raise DataError(f"refusing to {what} {archive.name}: member {name!r} would unpack {size / packed:.0f}"
                             f" times its packed size (a zip bomb?; at most {MAX_COMPRESSION_RATIO}x)")
+
+
+def check_zip_sizes(path: str | os.PathLike, max_bytes: int, what: str = "open") -> None:
+    """DataError when the zip at ``path`` (a ``.keras`` model, say) would inflate past ``max_bytes`` or a member
+    past the compression-ratio cap: checked from the central directory before anything is read, and what it
+    declares is what zipfile will read at most."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read {path.name}: {exc}") from None
+    _check_sizes(path, [(i.filename, i.file_size, i.compress_size) for i in members], max_bytes, what)
 
 
 def extract(

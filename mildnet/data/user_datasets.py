@@ -52,6 +52,10 @@ except ImportError:  # Windows: no flock; registry writes stay atomic, only conc
 
 USER_DATA_DIR = "data"
 _LOCK_FILE = ".user-registry.lock"
+# Registry holds are a read-modify-write of one small CSV (milliseconds); a dataset's own lock covers a refresh
+# that writes views for every new photo (~30 s per 3,000 photos), so a second refresh waits longer for it.
+REGISTRY_LOCK_TIMEOUT = 30.0
+DATASET_LOCK_TIMEOUT = 600.0
 # How many offending files an error message names.
 _EXAMPLES = 3
 
@@ -301,17 +305,43 @@ def _notes(kind: str, labels: Path | None, placement: str, views: int) -> str:
 @contextmanager
 def _registry_lock(data_dir: Path) -> Iterator[None]:
     # Two `data add` at once would each rewrite the registry from what they read: the second would drop the
-    # first's rows. The lock serialises the read-modify-write.
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
+    # first's rows. The lock serialises the read-modify-write; nothing slow happens under it.
+    with _file_lock(data_dir / _LOCK_FILE, "the dataset registry", REGISTRY_LOCK_TIMEOUT):
         yield
-        return
-    with open(data_dir / _LOCK_FILE, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+
+
+def _dataset_lock(data_dir: Path, name: str, timeout: float, report: Progress | None = None):
+    return _file_lock(data_dir / f".{name}.lock", f"dataset {name}", timeout, report)
+
+
+@contextmanager
+def _file_lock(path: Path, what: str, timeout: float, report: Progress | None = None) -> Iterator[None]:
+    """An exclusive flock on ``path``, waited for at most ``timeout`` seconds (DataError naming the lock)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise DataError(f"cannot lock {what} ({path}): {exc.strerror or exc}") from None
+    with handle:
+        if fcntl is not None:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise DataError(f"{what} is locked by another command or app session ({path}) and was "
+                                        f"not released within {timeout:g} s; try again when it has finished (a "
+                                        "lock is released when its process ends, even a killed one)") from None
+                    if report is not None:
+                        report(0, None, f"waiting for another command working on {what}")
+                    time.sleep(0.05)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _commit(name: str, staging: Path, home: Path, rows: list[mf.DatasetSplit], manifest) -> None:
@@ -412,16 +442,18 @@ def refresh_dataset(name: str, manifest: str | os.PathLike | None = None, progre
     start = time.perf_counter()
     report = progress or (lambda done, total, message="": None)
     row = _added_row(name, manifest)
-    changes = folder_changes(name, manifest)
-    origin = Path(row.origin)
     home = row.catalog.parent
-    if not changes:
-        catalog = read_catalog(row.catalog)
-        return RefreshResult(name, changes, len(gallery(catalog)), {}, {}, time.perf_counter() - start)
-    refuse_unsafe_links(origin, hint="remove them first")
-    old = read_catalog(row.catalog)
-    left_out: dict[str, str] = {}
-    with _registry_lock(home.parent):
+    # One refresh of a dataset at a time (two app sessions may see the same change); the registry lock is
+    # taken only for the registry's own few milliseconds, so adds and removes of other datasets never wait.
+    with _dataset_lock(home.parent, name, DATASET_LOCK_TIMEOUT, report):
+        changes = folder_changes(name, manifest)  # after the wait: what another refresh did is not redone
+        origin = Path(row.origin)
+        if not changes:
+            catalog = read_catalog(row.catalog)
+            return RefreshResult(name, changes, len(gallery(catalog)), {}, {}, time.perf_counter() - start)
+        refuse_unsafe_links(origin, hint="remove them first")
+        old = read_catalog(row.catalog)
+        left_out: dict[str, str] = {}
         if row.kind == "instance":
             catalog, left_out = _refresh_instance(row, old, changes, report, seed)
         else:
@@ -437,15 +469,16 @@ def refresh_dataset(name: str, manifest: str | os.PathLike | None = None, progre
         wanted = [s for s in mf.SPLITS if len(tables[s])] or ["train"]
         for split in wanted:
             write_triplets(home / f"{split}.csv", tables[split])
-        user_path = mf.user_manifest_path(manifest)
-        registry = mf.load_user_manifest(user_path)
-        registered = [s.split for s in registry if s.dataset == name]
-        if set(wanted) != set(registered):
-            template = next(s for s in registry if s.dataset == name)
-            mine = [replace(template, split=s, triplets=home / f"{s}.csv") for s in wanted]
-            mf.save_user_manifest([s for s in registry if s.dataset != name] + mine, user_path)
-            for split in set(registered) - set(wanted):
-                (home / f"{split}.csv").unlink(missing_ok=True)
+        with _registry_lock(home.parent):
+            user_path = mf.user_manifest_path(manifest)
+            registry = mf.load_user_manifest(user_path)
+            registered = [s.split for s in registry if s.dataset == name]
+            if name in {s.dataset for s in registry} and set(wanted) != set(registered):
+                template = next(s for s in registry if s.dataset == name)
+                mine = [replace(template, split=s, triplets=home / f"{s}.csv") for s in wanted]
+                mf.save_user_manifest([s for s in registry if s.dataset != name] + mine, user_path)
+                for split in set(registered) - set(wanted):
+                    (home / f"{split}.csv").unlink(missing_ok=True)
     return RefreshResult(name, changes, len(gallery(catalog)), {s: len(tables.get(s, ())) for s in mf.SPLITS},
                          left_out, time.perf_counter() - start)
 
@@ -501,23 +534,25 @@ def remove_dataset(name: str, manifest: str | os.PathLike | None = None) -> Remo
     photos deleted is the app's unpacked copy of this dataset's uploaded zip (:func:`mark_upload`)."""
     user_path = mf.user_manifest_path(manifest)
     home = user_data_dir(manifest) / name
-    with _registry_lock(home.parent):
-        user = mf.load_user_manifest(user_path)
-        rows = [s for s in user if s.dataset == name]
-        if not rows:
-            tracked = mf.datasets(mf.load_manifest(manifest, include_user=False))
-            if name in tracked:
-                raise DataError(f"{name} is listed in {mf.manifest_path(manifest)}, not added with `data add`; "
-                                "`data remove` only unregisters datasets you added")
-            mine = ", ".join(mf.datasets(user)) or "none"
-            raise DataError(f"no dataset {name!r} was added with `data add` (added: {mine})")
-        mf.save_user_manifest([s for s in user if s.dataset != name], user_path)
-    first = rows[0]
-    upload = _remove_unpacked_upload(name, first.origin, user_data_dir(manifest))
-    kept = _why_keep(home, first)
-    if kept:
-        return RemoveResult(name, first.origin, None, kept, upload)
-    shutil.rmtree(home)
+    # Not while a refresh writes into the dataset's folder (it would recreate files under a removed name).
+    with _dataset_lock(home.parent, name, REGISTRY_LOCK_TIMEOUT):
+        with _registry_lock(home.parent):
+            user = mf.load_user_manifest(user_path)
+            rows = [s for s in user if s.dataset == name]
+            if not rows:
+                tracked = mf.datasets(mf.load_manifest(manifest, include_user=False))
+                if name in tracked:
+                    raise DataError(f"{name} is listed in {mf.manifest_path(manifest)}, not added with `data add`; "
+                                    "`data remove` only unregisters datasets you added")
+                mine = ", ".join(mf.datasets(user)) or "none"
+                raise DataError(f"no dataset {name!r} was added with `data add` (added: {mine})")
+            mf.save_user_manifest([s for s in user if s.dataset != name], user_path)
+        first = rows[0]
+        upload = _remove_unpacked_upload(name, first.origin, user_data_dir(manifest))
+        kept = _why_keep(home, first)
+        if kept:
+            return RemoveResult(name, first.origin, None, kept, upload)
+        shutil.rmtree(home)
     return RemoveResult(name, first.origin, home, deleted_upload=upload)
 
 

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import keras
 
-from mildnet.errors import ModelError
+from mildnet.data.fetch import check_zip_sizes
+from mildnet.errors import DataError, ModelError
 
 # Importing the layers registers them, so load_model can rebuild any zoo model in safe mode.
 from mildnet.models import layers as _layers  # noqa: F401
+
+
+# Keras reads a model's weights member into memory: a small file declaring gigabytes would exhaust it. Our
+# models are 3-30 MB; 2 GB leaves room for the largest backbones a shop would bring.
+MAX_MODEL_BYTES = 2 << 30
 
 
 def save_model(model: keras.Model, path) -> Path:
@@ -48,6 +54,10 @@ def load_model(path, expected_name: str | None = None) -> keras.Model:
             f"{path} is not a Keras model file (.keras zip archive); "
             "weights-only files (.h5, .weights.h5) are loaded with build_model(name, weights=PATH)"
         )
+    try:
+        check_zip_sizes(path, MAX_MODEL_BYTES, what="load")
+    except DataError as exc:
+        raise ModelError(str(exc)) from None
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types (ValueError, KeyError, TypeError...) on bad files
