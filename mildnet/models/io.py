@@ -12,7 +12,6 @@ from mildnet.errors import DataError, ModelError
 # Importing the layers registers them, so load_model can rebuild any zoo model in safe mode.
 from mildnet.models import layers as _layers  # noqa: F401
 
-
 # Keras reads a model's weights member into memory: a small file declaring gigabytes would exhaust it. Our
 # models are 3-30 MB; 2 GB leaves room for the largest backbones a shop would bring.
 MAX_MODEL_BYTES = 2 << 30
