@@ -20,6 +20,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 from mildnet.data import user_datasets as ud
+from mildnet.errors import DataError
 from tests.conftest import make_labelled_folder, make_tiny_app_root
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -277,6 +278,36 @@ def test_bad_zip_is_one_clear_error_and_leaves_nothing(env, case, expected):
     assert not (catalogue.uploads_dir() / name).exists()
     assert not [p for p in catalogue.uploads_dir().iterdir() if p.name.startswith(f".{name}.")]
     assert not (env / "evil.jpg").exists()
+
+
+def test_an_upload_stopped_by_a_server_shutdown_leaves_nothing_in_the_names_way(env):
+    # Issue 18 F8: a server stopped mid-upload left data/uploads/NAME (marked ours, never registered) and the
+    # temporary zip; the name was then refused for good ("already exists (an earlier upload?)").
+    import subprocess
+    import sys
+
+    from mildnet.ui import catalogue
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    uploads = catalogue.uploads_dir()
+    left = _flat_folder(uploads / "halfway", n=3)
+    ud.mark_upload(left, "halfway")
+    stale_zip = uploads / f".halfway.upload-{gone.pid}-0123abcd.zip"
+    stale_zip.write_bytes(b"PK half a zip")
+    stale_unzip = _flat_folder(uploads / f".halfway.unzip-{gone.pid}-0123abcd", n=2)
+    payload = _zip([(f"p{i}.jpg", _jpeg_bytes(i)) for i in range(4)])
+    added, _ = catalogue.add_zip("halfway", io.BytesIO(payload))
+    assert added.photos == 4 and sorted(p.name for p in (uploads / "halfway").glob("*.jpg")) == [
+        f"p{i}.jpg" for i in range(4)]
+    assert not stale_zip.exists() and not stale_unzip.exists()
+    assert not [p for p in uploads.iterdir() if p.name.startswith(".halfway.")]
+    # A folder of someone else's photos under uploads/ (no marker of ours) is never taken for a leftover.
+    mine = _flat_folder(uploads / "mine", n=2)
+    with pytest.raises(DataError, match="already exists"):
+        catalogue.add_zip("mine", io.BytesIO(payload))
+    assert len(list(mine.glob("*.jpg"))) == 2
+    ud.remove_dataset("halfway")
 
 
 # --- the catalogue changed -----------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ def test_help_lists_every_command():
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_training_cleanly_and_the_run_can_be_resumed(tmp_path):
-    import signal
+@pytest.mark.parametrize("signum,code", [(2, 130), (15, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_training_cleanly_and_the_run_can_be_resumed(tmp_path, signum, code):
+    # SIGTERM is what `docker stop` and systemd send (issue 18 F8: it ended the run with rc 143 and no message).
     import time
 
     from mildnet.data.sample import generate_sample
@@ -48,11 +49,11 @@ def test_ctrl_c_stops_training_cleanly_and_the_run_can_be_resumed(tmp_path):
         while not (run / "history.csv").is_file() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert process.poll() is None, process.communicate()
-        process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
+        process.send_signal(signum)  # SIGINT: what Ctrl-C in the terminal does
         out, err = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     assert "stopping after this step" in err and "Traceback" not in err
     assert out.splitlines()[-3].startswith("stopped: ") and "--resume --out" in out.splitlines()[-1]
     # The run ended properly: metrics and calibration written, and it resumes from its last finished epoch.
@@ -62,3 +63,18 @@ def test_ctrl_c_stops_training_cleanly_and_the_run_can_be_resumed(tmp_path):
     done = json.loads((run / "metrics.json").read_text())["epochs_completed"]
     resumed = _run("train", "--resume", "--out", str(run), "--epochs", str(done + 1), "--quiet")
     assert resumed.returncode == 0 and f"completed: {done + 1}/{done + 1} epochs" in resumed.stdout, resumed.stderr
+
+
+def test_an_error_during_an_epoch_starts_on_its_own_line():
+    # Issue 18 F21: a disk-full error during training was printed at the end of the progress bar's line.
+    import io
+
+    from mildnet.cli.train import ProgressPrinter
+
+    stream = io.StringIO()
+    with pytest.raises(OSError):
+        with ProgressPrinter(stream) as printer:
+            printer.on_train_begin(3, 10)
+            printer.on_batch_end(1, 4, {"loss": 0.5, "accuracy": 0.75})
+            raise OSError(28, "No space left on device")
+    assert stream.getvalue().startswith("\repoch 1/3 [") and stream.getvalue().endswith("\n")

@@ -7,10 +7,13 @@ as one line on stderr with exit code 1; bad arguments exit with 2 (argparse's co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 from mildnet.cli.common import UsageError
 from mildnet.errors import MildnetError
@@ -88,13 +91,42 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         _import_tensorflow_quietly()
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_stops():
+            return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except MildnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("\nstopped: terminated (SIGTERM); unfinished work was cleaned up", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full or read-only disk, a vanished folder: not a bug in our code
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd, kill) raised where the command is, so that its cleanup runs as after
+    Ctrl-C: staging folders removed, a training run stopped after its step (see ``cli.train``)."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (tests call main() from others)
+        return
+
+    def on_sigterm(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

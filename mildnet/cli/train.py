@@ -117,6 +117,12 @@ class ProgressPrinter:
             self.bar.__exit__(None, None, None)
             self.bar = None
 
+    def __enter__(self) -> "ProgressPrinter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.on_train_end(None)
+
 
 def _config_from_args(args: argparse.Namespace):
     from mildnet.training import TrainConfig, default_learning_rate
@@ -181,38 +187,51 @@ def _check_model_name_and_size(name: str, image_size: int | None, embedding_dim:
 
 @contextlib.contextmanager
 def _ctrl_c_stops(stop_event: threading.Event):
-    """The first Ctrl-C asks the loop to stop after the current step (the run keeps its finished epochs, its
+    """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step (the run keeps its finished epochs, its
     metrics and calibration, and can be resumed); a second one aborts at once. A KeyboardInterrupt raised
     straight into TensorFlow was lost now and then (Python drops one raised inside a ``__del__``), and killed
     the run's last writes when it was not."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield []
         return
+
+    stopped_by: list[int] = []
 
     def on_sigint(signum, frame):
         if stop_event.is_set():
             raise KeyboardInterrupt
+        stopped_by.append(int(signum))
         stop_event.set()
-        print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\nstopping after this step ({again} again to abort)", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (docker stop, systemd) stops as cleanly as Ctrl-C: the run keeps what it finished.
+    previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stopped_by
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     stop_event = threading.Event()
-    with _ctrl_c_stops(stop_event):
+    with _ctrl_c_stops(stop_event) as stopped_by:
         code = _train_or_resume(args, stop_event)
-    return 130 if stop_event.is_set() else code
+    return 128 + stopped_by[0] if stopped_by else code  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports
 
 
 def _train_or_resume(args: argparse.Namespace, stop_event: threading.Event) -> int:
+    printer = None if args.quiet else ProgressPrinter()
+    with contextlib.ExitStack() as stack:
+        if printer is not None:
+            stack.enter_context(printer)  # an error mid-epoch starts its line after the bar, not on it
+        return _run_training(args, stop_event, [printer] if printer else [])
+
+
+def _run_training(args: argparse.Namespace, stop_event: threading.Event, callbacks: list) -> int:
     from mildnet.training import TrainConfigError, resume, train
 
-    callbacks = [] if args.quiet else [ProgressPrinter()]
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out RUN_DIR (the run to continue)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -22,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from mildnet.data.fetch import _unsafe_reason
 from mildnet.data.images import IMAGE_EXTENSIONS
+from mildnet.data.staging import make_staging_dir, sweep_abandoned
 from mildnet.errors import DataError
 
 # A product photo is a few MB; 64 MB is a poster scan. Far larger members are refused, not written.
@@ -100,7 +100,8 @@ def extract_images(archive: str | os.PathLike, dest: str | os.PathLike,
     if not zipfile.is_zipfile(archive):
         raise DataError("the upload is not a zip archive (zip the folder of photos and upload the .zip)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unzip.", dir=dest.parent))
+    sweep_abandoned(dest.parent)
+    staging = make_staging_dir(dest.parent, dest.name, "unzip")
     skipped: dict[str, str] = {}
     kept = 0
     try:

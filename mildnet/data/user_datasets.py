@@ -41,6 +41,7 @@ from mildnet.data.catalog import (
 )
 from mildnet.data.images import list_images, refuse_unsafe_links
 from mildnet.data.instance import DEFAULT_VIEWS, PHOTOS_DIR, instance_catalog, write_views
+from mildnet.data.staging import staging_path, sweep_abandoned
 from mildnet.data.triplets import COLUMNS as TRIPLET_COLUMNS
 from mildnet.data.triplets import write_triplets
 from mildnet.errors import DataError, StoreError
@@ -113,7 +114,8 @@ def add_dataset(
     kind = "labelled" if _has_positives(catalog) else "instance"
 
     home.parent.mkdir(parents=True, exist_ok=True)
-    staging = home.parent / f".{name}.adding-{uuid.uuid4().hex[:8]}"
+    sweep_abandoned(home.parent)
+    staging = staging_path(home.parent, name, "adding")
     try:
         staging.mkdir()
         if kind == "instance":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import BinaryIO
 
 from mildnet.data import manifest as mf
 from mildnet.data import user_datasets as ud
+from mildnet.data.staging import staging_path, sweep_abandoned
 from mildnet.data.upload import ExtractReport, extract_images
 from mildnet.embeddings import EMBEDDING_VERSION, cache_key
 from mildnet.errors import DataError, StoreError
@@ -72,16 +72,24 @@ def add_zip(name: str, upload: BinaryIO, progress: Progress | None = None) -> tu
     name = check_name(name)
     report = progress or (lambda done, total, message="": None)
     target = uploads_dir() / name
+    _clear_abandoned_upload(target, name)
     if target.exists() or target.is_symlink():
         raise DataError(f"{target} already exists (an earlier upload?); delete it or choose another name")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The upload is in memory; the zip reader wants a file, on the same disk as the photos will be.
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{name}.", suffix=".zip") as handle:
-        upload.seek(0)
-        shutil.copyfileobj(upload, handle)
-        handle.flush()
-        extracted = extract_images(handle.name, target,
+    # The upload is in memory; the zip reader wants a file, on the same disk as the photos will be. Its name
+    # carries our pid, so a server killed mid-upload leaves nothing that the next upload does not sweep.
+    sweep_abandoned(target.parent)
+    zip_path = staging_path(target.parent, name, "upload", ".zip")
+    try:
+        with open(zip_path, "wb") as handle:
+            upload.seek(0)
+            shutil.copyfileobj(upload, handle)
+        extracted = extract_images(zip_path, target,
                                    progress=lambda done, total: report(done, total, "unpacking photos"))
+    except OSError as exc:
+        raise DataError(f"cannot store the upload in {target.parent}: {exc.strerror or exc}") from None
+    finally:
+        zip_path.unlink(missing_ok=True)
     try:
         ud.mark_upload(target, name)  # ours: `data remove` deletes it with the dataset
         added = ud.add_dataset(name, extracted.root, progress=progress)
@@ -89,6 +97,15 @@ def add_zip(name: str, upload: BinaryIO, progress: Progress | None = None) -> tu
         shutil.rmtree(target, ignore_errors=True)
         raise
     return added, extracted
+
+
+def _clear_abandoned_upload(target: Path, name: str) -> None:
+    """An earlier upload of ``name`` that unpacked (and marked) its photos but was stopped before the dataset was
+    registered (the server stopped, say) left ``target`` behind: ours, and in the way of the name for good."""
+    marker = target / ud.UPLOAD_MARKER
+    if (target.is_dir() and not target.is_symlink() and marker.is_file() and not marker.is_symlink()
+            and marker.read_text(encoding="utf-8").strip() == name and name not in mf.datasets()):
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def left_out_summary(left_out: dict[str, str], examples: int = 3) -> str:
