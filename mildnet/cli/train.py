@@ -187,8 +187,8 @@ def _check_model_name_and_size(name: str, image_size: int | None, embedding_dim:
 
 @contextlib.contextmanager
 def _ctrl_c_stops(stop_event: threading.Event):
-    """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step (the run keeps its finished epochs, its
-    metrics and calibration, and can be resumed); a second one aborts at once. A KeyboardInterrupt raised
+    """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step (the run keeps its finished
+    epochs, its metrics and calibration, and can be resumed); a second one aborts at once. A KeyboardInterrupt raised
     straight into TensorFlow was lost now and then (Python drops one raised inside a ``__del__``), and killed
     the run's last writes when it was not."""
     if threading.current_thread() is not threading.main_thread():
