@@ -60,6 +60,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mildnet import safe_json
 from mildnet.errors import DataError, ModelError
 from mildnet.runs import CALIBRATION_FILE, HELDOUT_FILE, load_run_model, read_run
 
@@ -139,7 +140,7 @@ class Calibration:
         try:
             cosines = tuple(_finite_float(x) for x in data["cosines"])
             matches = tuple(_finite_float(y) for y in data["matches"])
-            n_pos, n_neg = int(data["n_positive"]), int(data["n_negative"])
+            n_pos, n_neg = _count(data["n_positive"]), _count(data["n_negative"])
         except KeyError as exc:
             raise CalibrationError(f"missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -148,6 +149,14 @@ class Calibration:
         if not isinstance(summary, dict) or not isinstance(source, dict):
             raise CalibrationError("'summary' and 'source' must be objects")
         return cls(cosines, matches, n_pos, n_neg, summary, source)
+
+
+def _count(value) -> int:
+    """A pair count: a non-negative whole number (1e999, Infinity and -5 are damage, not counts)."""
+    number = _finite_float(value)
+    if number < 0 or number != int(number):
+        raise ValueError(f"{value!r} is not a count")
+    return int(number)
 
 
 def _finite_float(value) -> float:
@@ -292,7 +301,7 @@ def load(run_dir_or_file: str | os.PathLike) -> Calibration | None:
         return None
     hint = f"; rebuild it with `python -m mildnet calibrate --run {path.parent}`"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = safe_json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise CalibrationError(f"cannot read {path}: {exc}{hint}") from None
     except ValueError as exc:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mildnet import safe_json
 from mildnet.errors import MildnetError, ModelError
 
 try:
@@ -61,6 +62,9 @@ LOSSES = ("hinge", "contrastive")
 
 # Memory for decoded images (uint8): 2 GB holds ~14,000 images at 224 px.
 DEFAULT_CACHE_GB = 2.0
+
+
+MAX_SEED = 2**31 - 1
 
 
 class TrainConfigError(MildnetError):
@@ -138,8 +142,9 @@ class TrainConfig:
              f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
-             f"seed must be a non-negative integer, got {self.seed!r}")
+        # numpy's legacy seeding takes < 2**32 and resumed epochs add to the seed: 31 bits leave room.
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+             f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
         need(isinstance(self.augment, bool), f"augment must be true or false, got {self.augment!r}")
         need(isinstance(self.freeze, str) and self.freeze.strip() != "",
              f"freeze must be auto, none or a layer name, got {self.freeze!r}")
@@ -215,7 +220,7 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     if not config_path.is_file():
         raise ModelError(f"{run_dir} is not a training run directory (no {CONFIG_FILE})")
     try:
-        meta = json.loads(config_path.read_text(encoding="utf-8"))
+        meta = safe_json.loads(config_path.read_text(encoding="utf-8"))
         fmt = meta.get("format", RUN_FORMAT) if isinstance(meta, dict) else None
         if isinstance(fmt, int) and fmt > RUN_FORMAT:
             raise ModelError(f"{run_dir} was written by a newer mildnet (run format {fmt}; this version reads "
@@ -229,7 +234,7 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     metrics = None
     if (run_dir / METRICS_FILE).is_file():
         try:
-            metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+            metrics = safe_json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
         except ValueError:
             log.warning("ignoring damaged %s", run_dir / METRICS_FILE)
     return RunInfo(run_dir, config, meta, history, metrics)
@@ -327,7 +332,7 @@ def headline_accuracy(metrics: dict) -> float | None:
 
 def _read_json_or_empty(path: Path) -> dict:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = safe_json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -347,6 +352,15 @@ def _read_history(path: Path) -> pd.DataFrame:
         raise ModelError(f"{path} is damaged: no {', '.join(missing)} column")
     if list(history["epoch"]) != list(range(1, len(history) + 1)):
         raise ModelError(f"{path} is damaged: epochs are not 1..{len(history)}")
+    # Resuming compares these numbers to pick the best epoch: 'abc' or inf would fail (or win) mid-run.
+    for column in HISTORY_COLUMNS[1:5]:
+        values = pd.to_numeric(history[column], errors="coerce")
+        bad = (history[column].notna() & values.isna()) | np.isinf(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ModelError(f"{path} is damaged: epoch {row + 1}'s {column} is {history[column].iloc[row]!r}, "
+                             "not a finite number")
+        history[column] = values
     return history
 
 

@@ -309,6 +309,13 @@ CSVS = [
          {"text": f"{GOOD_ROW}\n{GOOD_ROW}\n", "problems": [("duplicate", 2)], "rows": 1, "exit": 1}),
     Case("degenerate", "a negative equal to the query", "'degenerate'; exit 1",
          {"text": f"{GOOD_ROW}\nr0.jpg,r1.jpg,r0.jpg\n", "problems": [("degenerate", 2)], "rows": 1, "exit": 1}),
+    Case("positive-is-query", "a positive equal to the query", "'degenerate' (distance 0 teaches nothing); exit 1 "
+         "(was passed by data check)",
+         {"text": f"{GOOD_ROW}\nr0.jpg,r0.jpg,b3.jpg\n", "problems": [("degenerate", 2)], "rows": 1, "exit": 1}),
+    Case("formula-escaped", "cells written by us for a spreadsheet: \"'=r0.jpg\" and \"'@b3.jpg\"",
+         "read back as '=r0.jpg' and '@b3.jpg' (the apostrophe we add is taken off)",
+         {"text": f"{GOOD_ROW}\n'=r0.jpg,r1.jpg,'@b3.jpg\n", "problems": [], "rows": 2, "exit": 1,
+          "check": "missing"}),
     Case("nul-in-name", "a NUL byte inside an image name", "'unsafe' (no file system accepts it); exit 1",
          {"text": f"{GOOD_ROW}\nr0.jpg,r1.jpg,b\x003.jpg\n", "problems": [("unsafe", 2)], "rows": 1, "exit": 1}),
     Case("missing-image", "a triplet naming a file that is not there", "'missing'; exit 1",
@@ -493,6 +500,96 @@ def test_hostile_checkpoint(case, tmp_path, capsys):
                      "--store", str(tmp_path / "store")]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error:") and err.count("\n") == 1 and case.check["match"] in err, err
+
+
+# --- run files: calibration.json, config.json and history.csv of a trained run ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A two-epoch tiny_cnn run on a small generated sample, copied by each case before it is damaged."""
+    from mildnet.data.sample import generate_sample
+
+    root = tmp_path_factory.mktemp("run-files")
+    sample = generate_sample(root / "sample", products=12, size=32, wild_per_product=2, seed=0)
+    assert main(["train", "--images", str(sample), "--triplets", str(sample / "train.csv"), "--val-triplets",
+                 str(sample / "val.csv"), "--model", "tiny_cnn", "--weights", "none", "--image-size", "32",
+                 "--epochs", "2", "--batch-size", "4", "--out", str(root / "run"), "--quiet"]) == 0
+    return root / "run"
+
+
+def _edit_json(name: str, edit):
+    def damage(run: Path) -> None:
+        path = run / name
+        path.write_text(edit(path.read_text()))
+    return damage
+
+
+def _history_cell(value: str):
+    def damage(run: Path) -> None:
+        lines = (run / "history.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        cells = lines[2].split(",")
+        cells[header.index("val_accuracy")] = value
+        lines[2] = ",".join(cells)
+        (run / "history.csv").write_text("\n".join(lines) + "\n")
+    return damage
+
+
+def _n_positive(value: str):
+    return _edit_json("calibration.json", lambda text: re.sub(r'"n_positive": *[^,}]+', f'"n_positive": {value}',
+                                                              text))
+
+
+_DEEP = "[" * 200_000 + "]" * 200_000
+
+RUN_FILES = [
+    Case("calibration-count-1e999", 'calibration.json with "n_positive": 1e999',
+         "CalibrationError '... is damaged (bad value ... not finite)'; the app's Search page keeps working (was an "
+         "OverflowError: 'Something went wrong', no results)",
+         {"damage": _n_positive("1e999"), "load": "calibration", "match": "damaged.*not finite"}),
+    Case("calibration-count-infinity", '"n_positive": Infinity', "the same",
+         {"damage": _n_positive("Infinity"), "load": "calibration", "match": "damaged.*not finite"}),
+    Case("calibration-count-negative", '"n_positive": -5', "CalibrationError 'not a count' (was accepted)",
+         {"damage": _n_positive("-5"), "load": "calibration", "match": "damaged.*not a count"}),
+    Case("calibration-deep-json", "calibration.json holding a 200,000-deep array",
+         "CalibrationError 'not JSON: nested too deeply' (was a RecursionError traceback)",
+         {"damage": _edit_json("calibration.json", lambda _: _DEEP), "load": "calibration",
+          "match": "nested too deeply"}),
+    Case("config-deep-json", "config.json holding a 200,000-deep array", "`train --resume` exit 1, one line "
+         "'nested too deeply' (was RecursionError)",
+         {"damage": _edit_json("config.json", lambda _: _DEEP), "exit": 1, "match": "nested too deeply"}),
+    Case("config-seed-2-70", "config.json with seed 2**70", "`train --resume` exit 1, 'config.json is damaged: ... seed must "
+         "be an integer from 0 to 2147483647' (was ValueError from numpy; `train --seed 4294967296`: exit 2)",
+         {"damage": _edit_json("config.json", lambda text: re.sub(r'"seed": *\d+', f'"seed": {2**70}', text)),
+          "exit": 1, "match": "seed must be an integer from 0 to 2147483647"}),
+    Case("history-inf", "history.csv with inf as an epoch's val_accuracy", "`train --resume` exit 1, one line "
+         "'history.csv is damaged: epoch 2's val_accuracy ... not a finite number', before any epoch is trained",
+         {"damage": _history_cell("inf"), "exit": 1, "match": "epoch 2's val_accuracy"}),
+    Case("history-not-a-number", "history.csv with 'abc' as an epoch's val_accuracy", "the same (was a TypeError "
+         "after one more epoch was committed)", {"damage": _history_cell("abc"), "exit": 1,
+                                                  "match": "epoch 2's val_accuracy"}),
+]
+
+
+@pytest.mark.parametrize("case", params(RUN_FILES))
+def test_hostile_run_file(case, trained_run, tmp_path, capsys):
+    import shutil
+
+    from mildnet import calibration
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    case.check["damage"](run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    if case.check.get("load") == "calibration":
+        with pytest.raises(calibration.CalibrationError, match=case.check["match"]) as refused:
+            calibration.load(run)
+        assert "\n" not in str(refused.value) and len(str(refused.value)) < 400
+        return
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "3", "--quiet"]) == case.check["exit"]
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and re.search(case.check["match"], err), err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing committed
 
 
 # --- stores: search against a damaged local store or a Redis set whose keys vanished ----------------------------
@@ -854,6 +951,7 @@ TABLES = [
     ("Triplet CSVs", "read_triplets, `data check`", CSVS, "test_hostile_triplet_file"),
     ("Manifests", "load_manifest, `data fetch` with MILDNET_MANIFEST", MANIFESTS, "test_hostile_manifest"),
     ("Checkpoints", "load_model (Keras safe_mode)", CHECKPOINTS, "test_hostile_checkpoint"),
+    ("Run files", "calibration.load (the app, `search`), `train --resume`", RUN_FILES, "test_hostile_run_file"),
     ("Stores", "`search` against a damaged local store / Redis set", STORES, "test_hostile_store"),
     ("Archives", "extract (data fetch, archive imports)", ARCHIVES, "test_hostile_archive"),
     ("Folders and photo names", "`data add` (the app's folder and zip uploads too), `data fetch --from`", FOLDERS,

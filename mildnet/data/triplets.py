@@ -106,6 +106,9 @@ def parse_triplets(text: str, name: str = "<triplets>", path: Path | None = None
         if negative in (query, positive):
             problems.append(Problem("degenerate", name, line_no, "negative is the query or the positive"))
             continue
+        if positive == query:  # distance 0 by construction: it teaches and measures nothing
+            problems.append(Problem("degenerate", name, line_no, "positive is the query itself"))
+            continue
         rows.append((query, positive, negative, line_no))
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "line"])
     return TripletFile(path=path or Path(name), triplets=frame, problems=problems, n_rows=n_rows)

@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from mildnet import safe_json
 from mildnet.runs import BEST_MODEL, CONFIG_FILE
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
@@ -33,7 +33,7 @@ def frozen_imagenet_backbone(root: str | os.PathLike | None = None) -> Path | No
     weights (so its conv layers ARE those weights, a local copy that needs no download), else None."""
     run = default_run_dir(root)
     try:
-        config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
+        config = safe_json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     frozen = (config.get("model") == "squeezenet_colour" and config.get("freeze") == "features"

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 
+from mildnet import safe_json
 from mildnet.errors import DataError, StoreError
 from mildnet.store.embedding_set import EmbeddingSet
 
@@ -92,7 +93,7 @@ def items_payload(s: EmbeddingSet) -> bytes:
 
 def parse_items(raw: bytes, n: int, where: str) -> tuple[list[str], list[str]]:
     try:
-        items = json.loads(raw)
+        items = safe_json.loads(raw)
         ids, paths = items["ids"], items["paths"]
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"corrupt id list in {where}: {exc}") from None
@@ -116,7 +117,7 @@ def check_document_name(name: str) -> str:
 
 def parse_document(raw: bytes, where: str) -> dict:
     try:
-        document = json.loads(raw.decode("utf-8"))
+        document = safe_json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise StoreError(f"{where} is damaged (not JSON: {exc})") from None
     if not isinstance(document, dict):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mildnet import safe_json
 from mildnet.errors import StoreError
 from mildnet.store.base import (
     FORMAT_VERSION,
@@ -174,7 +175,7 @@ class LocalStore(Store):
     def _load_version(self, vdir: Path) -> EmbeddingSet:
         meta_path, items_path, vec_path = vdir / _META_FILE, vdir / _ITEMS_FILE, vdir / _VEC_FILE
         try:
-            header = json.loads(meta_path.read_bytes())
+            header = safe_json.loads(meta_path.read_bytes())
             check_format(header, str(meta_path))
             n, meta = int(header["n"]), header["meta"]
             if not isinstance(meta, dict):
@@ -255,7 +256,7 @@ class LocalStore(Store):
                 version = self._read_current(folder)
                 if version is None:
                     continue
-                header = json.loads((folder / version / _META_FILE).read_bytes())
+                header = safe_json.loads((folder / version / _META_FILE).read_bytes())
                 out.append(str(header["key"]))
             except (StoreError, OSError, ValueError, KeyError, TypeError) as exc:
                 # One broken folder must not hide the others; get() reports it properly.

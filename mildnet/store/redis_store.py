@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mildnet import safe_json
 from mildnet.errors import StoreError
 from mildnet.store.base import (
     FORMAT_VERSION,
@@ -208,7 +209,7 @@ class RedisStore(Store):
             chunks = 0
             if raw is not None:
                 try:
-                    chunks = int(json.loads(raw)["chunks"])
+                    chunks = int(safe_json.loads(raw)["chunks"])
                 except (ValueError, TypeError, KeyError):
                     log.warning("old version %s of %r has corrupt metadata; removing what is known", version, key)
             # One DEL is atomic, so a reader's MULTI sees the old version whole or not at all.
@@ -235,7 +236,7 @@ class RedisStore(Store):
                                          f"embed ... --rebuild` (or delete the key)")
                     continue  # replaced meanwhile
                 try:
-                    header = json.loads(raw_meta)
+                    header = safe_json.loads(raw_meta)
                     check_format(header, where)
                     n, dim, chunks, meta = int(header["n"]), int(header["dim"]), int(header["chunks"]), header["meta"]
                     dtype = header.get("dtype", "float32")

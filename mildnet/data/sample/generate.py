@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from mildnet import safe_json
 from mildnet.data.catalog import generate_triplets, write_catalog
 from mildnet.data.sample.products import MAX_PRODUCTS, MIN_PRODUCTS, SPLITS, Product, make_products
 from mildnet.data.sample.render import GENERATOR_VERSION, render_catalog, render_wild
@@ -59,7 +60,7 @@ def _params(products: int, size: int, wild_per_product: int, seed: int) -> dict:
 
 def _read_marker(out_dir: Path) -> dict | None:
     try:
-        marker = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
+        marker = safe_json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) and marker.get("generator") == "mildnet.data.sample" else None
