@@ -560,7 +560,8 @@ RUN_FILES = [
          "'nested too deeply' (was RecursionError)",
          {"damage": _edit_json("config.json", lambda _: _DEEP), "exit": 1, "match": "nested too deeply"}),
     Case("config-seed-2-70", "config.json with seed 2**70",
-         "`train --resume` exit 1, 'config.json is damaged: ... seed must be an integer from 0 to 2147483647' (was ValueError from numpy; `train --seed 4294967296`: exit 2)",
+         "`train --resume` exit 1, 'config.json is damaged: ... seed must be an integer from 0 to 2147483647' "
+         "(was ValueError from numpy; `train --seed 4294967296`: exit 2)",
          {"damage": _edit_json("config.json", lambda text: re.sub(r'"seed": *\d+', f'"seed": {2**70}', text)),
           "exit": 1, "match": "seed must be an integer from 0 to 2147483647"}),
     Case("history-inf", "history.csv with inf as an epoch's val_accuracy", "`train --resume` exit 1, one line "
