@@ -174,18 +174,20 @@ def test_search_from_a_catalog_product(tiny_env):
     assert len([b for b in at.button if b.key and b.key.startswith("mn_similar_")]) == 5
 
 
-@pytest.mark.parametrize("name,payload", [
-    ("notes.png", b"this is not an image at all"),
-    ("cut.jpg", None),  # a truncated JPEG, built in the test
-    ("empty.webp", b""),
+@pytest.mark.parametrize("name,payload,reason", [
+    ("notes.png", b"this is not an image at all", "not an image"),
+    ("cut.jpg", None, "Truncated"),  # a truncated JPEG, built in the test
+    ("empty.webp", b"", "empty"),
+    # Past the uploader's 20 MB, as a direct request (not the browser) sends it (issue 18 F12).
+    ("huge.jpg", b"\xff\xd8" + bytes(21 << 20), "too large"),
 ])
-def test_bad_upload_shows_a_clear_error(tiny_env, name, payload):
+def test_bad_upload_shows_a_clear_error(tiny_env, name, payload, reason):
     if payload is None:
         payload = _jpeg(tiny_env / "tiny" / "images" / "p0001" / "catalog.jpg")[:300]
     at = _app("search")
     at.file_uploader(key="mn_upload").set_value((name, payload, "image/jpeg")).run()
     assert not at.exception
-    assert len(at.error) == 1 and "cannot be used as a photo" in at.error[0].value
+    assert len(at.error) == 1 and "cannot be used as a photo" in at.error[0].value and reason in at.error[0].value
     assert not [b for b in at.button if b.key and b.key.startswith("mn_similar_")]
 
 

@@ -29,6 +29,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 # bomb" would stall the app for every user.
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 50_000_000
+# Formats other than JPEG are decoded at full size (JPEG decodes at 1/2-1/8 scale for the model): a 161 kB PNG of
+# 7060x7060 px took 423 MB to decode and convert. 16 Mpx (4000x4000) bounds that near 150 MB.
+MAX_FULL_DECODE_PIXELS = 16_000_000
 
 # Transparent areas become white, the usual background of catalog photos.
 _BACKGROUND = (255, 255, 255)
@@ -87,9 +90,15 @@ def _open(source: ImageSource) -> Image.Image:
     except _HOSTILE as exc:
         raise ImageError(f"cannot open {name}: {type(exc).__name__}: {exc}") from None
     if image.width * image.height > MAX_PIXELS:
+        image.close()
         raise ImageError(
             f"{name} is {image.width}x{image.height} pixels, more than the {MAX_PIXELS // 1_000_000} Mpx limit"
         )
+    if image.format != "JPEG" and image.width * image.height > MAX_FULL_DECODE_PIXELS:
+        kind = image.format or "image"
+        image.close()
+        raise ImageError(f"{name} is a {kind} of {image.width}x{image.height} pixels; images other than JPEG may "
+                         f"have at most {MAX_FULL_DECODE_PIXELS // 1_000_000} Mpx (save it smaller or as a JPEG)")
     return image
 
 

@@ -63,11 +63,12 @@ def _zip_form(taken: list[str]) -> None:
     name = st.text_input("Name", key="mn_add_zip_name", placeholder="leave empty: the zip's name")
     if st.button("Add this zip", icon=":material/add:", type="primary", key="mn_add_zip_go", disabled=upload is None):
         chosen = name.strip() or catalogue.suggest_name(upload.name, taken)
-        _run_add(chosen, lambda progress: catalogue.add_zip(chosen, upload, progress=progress))
+        _run_add(chosen, lambda progress: catalogue.add_zip(chosen, upload, progress=progress), upload)
 
 
-def _run_add(name: str, work) -> None:
-    """Registration, then embedding with the default model, each with progress; then select the dataset."""
+def _run_add(name: str, work, upload=None) -> None:
+    """Registration, then embedding with the default model, each with progress; then select the dataset. Once
+    added, the zip's ``upload`` is dropped from memory: unpacked, its bytes need not wait for the session's end."""
     failure = None
     with st.status(f"Adding **{name}**…", expanded=True) as status:
         bar = st.progress(0.0, text="Starting…")
@@ -85,6 +86,7 @@ def _run_add(name: str, work) -> None:
         # Below the status box, not inside it: a finished status shows collapsed, and the reason must be seen.
         st.error(failure, icon=":material/error:")
         return
+    widgets.release_upload(upload)
     # Shown after the rerun that selects the dataset (a rerun clears this run's elements).
     notes = []
     if extracted is not None and extracted.skipped:

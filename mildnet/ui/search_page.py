@@ -147,6 +147,11 @@ def _upload_query(uploaded, bundle, run_key: str):
             raise cache[1]
         return cache[1]
     try:
+        # The browser enforces the uploader's limit, a direct request does not: check before copying the bytes.
+        if uploaded.size > MAX_FILE_BYTES:
+            widgets.release_upload(uploaded)
+            raise ImageError(f"{uploaded.name} is too large ({uploaded.size / 1e6:.1f} MB; at most "
+                             f"{MAX_FILE_BYTES >> 20} MB)")
         result = embed_upload(uploaded.getvalue(), bundle)
     except ImageError as exc:
         st.session_state[UPLOAD_CACHE_KEY] = (key, exc)

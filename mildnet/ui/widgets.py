@@ -98,3 +98,17 @@ def image(path: str | Path, caption: str | None = None) -> None:
         st.warning(f"unreadable image: {path.name} ({type(exc).__name__})", icon=":material/broken_image:")
         return
     st.image(str(shown), caption=caption, width="stretch")
+
+
+def release_upload(uploaded) -> None:
+    """Drop an uploaded file's bytes from the server's memory now. Streamlit keeps every upload of a session
+    until the browser removes it or the session ends (two minutes after its tab closes): a 300 MB zip already
+    unpacked, or a photo refused for its size, would otherwise stay in memory that long. Streamlit's chat input
+    frees its files the same way; where the runtime offers no such call, nothing happens."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    remove = getattr(getattr(ctx, "uploaded_file_mgr", None), "remove_file", None)
+    if uploaded is not None and remove is not None:
+        remove(ctx.session_id, uploaded.file_id)
+
