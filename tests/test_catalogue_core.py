@@ -55,6 +55,18 @@ def test_extract_skips_a_bomb_and_refuses_too_much(tmp_path, monkeypatch):
     assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2.*"))
 
 
+def test_extract_judges_each_member_on_its_own_name(tmp_path):
+    # Issue 18 F15: one member name over 255 bytes failed the whole zip; names with control characters (F10)
+    # unpacked, then the catalogue could not be embedded.
+    long_name = "shop/" + "y" * 300 + ".jpg"
+    archive = _zip(tmp_path / "a.zip", [("shop/a.jpg", _jpeg(1)), (long_name, _jpeg(2)), ("shop/b\rc.jpg", _jpeg(3)),
+                                        ("shop/d.jpg", _jpeg(4))])
+    report = extract_images(archive, tmp_path / "out")
+    assert report.kept == 2 and sorted(p.name for p in report.root.iterdir()) == ["a.jpg", "d.jpg"]
+    assert "longer than 255 bytes" in report.skipped[long_name]
+    assert "control character" in report.skipped["shop/b\rc.jpg"]
+
+
 def _registry(tmp_path: Path) -> Path:
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("dataset,split,triplets,image_root,catalog,source\nx,train,x/train.csv,x,,local\n")
