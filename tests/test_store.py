@@ -355,6 +355,23 @@ def test_redis_down_or_bad_url_gives_one_line_store_error(fresh_redis_server):
         RedisStore("http://example.com")
 
 
+def test_redis_out_of_memory_is_one_short_line_and_keeps_what_was_stored(fresh_redis_server):
+    # Issue 18 F16: the OOM error printed the failed pipeline command with its raw vector bytes.
+    client = redis.Redis.from_url(fresh_redis_server.url)
+    store = RedisStore(fresh_redis_server.url)
+    store.put("kept", make_set(50, 16))
+    client.config_set("maxmemory-policy", "volatile-lru")
+    client.config_set("maxmemory", str(client.info("memory")["used_memory"] + (1 << 20)))
+    big = EmbeddingSet(ids=[f"b{i}" for i in range(20_000)], paths=[f"b{i}.jpg" for i in range(20_000)],
+                       vectors=np.random.default_rng(0).random((20_000, 64), dtype=np.float32), meta={})
+    with pytest.raises(StoreError) as info:
+        store.put("big", big)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400 and "Command #" not in message and "b'" not in message
+    assert "Redis is out of memory" in message and "maxmemory" in message
+    assert store.get("kept").ids == make_set(50, 16).ids and store.get("big") is None
+
+
 def test_redis_wrong_password_is_store_error(redis_url):
     r = redis.Redis.from_url(redis_url)
     r.config_set("requirepass", "s3cret")

@@ -36,6 +36,20 @@ log = logging.getLogger(__name__)
 _MAX_VALUES = 1 << 32
 
 
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
+
+
+def _reason(exc: Exception) -> str:
+    """One short line for a Redis error: redis-py prefixes a pipeline's error with the failed command and its
+    arguments (our vector bytes); an out-of-memory refusal says what to do."""
+    text = _PIPELINE_PREFIX.sub("", str(exc)).strip() or type(exc).__name__
+    text = text.splitlines()[0][:200]
+    if "maxmemory" in text:
+        text += (" (Redis is out of memory: raise its maxmemory, use a store with room, or a local store; "
+                 "the sets already there are untouched)")
+    return text
+
+
 class RedisStore(Store):
     """Embedding sets in Redis, shared by every app replica that uses the same URL and ``prefix``.
 
@@ -124,9 +138,7 @@ class RedisStore(Store):
         try:
             yield
         except self._redis_errors as exc:
-            # One line, no redis traceback: the CLI and the UI show this message as is.
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StoreError(f"cannot {action} Redis at {self._safe_url}: {reason}") from None
+            raise StoreError(f"cannot {action} Redis at {self._safe_url}: {_reason(exc)}") from None
 
     # -- key names ------------------------------------------------------------------------------------------
 
