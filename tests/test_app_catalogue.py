@@ -172,6 +172,16 @@ def test_a_product_picked_in_one_catalogue_is_not_looked_for_in_another(env, tmp
     assert any("pick a product to start" in i.value for i in at.info)
 
 
+def test_a_catalogue_removed_under_a_session_is_named_not_switched_silently(env, tmp_path):
+    # Issue 18 F18: `data remove` (or another session) removed the dataset a session used; it showed `sample`.
+    at = _add_folder(_add_page(), _flat_folder(tmp_path / "gone", n=3, seed=8), name="doomed")
+    assert at.session_state["mn_dataset"] == "doomed"
+    ud.remove_dataset("doomed")  # as `python -m mildnet data remove doomed` would, from outside the session
+    at.switch_page("pages/search.py").run()
+    assert not at.exception and at.session_state["mn_dataset"] == "tiny"
+    assert any("doomed" in w.value and "no longer registered" in w.value for w in at.sidebar.warning)
+
+
 def test_a_catalogue_too_small_for_triplets_says_so(env, tmp_path):
     at = _add_folder(_add_page(), _flat_folder(tmp_path / "pair", n=2), name="pair")
     assert not at.error, [e.value for e in at.error]

@@ -46,8 +46,13 @@ def render() -> Selection:
             raise MildnetError("the dataset manifest lists no datasets")
         current = st.session_state.get(DATASET_KEY)
         if current not in names:
+            gone = current
             current = settings.initial_dataset(names)
             st.session_state[DATASET_KEY] = current
+            if gone is not None:
+                # Removed meanwhile (`data remove`, another session): say so rather than switch silently.
+                st.warning(f"The catalogue **{gone}** is no longer registered (it was removed); showing "
+                           f"**{current}** instead.", icon=":material/info:")
         # The widget's own state is set from the plain key: it is dropped on page switches and a finished
         # training job or a test may change the choice from outside the widget.
         st.session_state["mn_dataset_widget"] = current
