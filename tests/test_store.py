@@ -130,7 +130,7 @@ def test_local_overwrite_leaves_single_version(tmp_path):
     store.put("k", new)
     assert store.get("k").equals(new)
     (folder,) = [p for p in tmp_path.iterdir()]
-    assert sorted(p.name for p in folder.iterdir() if p.name != "CURRENT").__len__() == 1
+    assert sorted(p.name for p in folder.iterdir() if p.name not in ("CURRENT", ".publish.lock")).__len__() == 1
 
 
 @pytest.mark.parametrize("fail_at", ["replace", "save"])
@@ -160,6 +160,36 @@ def test_local_crash_mid_write_keeps_previous_version(tmp_path, monkeypatch, fai
     monkeypatch.undo()
     assert store.get("k").equals(old)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no temp leftovers
+
+
+def test_local_concurrent_writers_leave_one_version_and_a_killed_writers_files_go(tmp_path):
+    # Issue 18 F20: two writers read the same previous version; the first one published was never removed
+    # (305 orphaned folders, 170 MB after 1,143 puts) until a put an hour later; so were a killed writer's files.
+    import subprocess
+    import sys
+    import threading
+
+    store = LocalStore(tmp_path / "store", fsync=False)
+    store.put("k", make_set(20, 8))
+    folder = next((tmp_path / "store").iterdir())
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    killed = folder / f".tmp-{gone.pid}-{'0' * 32}"
+    killed.mkdir()
+    (killed / "vectors.npy").write_bytes(b"half")
+
+    def writer(seed: int) -> None:
+        for i in range(40):
+            store.put("k", make_set(20 + (seed + i) % 5, 8))
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    versions = sorted(p.name for p in folder.iterdir() if p.name.startswith(("v-", ".tmp-")))
+    assert len(versions) == 1 and (folder / "CURRENT").read_text().strip() == versions[0], versions
+    assert len(store.get("k")) in range(20, 25)
 
 
 def test_local_corrupt_files_raise_store_error_with_path(tmp_path):

@@ -37,7 +37,7 @@ def sweep_abandoned(parent: str | os.PathLike) -> list[Path]:
     swept = []
     for entry in entries:
         match = _STAGED.match(entry.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or process_alive(int(match.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -47,7 +47,8 @@ def sweep_abandoned(parent: str | os.PathLike) -> list[Path]:
     return swept
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (True where that cannot be told)."""
     if pid == os.getpid():
         return True
     if os.name != "posix":
