@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mildnet import safe_json
+from mildnet.data.staging import process_alive as _process_alive
 from mildnet.errors import StoreError
 from mildnet.store.base import (
     FORMAT_VERSION,
@@ -31,7 +32,6 @@ from mildnet.store.base import (
     parse_document,
     parse_items,
 )
-from mildnet.data.staging import process_alive as _process_alive
 from mildnet.store.embedding_set import EmbeddingSet, check_dtype
 
 log = logging.getLogger(__name__)
