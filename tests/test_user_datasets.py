@@ -616,3 +616,16 @@ def test_sigterm_during_data_add_cleans_up_and_says_so(registry, tmp_path):
     assert process.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
     assert not list(data.glob(".shop.adding-*")) and not (data / "shop").exists()
     assert not registry.exists() or "shop" not in registry.read_text()
+
+
+def test_a_damaged_user_registry_leaves_the_tracked_datasets_usable(registry, capsys):
+    # Issue 18 F3: a registry that cannot be parsed stopped every command and page, tracked datasets included.
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text('dataset,split,triplets\nx,train\n"unclosed\n')
+    code, out, err = run(capsys, "data", "list")
+    assert code == 0 and "sample" in out and "clothing-small" in out, err
+    assert err.startswith("warning: ") and str(registry) in err and "left out until it is repaired" in err
+    assert mf.user_registry_problem() is not None and "sample" in mf.datasets()
+    code, out, err = run(capsys, "data", "remove", "x")  # editing it is refused, with the reason, never guessed
+    assert code == 1 and str(registry) in err.strip().splitlines()[-1]
+    assert registry.read_text() == 'dataset,split,triplets\nx,train\n"unclosed\n'

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,8 @@ from pathlib import Path
 
 from mildnet.data import read_text_file
 from mildnet.errors import DataError, DownloadError
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "MILDNET_MANIFEST"
 USER_ENV_VAR = "MILDNET_USER_MANIFEST"
@@ -114,7 +117,8 @@ def load_manifest(path: str | os.PathLike | None = None, include_user: bool = Tr
     """Read and validate a manifest; relative paths are resolved against the manifest's folder.
 
     With ``include_user`` the user registry (:func:`user_manifest_path`) is appended when it exists; a name
-    in both files is an error rather than one silently hiding the other.
+    in both files is an error rather than one silently hiding the other. A damaged user registry is left out
+    with a warning (:func:`user_registry_problem` says why): the tracked datasets stay usable.
     """
     path = manifest_path(path)
     text = read_text_file(path, "dataset manifest", hint=f" (set {ENV_VAR} to use another file)")
@@ -122,7 +126,11 @@ def load_manifest(path: str | os.PathLike | None = None, include_user: bool = Tr
     if not include_user:
         return splits
     user_path = user_manifest_path(path)
-    user = load_user_manifest(user_path)
+    try:
+        user = load_user_manifest(user_path)
+    except DataError as exc:
+        log.warning("%s; the datasets it lists are left out until it is repaired", exc)
+        return splits
     clash = sorted(set(datasets(splits)) & set(datasets(user))) if user else []
     if clash:
         raise DataError(
@@ -130,6 +138,15 @@ def load_manifest(path: str | os.PathLike | None = None, include_user: bool = Tr
             f"unregister the second with `python -m mildnet data remove {clash[0]}` or rename it in one file"
         )
     return splits + user
+
+
+def user_registry_problem(manifest: str | os.PathLike | None = None) -> str | None:
+    """Why the user registry cannot be read (then :func:`load_manifest` leaves it out), or None."""
+    try:
+        load_user_manifest(user_manifest_path(manifest))
+    except DataError as exc:
+        return f"{exc}; the datasets it lists are left out until it is repaired (or moved aside)"
+    return None
 
 
 def load_user_manifest(path: str | os.PathLike | None = None) -> list[DatasetSplit]:
