@@ -20,6 +20,44 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+# Hand-written: what the app exposes to the network and how to run it for others (not a table of the tests, but
+# every statement here is checked by the test named beside it).
+SERVING = """## Serving the app to others
+
+What a running app exposes, and what keeps it safe when others can reach it:
+
+- **Where it listens.** `.streamlit/config.toml` binds `127.0.0.1`: only this machine can open it. There is no
+  sign-in yet, so to serve others put it behind a proxy that signs users in (an OIDC proxy, nginx with HTTP
+  auth) and start it with `streamlit run app.py --server.address 0.0.0.0`. Everyone who gets through the proxy
+  can do what the owner can: add and remove catalogues, train (CPU), search.
+- **The server's disk.** "Add a catalogue" takes a folder and a labels CSV of the server's disk. Served beyond
+  this machine (`server.address` not a loopback address), it reads none unless `MILDNET_ADD_ROOTS` lists the
+  folders they may come from (`os.pathsep`-separated; paths are resolved, links included, before the check);
+  zip uploads always work (`test_folders_and_labels_only_under_the_owners_roots`). A file that is not a
+  labels CSV is refused without showing its content
+  (`test_a_labels_file_that_is_not_a_csv_is_refused_without_showing_its_content`); a folder holding links
+  that leave it, dangle or loop is refused without naming where they lead
+  (`test_unsafe_links_lists_links_leaving_the_root_dangling_or_looping`).
+- **Uploads.** The server accepts requests up to `server.maxUploadSize` (300 MB, sized for catalogue zips). A
+  search photo over 20 MB is refused from its size before its bytes are copied and is dropped from memory; a
+  zip's bytes are dropped once it is unpacked and added; other uploads live until the session ends (two
+  minutes after its tab closes). A zip unpacks at most 200,000 files and 4 GB, 64 MB a photo, each member
+  judged on its own (compression ratio, name); images other than JPEG over 16 Mpx, and any over 50 Mpx, are
+  refused before decoding (the Images table above; `test_bad_upload_shows_a_clear_error`).
+- **Removing.** `data remove` (and the page) deletes only the dataset's own files and the folder the app
+  unpacked for it, never a folder of the user's, even under `data/uploads/`
+  (`test_remove_leaves_photos_under_uploads_that_the_app_did_not_unpack_for_this_dataset`).
+- **Interruptions.** SIGTERM (`docker stop`, systemd) stops a CLI command like Ctrl-C: cleanup runs, exit 143;
+  a training run stops after its step and can be resumed
+  (`test_ctrl_c_or_sigterm_stops_training_cleanly_and_the_run_can_be_resumed`).
+  What a killed process leaves (staging folders, an upload's temporary zip, a store writer's temporary folder)
+  carries its pid and is removed by the next add, upload or write once that process is gone
+  (`test_staging_left_by_a_killed_add_is_swept_by_the_next_one`,
+  `test_an_upload_stopped_by_a_server_shutdown_leaves_nothing_in_the_names_way`). Registry and dataset locks
+  time out with a message naming the lock (`test_a_held_registry_lock_times_out_with_a_message_naming_it`).
+"""
+
+
 def render() -> str:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -44,6 +82,7 @@ def render() -> str:
                   "| case | given | expected |", "|---|---|---|"]
         lines += [f"| `{case.id}` | {_cell(case.given)} | {_cell(case.expected)} |" for case in table]
         lines.append("")
+    lines += [SERVING]
     lines += ["## Properties (hypothesis)", "",
               "`tests/test_properties.py`, 200 generated examples per property on every run:", ""]
     for name, fn in inspect.getmembers(properties, inspect.isfunction):

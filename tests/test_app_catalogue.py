@@ -189,6 +189,36 @@ def test_a_catalogue_too_small_for_triplets_says_so(env, tmp_path):
     assert "too few photos for any triplet" in message and "searched but not trained" in message
 
 
+def test_folders_and_labels_only_under_the_owners_roots(env, tmp_path, monkeypatch):
+    # Issue 18 F2: the Folder and Labels CSV fields read any file of the server's disk for anyone who could open
+    # the page; MILDNET_ADD_ROOTS limits them, and an app served to others reads none without it.
+    from mildnet.ui import catalogue
+
+    allowed = tmp_path / "allowed"
+    inside = _flat_folder(allowed / "shop", n=3, seed=11)
+    outside = _flat_folder(tmp_path / "private", n=3, seed=12)
+    secret = tmp_path / "shadow.csv"
+    secret.write_text("image,product_id\n")
+    monkeypatch.setenv("MILDNET_ADD_ROOTS", str(allowed))
+    before = _registered()
+    at = _add_folder(_add_page(), outside, "private")
+    assert len(at.error) == 1 and "must be inside" in at.error[0].value and str(allowed) in at.error[0].value
+    at = _add_page()
+    at.text_input(key="mn_add_labels").set_value(str(secret))
+    at = _add_folder(at, inside, "labelled")
+    assert len(at.error) == 1 and "the labels CSV must be inside" in at.error[0].value
+    assert _registered() == before
+    (allowed / "escape").symlink_to(outside, target_is_directory=True)  # resolved before the check
+    with pytest.raises(DataError, match="must be inside"):
+        catalogue.add_folder("linked", str(allowed / "escape"))
+    at = _add_folder(_add_page(), inside, "inside")
+    assert not at.error and at.session_state["mn_dataset"] == "inside"
+    monkeypatch.delenv("MILDNET_ADD_ROOTS")
+    with pytest.raises(DataError, match="served to other machines"):
+        catalogue.add_folder("exposed", str(outside), served_locally=False)
+    ud.remove_dataset("inside")
+
+
 @pytest.mark.parametrize("case,expected", [
     ("missing", "image folder not found"),
     ("empty", "no images"),

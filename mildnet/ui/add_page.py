@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mildnet.errors import DownloadError, MildnetError
-from mildnet.ui import catalogue, layout, resources, widgets
+from mildnet.ui import catalogue, layout, resources, settings, widgets
 from mildnet.ui import data as uidata
 from mildnet.ui.sidebar import DATASET_KEY, Selection
 
@@ -42,6 +42,13 @@ def render(selection: Selection) -> None:
 
 
 def _folder_form(taken: list[str]) -> None:
+    roots = settings.add_roots()
+    if roots is None and not settings.served_locally(st.get_option("server.address")):
+        st.info("This app is served to other machines: folders of the server's disk can be added here only under "
+                "the folders its owner lists in MILDNET_ADD_ROOTS. Upload a zip instead, or add the folder with "
+                "`python -m mildnet data add` on the server.", icon=":material/lock:")
+    elif roots:
+        st.caption("Folders and labels files under: " + ", ".join(f"`{root}`" for root in roots))
     with st.form("mn_add_folder_form", border=False):
         folder = st.text_input("Folder", key="mn_add_folder", placeholder="/home/shop/photos",
                                help="A path on the machine running the app. It is only read: our files go to "
@@ -52,7 +59,9 @@ def _folder_form(taken: list[str]) -> None:
         submitted = st.form_submit_button("Add this folder", icon=":material/add:", type="primary", key="mn_add_go")
     if submitted:
         chosen = name.strip() or catalogue.suggest_name(folder, taken)
-        _run_add(chosen, lambda progress: catalogue.add_folder(chosen, folder, labels, progress=progress))
+        local = settings.served_locally(st.get_option("server.address"))
+        _run_add(chosen, lambda progress: catalogue.add_folder(chosen, folder, labels, progress=progress,
+                                                               served_locally=local))
 
 
 def _zip_form(taken: list[str]) -> None:

@@ -20,6 +20,7 @@ from mildnet.data.staging import staging_path, sweep_abandoned
 from mildnet.data.upload import ExtractReport, extract_images
 from mildnet.embeddings import EMBEDDING_VERSION, cache_key
 from mildnet.errors import DataError, StoreError
+from mildnet.ui import settings
 
 UPLOADS_DIR = ud.UPLOADS_DIR
 DEMO = "clothing-small"
@@ -57,13 +58,34 @@ def check_name(name: str) -> str:
     return name
 
 
-def add_folder(name: str, folder: str, labels: str | None = None, progress: Progress | None = None) -> ud.AddResult:
-    """Register a folder on the machine running the app (as ``data add``)."""
+def add_folder(name: str, folder: str, labels: str | None = None, progress: Progress | None = None,
+               served_locally: bool = True) -> ud.AddResult:
+    """Register a folder on the machine running the app (as ``data add``); the folder and the labels CSV must be
+    under :func:`settings.add_roots` when set, and are refused altogether when the app is served to others
+    without them (anyone reaching the page could otherwise read the server's files)."""
     name = check_name(name)
     if not folder.strip():
         raise DataError("give the path of a folder on the machine running the app")
-    return ud.add_dataset(name, folder.strip(), labels=labels.strip() if labels and labels.strip() else None,
-                          progress=progress)
+    labels = labels.strip() if labels and labels.strip() else None
+    for path, what in ((folder.strip(), "the folder"), (labels, "the labels CSV")):
+        if path is not None:
+            _check_allowed(path, what, served_locally)
+    return ud.add_dataset(name, folder.strip(), labels=labels, progress=progress)
+
+
+def _check_allowed(path: str, what: str, served_locally: bool) -> None:
+    roots = settings.add_roots()
+    if roots is None:
+        if not served_locally:
+            raise DataError("this app is served to other machines, so it reads no folder of the server's disk "
+                            "unless its owner set MILDNET_ADD_ROOTS to the folders catalogues may come from; "
+                            "upload a zip instead")
+        return
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        # The roots are the owner's own setting: naming them helps, and shows no other part of the disk.
+        allowed = ", ".join(str(root) for root in roots)
+        raise DataError(f"{what} must be inside {allowed} (MILDNET_ADD_ROOTS on the server)")
 
 
 def add_zip(name: str, upload: BinaryIO, progress: Progress | None = None) -> tuple[ud.AddResult, ExtractReport]:

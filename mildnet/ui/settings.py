@@ -7,6 +7,9 @@ their own folders so nothing touches the project's ``data/``, ``runs/`` or embed
   at the project root; ``MILDNET_REDIS_URL`` is honoured when this is unset).
 - ``MILDNET_PRETRAINED``: the folder of committed default runs, one per dataset (default ``mildnet/pretrained``).
 - ``MILDNET_DATASET``: the dataset selected when a session starts (default: ``sample`` if listed, else the first).
+- ``MILDNET_ADD_ROOTS``: folders (separated by ``os.pathsep``) under which "Add a catalogue" may read a folder or
+  a labels CSV of the server's disk. Unset: any path while the app listens on this machine only, none once it
+  is served to others (``server.address`` not a loopback address), where only zip uploads remain.
 - ``MILDNET_THUMBNAILS``: the thumbnail cache of the image grids (default ``thumbnails/`` beside a local
   ``MILDNET_STORE``, else ``.mildnet/thumbnails`` at the project root).
 
@@ -63,3 +66,21 @@ def initial_dataset(names: list[str]) -> str | None:
     if wanted in names:
         return wanted
     return names[0] if names else None
+
+
+def add_roots() -> list[Path] | None:
+    """``MILDNET_ADD_ROOTS`` as resolved folders, or None when unset."""
+    value = os.environ.get("MILDNET_ADD_ROOTS", "").strip()
+    if not value:
+        return None
+    return [Path(part).expanduser().resolve() for part in value.split(os.pathsep) if part.strip()]
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def served_locally(address: str | None) -> bool:
+    """Whether a server bound to ``address`` (Streamlit's ``server.address``; empty: every interface) can only
+    be reached from this machine."""
+    return (address or "").strip() in LOOPBACK
+
