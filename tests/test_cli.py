@@ -71,10 +71,34 @@ def test_an_error_during_an_epoch_starts_on_its_own_line():
 
     from mildnet.cli.train import ProgressPrinter
 
-    stream = io.StringIO()
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
     with pytest.raises(OSError):
         with ProgressPrinter(stream) as printer:
             printer.on_train_begin(3, 10)
             printer.on_batch_end(1, 4, {"loss": 0.5, "accuracy": 0.75})
             raise OSError(28, "No space left on device")
-    assert stream.getvalue().startswith("\repoch 1/3 [") and stream.getvalue().endswith("\n")
+    assert stream.getvalue().startswith("\repoch 1/3") and "4/10" in stream.getvalue()
+    assert stream.getvalue().endswith("\n")
+
+
+def test_progress_in_a_log_is_a_few_plain_lines_with_rate_and_eta(monkeypatch):
+    # Issue 19 (8): without a terminal the hand-written bar wrote every redraw into the log (~100 per phase).
+    import io
+
+    from mildnet.cli import progress
+
+    log = io.StringIO()
+    clock = iter(range(100_000))  # a tenth of a second each time the bar reads the clock: about a minute in all
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock) / 10)
+    with progress.ProgressBar("embedding", stream=log) as bar:
+        for done in range(0, 1716, 5):
+            bar.update(done, 1715, "images")
+        bar.update(1715, 1715, "images")
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and 3 <= len(lines) <= 12, lines
+    assert lines[0].startswith("embedding images: 0/1715 (0%)") and lines[-1].startswith("embedding images: 1715/1715")
+    assert "it/s" in lines[1] and "<" in lines[1]  # a rate and an ETA

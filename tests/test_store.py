@@ -290,6 +290,7 @@ def test_redis_overwrite_is_atomic_and_removes_old_version(redis_url):
 def test_redis_overwrite_whose_reply_is_lost_still_removes_the_old_version(redis_url):
     """redis-py replays a MULTI/EXEC whose reply was lost with the connection; the replay's SET ... GET then
     returns the new version itself, and the old one used to stay in Redis for ever (persisted)."""
+    import contextlib
     import socket
     import threading
 
@@ -308,8 +309,12 @@ def test_redis_overwrite_whose_reply_is_lost_still_removes_the_old_version(redis
         except OSError:
             pass
         finally:
-            src.close()
-            dst.close()
+            # shutdown, not only close: the other relay thread is blocked in recv on these sockets, which keeps
+            # them open after close(), and the client would wait out its 60-s socket timeout for a reply.
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
     listener = socket.create_server(("127.0.0.1", port := free_port()))
 

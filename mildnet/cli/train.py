@@ -94,13 +94,15 @@ class ProgressPrinter:
     def on_batch_end(self, epoch: int, step: int, logs: dict) -> None:
         if self._epoch != epoch:
             self._epoch = epoch
-            self.bar = ProgressBar(f"epoch {epoch}/{self.total_epochs}", stream=self.stream)
+            # In a log, only a line every few seconds of a long epoch: the epoch's summary line follows.
+            self.bar = ProgressBar(f"epoch {epoch}/{self.total_epochs}", unit="steps", stream=self.stream, edges=False)
             self._started = time.monotonic()
-        self.bar.update(step, logs.get("steps", self.steps), f"loss {logs['loss']:.4f} acc {logs['accuracy']:.3f}")
+        self.bar.update(step, logs.get("steps", self.steps),
+                        postfix=f"loss {logs['loss']:.4f} acc {logs['accuracy']:.3f}")
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.bar.close()
             self.bar = None
         val = ""
         if logs.get("val_accuracy") == logs.get("val_accuracy") and logs.get("val_accuracy") is not None:
@@ -114,7 +116,7 @@ class ProgressPrinter:
 
     def on_train_end(self, result) -> None:
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.bar.close()
             self.bar = None
 
     def __enter__(self) -> "ProgressPrinter":
