@@ -15,6 +15,13 @@ from tests.redis_server import fresh_redis_server, redis_server, redis_url  # no
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+@pytest.fixture(autouse=True)
+def _own_data_home(tmp_path_factory, monkeypatch):
+    """Each test's own data home (shop.json...): nothing a test publishes reaches the project's .mildnet/, and
+    nothing published there changes what a test sees. Tests that need another set MILDNET_HOME themselves."""
+    monkeypatch.setenv("MILDNET_HOME", str(tmp_path_factory.mktemp("home")))
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
 

@@ -63,7 +63,8 @@ def test_an_upload_is_embedded_again_when_the_runs_weights_change(bundle, monkey
     from mildnet.ui import search_page
 
     monkeypatch.setattr(st, "session_state", {})  # the page's per-session cache, outside a script run
-    uploaded = types.SimpleNamespace(file_id="f1", getvalue=lambda: _photo("JPEG"))
+    photo = _photo("JPEG")
+    uploaded = types.SimpleNamespace(file_id="f1", name="f1.jpg", size=len(photo), getvalue=lambda: photo)
     first = types.SimpleNamespace(**vars(bundle), fingerprint="weights-1")
     vector, _ = search_page._upload_query(uploaded, first, "runs/a")
     assert search_page._upload_query(uploaded, first, "runs/a")[0] is vector  # a rerun reuses it

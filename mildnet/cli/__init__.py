@@ -27,6 +27,7 @@ COMMANDS = {
     "embed": "mildnet.cli.embed",
     "search": "mildnet.cli.search",
     "calibrate": "mildnet.cli.calibrate",
+    "publish": "mildnet.cli.publish",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mildnet.errors import DownloadError, MildnetError
-from mildnet.ui import catalogue, layout, resources, settings, widgets
+from mildnet.ui import catalogue, layout, owner, resources, settings, widgets
 from mildnet.ui import data as uidata
 from mildnet.ui.sidebar import DATASET_KEY, Selection
 
@@ -21,6 +21,8 @@ def render(selection: Selection) -> None:
     widgets.hero("Add a catalogue", "Your own product photos, searchable in a few minutes: a folder on this "
                  "machine or a zip of photos. Class sub-folders (or a labels CSV) give product groups; a flat "
                  "folder works too (each photo is its own product).")
+    if not owner.owner_only("add catalogues"):
+        return
     done = st.session_state.pop(DONE_KEY, None)
     if done:
         message, notes = done

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from mildnet.runs import HISTORY_FILE
-from mildnet.ui import layout, resources, widgets
+from mildnet.ui import layout, owner, resources, widgets
 from mildnet.ui.layout import Context
 from mildnet.ui.runs import Run
 
@@ -25,6 +25,8 @@ MAX_RUNS = 4
 def render(ctx: Context) -> None:
     widgets.hero("Evaluation", "How well a model ranks: a triplet is correct when the query is closer to the "
                  "positive than to the negative. Retrieval: every image queries the others of its split.")
+    if not owner.owner_only("evaluate models"):
+        return
     if not ctx.runs:
         layout.no_model_message(ctx)
         return

@@ -7,9 +7,9 @@ import random
 import streamlit as st
 
 from mildnet.ui import data as uidata
-from mildnet.ui import layout, resources, widgets
+from mildnet.ui import layout, owner, resources, widgets
 from mildnet.ui.layout import Context
-from mildnet.ui.pages_table import PAGES
+from mildnet.ui.pages_table import visible
 from mildnet.ui.runs import headline_accuracy
 
 BROWSE_COLUMNS = 8
@@ -54,11 +54,12 @@ def render(ctx: Context) -> None:
                                f"in {resources.store().describe()}")
 
     st.space("small")
-    cols = st.columns(len(PAGES))
-    for col, (path, title, icon, text) in zip(cols, PAGES):
+    shown = visible(owner.is_owner())
+    cols = st.columns(len(shown))
+    for col, page in zip(cols, shown):
         with col.container(border=True, height="stretch"):
-            st.page_link(path, label=title, icon=icon)
-            st.caption(text)
+            st.page_link(page.path, label=page.title, icon=page.icon)
+            st.caption(page.blurb)
 
     st.subheader("From the catalog")
     sample = gallery

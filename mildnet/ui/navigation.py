@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mildnet.ui import home_page, layout
-from mildnet.ui.pages_table import PAGES
+from mildnet.ui import home_page, layout, owner
+from mildnet.ui.pages_table import visible
 
 ENTRY_KEY = "mn_entrypoint_ran"
 
@@ -19,8 +19,10 @@ def home() -> None:
 
 
 def pages() -> list:
+    """Home and the pages this visitor may open: a shopper's navigation has no owner pages, so their links
+    (and deep links to them) lead nowhere."""
     return [st.Page(home, title="Home", icon=":material/home:", default=True)] + [
-        st.Page(page.path, title=page.title, icon=page.icon) for page in PAGES]
+        st.Page(page.path, title=page.title, icon=page.icon) for page in visible(owner.is_owner())]
 
 
 def run() -> None:

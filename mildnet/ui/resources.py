@@ -17,8 +17,11 @@ from pathlib import Path
 import streamlit as st
 
 from mildnet import catalogue_calibration as cc
-from mildnet import embeddings
-from mildnet import evaluation as core_evaluation  # `evaluation` is this module's cached evaluation of a run
+from mildnet import (
+    embeddings,
+    shop,  # `evaluation` is this module's cached evaluation of a run
+)
+from mildnet import evaluation as core_evaluation
 from mildnet.data.manifest import dataset_splits, manifest_path, user_manifest_path
 from mildnet.errors import DataError
 from mildnet.pretrained import REAL_PHOTOS
@@ -53,6 +56,21 @@ def _dataset_names(stamp: tuple) -> list[str]:
 
 def names() -> list[str]:
     return _dataset_names(manifest_stamp())
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _published(path: str, stamp: float | None):
+    return shop.load_published(path)
+
+
+def published():
+    """What the owner published (:mod:`mildnet.shop`), re-read when its file changes (the CLI may publish)."""
+    path = shop.shop_file()
+    return _published(str(path), _mtime(path))
+
+
+def forget_published() -> None:
+    _published.clear()
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

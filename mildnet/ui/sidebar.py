@@ -14,8 +14,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from mildnet import shop
 from mildnet.errors import MildnetError
-from mildnet.ui import jobs, resources, settings, widgets
+from mildnet.ui import jobs, owner, resources, settings, widgets
 from mildnet.ui.runs import Run, describe_time
 
 DATASET_KEY = "mn_dataset"
@@ -44,29 +45,70 @@ def render() -> Selection:
         names = resources.names()
         if not names:
             raise MildnetError("the dataset manifest lists no datasets")
-        current = st.session_state.get(DATASET_KEY)
-        if current not in names:
-            gone = current
-            current = settings.initial_dataset(names)
-            st.session_state[DATASET_KEY] = current
-            if gone is not None:
-                # Removed meanwhile (`data remove`, another session): say so rather than switch silently.
-                st.warning(f"The catalogue **{gone}** is no longer registered (it was removed); showing "
-                           f"**{current}** instead.", icon=":material/info:")
-        # The widget's own state is set from the plain key: it is dropped on page switches and a finished
-        # training job or a test may change the choice from outside the widget.
-        st.session_state["mn_dataset_widget"] = current
-        st.selectbox(
-            "Dataset", names, key="mn_dataset_widget",
-            on_change=_copy, args=("mn_dataset_widget", DATASET_KEY),
-            help="Datasets come from data_manifest.csv (MILDNET_MANIFEST overrides it).",
-        )
-        name = st.session_state[DATASET_KEY]
-        runs = resources.runs(name)
-        run = _run_selector(name, runs)
-        _training_section(name, runs, run)
+        published = resources.published()
+        is_owner = owner.is_owner()
+        if published is not None and published.dataset in names and not is_owner:
+            selection = _shopper_selection(published)
+        else:
+            selection = _owner_selection(names, published, is_owner)
+        owner.sign_in_box()
         st.caption("MILDNet / RankNet deep ranking · [arXiv 1903.00905](https://arxiv.org/abs/1903.00905)")
+    return selection
+
+
+def _owner_selection(names: list[str], published, is_owner: bool) -> Selection:
+    """Dataset and model pickers (the owner; or any visitor while nothing is published), the owner's
+    publish button and training."""
+    current = st.session_state.get(DATASET_KEY)
+    if current not in names:
+        gone = current
+        current = published.dataset if published is not None and published.dataset in names else \
+            settings.initial_dataset(names)
+        st.session_state[DATASET_KEY] = current
+        if gone is not None:
+            # Removed meanwhile (`data remove`, another session): say so rather than switch silently.
+            st.warning(f"The catalogue **{gone}** is no longer registered (it was removed); showing "
+                       f"**{current}** instead.", icon=":material/info:")
+    # The widget's own state is set from the plain key: it is dropped on page switches and a finished
+    # training job or a test may change the choice from outside the widget.
+    st.session_state["mn_dataset_widget"] = current
+    st.selectbox(
+        "Dataset", names, key="mn_dataset_widget",
+        on_change=_copy, args=("mn_dataset_widget", DATASET_KEY),
+        help="Datasets come from data_manifest.csv (MILDNET_MANIFEST overrides it).",
+    )
+    name = st.session_state[DATASET_KEY]
+    runs = resources.runs(name)
+    preferred = published.run if published is not None and published.dataset == name else None
+    run = _run_selector(name, runs, preferred)
+    if is_owner:
+        _publish_box(name, run, published)
+        _training_section(name, runs, run)
     return Selection(dataset=name, run=run, runs=runs)
+
+
+def _shopper_selection(published) -> Selection:
+    """What the owner published, with no pickers: every shopper gets the shop's catalogue and model."""
+    runs = resources.runs(published.dataset)
+    by_key = {r.key: r for r in runs}
+    run = by_key.get(published.run) if published.run else None
+    run = run or (runs[0] if runs else None)
+    st.session_state[DATASET_KEY] = published.dataset
+    st.markdown(f"**Catalogue:** {published.dataset}")
+    return Selection(dataset=published.dataset, run=run, runs=runs)
+
+
+def _publish_box(dataset: str, run: Run | None, published) -> None:
+    if run is None:
+        return
+    if published is not None and published.dataset == dataset and published.run == run.key:
+        st.caption(":material/public: Published: every visitor gets this catalogue and model.")
+        return
+    if st.button("Publish for every visitor", key="mn_publish", icon=":material/public:",
+                 help="New visitors, and everyone after a reload or a restart, get this catalogue with this model."):
+        shop.publish(dataset, run.path, datasets=resources.names(), path=shop.shop_file())
+        resources.forget_published()
+        st.rerun()
 
 
 def _copy(widget_key: str, state_key: str) -> None:
@@ -79,14 +121,14 @@ def _select_run(dataset: str, run_key: str | None) -> None:
     st.session_state[RUNS_KEY] = chosen
 
 
-def _run_selector(dataset: str, runs: list[Run]) -> Run | None:
+def _run_selector(dataset: str, runs: list[Run], preferred: str | None = None) -> Run | None:
     if not runs:
         st.info("No trained model for this dataset yet: train one below.", icon=":material/model_training:")
         return None
     keys = [r.key for r in runs]
     chosen = st.session_state.get(RUNS_KEY, {}).get(dataset)
     if chosen not in keys:
-        chosen = keys[0]
+        chosen = preferred if preferred in keys else keys[0]
         _select_run(dataset, chosen)
     by_key = {r.key: r for r in runs}
     widget_key = f"mn_run_widget_{dataset}"

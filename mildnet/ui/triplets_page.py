@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from mildnet.ui import data as uidata
-from mildnet.ui import resources, widgets
+from mildnet.ui import owner, resources, widgets
 from mildnet.ui.layout import Context
 
 PAGE_SIZE = 10
@@ -20,6 +20,8 @@ def render(ctx: Context) -> None:
     ds = ctx.dataset
     widgets.hero("Triplets", "The training data of deep ranking: a query, a positive (the same product) and a "
                  "negative (another product). In-class negatives share the query's category and are the hard case.")
+    if not owner.owner_only("browse the training data"):
+        return
     counts = resources.split_counts(ds)
     columns = st.columns(len(counts) + 1)
     for column, row in zip(columns, counts.itertuples()):
