@@ -26,10 +26,14 @@ SERVING = """## Serving the app to others
 
 What a running app exposes, and what keeps it safe when others can reach it:
 
-- **Where it listens.** `.streamlit/config.toml` binds `127.0.0.1`: only this machine can open it. There is no
-  sign-in yet, so to serve others put it behind a proxy that signs users in (an OIDC proxy, nginx with HTTP
-  auth) and start it with `streamlit run app.py --server.address 0.0.0.0`. Everyone who gets through the proxy
-  can do what the owner can: add and remove catalogues, train (CPU), search.
+- **Where it listens.** `.streamlit/config.toml` binds `127.0.0.1`: only this machine can open it. To serve
+  others, start it with `streamlit run app.py --server.address 0.0.0.0` behind HTTPS.
+- **Owner and shoppers.** Adding and removing catalogues, training (CPU), evaluating and publishing are the
+  owner's: signed in through Streamlit's OIDC (`[auth]` in the secrets), or with the owner password
+  (`MILDNET_OWNER_PASSWORD` or the secrets), or, with neither configured, a browser on the server itself (a
+  loopback connection without proxy headers). Shoppers get the published catalogue and model and see only Home
+  and Search (`test_owner_publishes_and_a_shopper_gets_it_across_a_restart`,
+  `test_a_shopper_opening_an_owner_page_is_told_it_is_the_owners`).
 - **The server's disk.** "Add a catalogue" takes a folder and a labels CSV of the server's disk. Served beyond
   this machine (`server.address` not a loopback address), it reads none unless `MILDNET_ADD_ROOTS` lists the
   folders they may come from (`os.pathsep`-separated; paths are resolved, links included, before the check);
