@@ -111,3 +111,8 @@ def make_tiny_app_root(root: Path) -> Path:
 @pytest.fixture
 def labelled_folder(tmp_path) -> Path:
     return make_labelled_folder(tmp_path / "images")
+
+
+def results_box(at):
+    """The Search page's "Results" box in an AppTest (its key changes with the value it was drawn from)."""
+    return next(box for box in at.main.selectbox if box.label == "Results")

@@ -19,6 +19,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from mildnet.errors import ImageError  # noqa: E402
+from tests.conftest import results_box  # noqa: E402
 from tests.redis_server import free_port  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -152,9 +153,9 @@ def test_search_upload_shows_top_five_and_click_searches_from_a_result(tiny_env)
     # The uploaded catalog photo finds itself first, with cosine similarity 1.
     html = " ".join(h.proto.body for h in at.get("html"))
     assert "p0003" in html and "1.000" in html
-    assert at.number_input(key="mn_k").value == 5
+    assert results_box(at).value == 5
 
-    at.number_input(key="mn_k").set_value(8).run()
+    results_box(at).set_value(8).run()
     assert len([b for b in at.button if b.key and b.key.startswith("mn_similar_")]) == 8
 
     at.button(key="mn_similar_2").click().run()

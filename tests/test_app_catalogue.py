@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from mildnet.data import user_datasets as ud
 from mildnet.errors import DataError
-from tests.conftest import make_labelled_folder, make_tiny_app_root
+from tests.conftest import make_labelled_folder, make_tiny_app_root, results_box
 
 PROJECT = Path(__file__).resolve().parents[1]
 APP = PROJECT / "app.py"
@@ -150,14 +150,14 @@ def test_the_number_of_results_asked_for_survives_a_smaller_catalogue(env, tmp_p
     at.switch_page("pages/search.py").run()
     photo = ("q.jpg", _jpeg_bytes(seed=4), "image/jpeg")
     at.file_uploader(key="mn_upload").set_value(photo).run()
-    at.number_input(key="mn_k").set_value(8).run()
+    results_box(at).set_value(8).run()
     assert len(_hits(at)) == 8
     at.sidebar.selectbox[0].set_value("duo").run()  # two photos: at most two results
     at.file_uploader(key="mn_upload").set_value(photo).run()
-    assert not at.exception and at.number_input(key="mn_k").value == 2
+    assert not at.exception and results_box(at).value == 2
     at.sidebar.selectbox[0].set_value("tiny").run()
     at.file_uploader(key="mn_upload").set_value(photo).run()
-    assert at.number_input(key="mn_k").value == 8 and len(_hits(at)) == 8
+    assert results_box(at).value == 8 and len(_hits(at)) == 8
 
 
 def test_a_product_picked_in_one_catalogue_is_not_looked_for_in_another(env, tmp_path):

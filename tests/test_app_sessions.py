@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import results_box
 from tests.test_app import (  # noqa: F401 - tiny_env is a fixture
     MANIFEST_HEADER,
     _app,
@@ -60,9 +61,9 @@ def test_two_sessions_at_once_each_get_results_for_their_own_upload(two_datasets
         ranked = _ranked_products(at)
         assert len(ranked) == 5 and ranked[0] == product, (product, ranked)  # its own photo found first
     # A rerun of one session (a new k) keeps its own query; the other's is untouched.
-    sessions["p0003"].number_input(key="mn_k").set_value(3).run()
+    results_box(sessions["p0003"]).set_value(3).run()
     assert _ranked_products(sessions["p0003"])[0] == "p0003" and len(_ranked_products(sessions["p0003"])) == 3
-    assert sessions["p0017"].number_input(key="mn_k").value == 5
+    assert results_box(sessions["p0017"]).value == 5
     sessions["p0017"].run()
     assert _ranked_products(sessions["p0017"])[0] == "p0017" and len(_ranked_products(sessions["p0017"])) == 5
 

@@ -66,3 +66,32 @@ def test_add_a_folder_then_upload_a_photo_and_see_five_results(page, server, tmp
     assert "item4.jpg" in page.locator(".st-key-mn_hit_1").inner_text()
     assert not page.locator('[data-testid="stException"]').count()
     _shoot(page, tmp_path, "catalogue-search")
+
+
+@pytest.mark.slow
+def test_the_number_of_results_holds_over_many_uploads_on_an_added_catalogue(page, server, tmp_path):
+    """Issue 19 (3): on added catalogues the "Results" box fell from 5 to 1 by itself after the 2nd-7th upload
+    (in every browser session tried), and each later search showed one card."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    photos = []
+    for i in range(18):
+        base = rng.integers(0, 255, 3)
+        pixels = np.clip(base + rng.integers(-30, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"item{i}.jpg" if i < 12 else tmp_path / f"query{i}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        photos.append(path)
+    page.goto(server["url"] + "/add")
+    _idle(page)
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_role("textbox", name="Folder", exact=True).fill(str(folder))
+    main.get_by_role("textbox", name="Name", exact=True).first.fill("many")
+    main.get_by_role("button", name="Add this folder").click()
+    main.get_by_text("is ready and selected").wait_for(timeout=LOAD_TIMEOUT_MS)
+    _idle(page)
+    main.get_by_role("link", name="Search it now").click()
+    _idle(page)
+    for photo in photos[12:]:
+        upload_and_wait_for_five_results(page, photo)
+        assert main.get_by_role("combobox", name="Results").input_value() == "5"

@@ -96,13 +96,16 @@ def render(ctx: Context) -> None:
                 st.html(f'<div><b>{html.escape(row.get("product_id") or query["id"])}</b></div>'
                         f'<div class="mn-meta">{html.escape(widgets.describe_item(row))}</div>')
         most = min(50, len(searcher))
-        # The user's choice is kept apart from the widget, which a small catalogue clamps: back on a large one,
-        # the k asked for returns instead of staying at the small catalogue's size.
+        # The user's choice (K_WANTED_KEY) is the only state; the widget is drawn from it each run, its default
+        # being that choice. A keyed widget fed through session state came back now and then at its own default
+        # (1) after an upload redrew the column, and that became the choice for good. The key names the state
+        # it was drawn from, so a redraw can only ever offer the same value again.
         shown = min(st.session_state.get(K_WANTED_KEY, 5), most)
-        if st.session_state.get(K_KEY) != shown:
-            st.session_state[K_KEY] = shown
-        k = st.number_input("Results", min_value=1, max_value=most, key=K_KEY, on_change=_remember_k,
-                            help="How many similar products to show.")
+        k = st.selectbox("Results", range(1, most + 1), index=shown - 1, key=f"{K_KEY}_{most}_{shown}",
+                         help="How many similar products to show.")
+        if k != shown:
+            # A small catalogue clamps what is shown; the wish is kept, so a larger one shows it again.
+            st.session_state[K_WANTED_KEY] = int(k)
     with right:
         own = resources.catalogue_calibration(ctx.run, ctx.dataset, searcher)
         # The close-match score may average more results than are shown: ask for enough, show what was asked.
@@ -124,10 +127,6 @@ def render(ctx: Context) -> None:
             st.caption(calibrated.note)
         query_product = _row(info, query["id"]).get("product_id") if query["kind"] == "catalog" else None
         _results_grid(hits, info, ctx, query_product, verdict)
-
-
-def _remember_k() -> None:
-    st.session_state[K_WANTED_KEY] = int(st.session_state[K_KEY])
 
 
 def _set_query(query: dict) -> None:
