@@ -97,6 +97,27 @@ def test_home_shows_dataset_model_and_cache(tiny_env):
     assert [s.label for s in at.sidebar.selectbox][:2] == ["Dataset", "Model"]
 
 
+def test_the_model_figure_describes_what_it_measured(tmp_path):
+    # Issue 19 (6): Home showed "89% accurate" for every dataset (the real-photo model's validation accuracy on
+    # its own training data) and "99% accurate" on a flat folder's trivial view triplets.
+    from mildnet.ui.home_page import model_figure
+    from mildnet.ui.runs import Run
+
+    def run(dataset, best):
+        return Run(tmp_path, "r", config={"config": {"dataset": dataset, "model": "tiny_cnn"}},
+                   metrics={"best": best})
+
+    value, note = model_figure(run(None, {"val_accuracy": 0.89}), "tiny", "labelled")
+    assert value == "trained on other photos" and "not on this catalogue" in note
+    assert model_figure(run("clothing-small", {"val_accuracy": 0.89}), "tiny", "labelled")[0] == \
+        "trained on clothing-small"
+    value, note = model_figure(run("tiny", {"val_accuracy": 0.91}), "tiny", "labelled")
+    assert value == "91% accurate" and "validation triplets" in note
+    assert "training triplets" in model_figure(run("tiny", {"accuracy": 0.8}), "tiny", "labelled")[1]
+    value, note = model_figure(run("flat", {"val_accuracy": 0.99}), "flat", "instance")
+    assert value == "trained here" and "augmented views" in note
+
+
 def test_first_start_prepares_a_missing_sample(tiny_env, monkeypatch, tmp_path):
     from mildnet.data import sample
 
@@ -294,6 +315,24 @@ def test_evaluation_page_scores_and_compares_runs(tiny_env):
     charts = at.get("vega_lite_chart")
     assert len(charts) >= 6  # per split, per type, two histograms, recall@k, loss, accuracy
     assert any(s.value == "Training history" for s in at.subheader)
+
+
+def test_evaluation_shows_no_other_datasets_history_as_this_ones(tiny_env, tmp_path, monkeypatch):
+    # Issue 19 (6): the real-photo model's training history was plotted on the sample as if it were the sample's.
+    import json
+    import shutil
+
+    shipped = tmp_path / "pretrained" / "real"
+    shutil.copytree(tiny_env / "runs" / "first", shipped)
+    meta = json.loads((shipped / "config.json").read_text())
+    meta["config"]["dataset"] = None  # as the shipped real-photo model: trained on a folder of other photos
+    (shipped / "config.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("MILDNET_PRETRAINED", str(tmp_path / "pretrained"))
+    at = _app("evaluation")
+    at.multiselect(key="mn_eval_runs").set_value([str(shipped)]).run()
+    _no_failure(at)
+    assert any("trained on other photos: its training history is about that data" in c.value for c in at.caption)
+    assert not any(c.value.startswith("Solid lines") for c in at.caption)  # no curves drawn for it
 
 
 def test_evaluation_page_shows_the_no_learning_baselines(tiny_env, monkeypatch):

@@ -182,6 +182,9 @@ def test_evaluation_page_table_says_the_rates_are_simulated_and_which_runs_are_n
     assert {"simulated ROC AUC", "simulated: sold types called close"} <= set(frame.columns)
     assert list(frame["decided by"]) == [made.method, "not embedded yet (search once to embed)",
                                          "run's own calibration"]
+    # Issue 19 (6): empty cells read "None" on the page.
+    assert frame.loc[1, "score"] == "—" and frame["threshold"].isna().tolist() == [False, True, True]
+    assert "None" not in frame.astype(str).to_string()
 
 
 @pytest.mark.parametrize("field,value", [("auc", "0.98"), ("in_called_close", 1.5), ("n_in", "12"),

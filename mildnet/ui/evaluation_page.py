@@ -52,11 +52,14 @@ def render(ctx: Context) -> None:
     _retrieval(runs, names, reports, split)
     _close_match(ctx, runs, names)
     st.subheader("Training history")
-    _history(runs, names)
+    _history(runs, names, ctx.dataset.name)
 
 
 def _scores(runs: list[Run], names: dict[str, str], reports: dict, split: str) -> None:
     st.subheader(f"Scores on {split}")
+    if split == "train":
+        st.caption("The training triplets: the models saw these while learning, so the figures are optimistic. "
+                   "Pick val or test for how they do on new photos.")
     st.dataframe(_score_table(runs, names, reports, split), hide_index=True,
                  column_config={
                      "triplet accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
@@ -137,7 +140,19 @@ def close_match_table(runs: list[Run], names: dict[str, str], found: dict,
                      "simulated ROC AUC": None if rule is None else rule.auc,
                      "simulated: sold types called close": None if rule is None else rule.in_called_close,
                      "simulated: unsold types not close": None if rule is None else rule.out_called_not_close})
-    return pd.DataFrame(rows)
+    return readable(pd.DataFrame(rows))
+
+
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Empty cells as a table shows them: blank in number columns (NaN), a dash in text ones, never "None"."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column].dropna()
+        if len(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[column] = pd.to_numeric(out[column], errors="coerce")
+        elif len(values) < len(out):
+            out[column] = out[column].astype(object).where(out[column].notna(), "—")
+    return out
 
 
 def _close_match(ctx: Context, runs: list[Run], names: dict[str, str]) -> None:
@@ -267,7 +282,7 @@ def _score_table(runs, names, reports, split) -> pd.DataFrame:
             "recall@10": retrieval.get("recall@10"),
             "mAP": retrieval.get("mAP"),
         })
-    return pd.DataFrame(rows)
+    return readable(pd.DataFrame(rows))
 
 
 def _nan_none(value):
@@ -312,14 +327,22 @@ def _histogram(report, bins: int = 30) -> alt.Chart:
     ).properties(height=280)
 
 
-def _history(runs: list[Run], names: dict[str, str]) -> None:
+def _history(runs: list[Run], names: dict[str, str], dataset: str) -> None:
     frames = []
+    elsewhere = [run for run in runs if run.dataset != dataset]
+    if elsewhere:
+        # Another dataset's curves under this catalogue's name would read as this catalogue's learning.
+        st.caption("; ".join(f"{names[run.key]} was trained on {run.dataset or 'other photos'}" for run in elsewhere)
+                   + ": its training history is about that data, so it is not shown here.")
     for run in runs:
+        if run.dataset != dataset:
+            continue
         history = run.history()
         if history is not None and not history.empty:
             frames.append(history.assign(run=names[run.key]))
     if not frames:
-        st.caption(f"No {HISTORY_FILE} in these runs (the default model may ship without one).")
+        if len(elsewhere) < len(runs):
+            st.caption(f"No {HISTORY_FILE} in these runs.")
         return
     history = pd.concat(frames, ignore_index=True)
     st.caption("Solid lines: training batches (with augmentation); dashed: the validation triplets after each epoch.")

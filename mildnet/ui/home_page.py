@@ -16,6 +16,25 @@ BROWSE_COLUMNS = 8
 BROWSE_PAGE = 16
 
 
+def model_figure(run, dataset: str, kind: str) -> tuple[str, str]:
+    """The Home page's model figure and its explanation: an accuracy only where it was measured on this
+    catalogue, on held-out triplets, and says which; otherwise where the model was trained."""
+    trained_on = run.dataset
+    best = run.metrics.get("best") if isinstance(run.metrics.get("best"), dict) else {}
+    accuracy = headline_accuracy(run.metrics)
+    if trained_on != dataset or accuracy is None:
+        where = f"trained on {trained_on}" if trained_on else "trained on other photos"
+        return where, (f"{run.label}. Its accuracy was measured on {trained_on or 'other data'}, not on this "
+                       "catalogue: the Evaluation page measures it here.")
+    if kind == "instance":
+        return "trained here", (f"{run.label}. This catalogue has no product labels: its triplets pair a photo "
+                                f"with augmented views of itself, which even an untrained model gets mostly right "
+                                f"({accuracy:.0%} here), so they say little about similar-product search.")
+    split = "validation" if isinstance(best.get("val_accuracy"), (int, float)) else "training"
+    return f"{accuracy:.0%} accurate", (f"{run.label}. Triplet accuracy on this catalogue's {split} triplets at "
+                                        "the end of training (the Evaluation page recomputes it per split).")
+
+
 def render(ctx: Context) -> None:
     widgets.hero(
         "MILDNet visual search",
@@ -33,11 +52,8 @@ def render(ctx: Context) -> None:
     if ctx.run is None:
         c3.metric("Model", "none yet", border=True, help="Train one from the sidebar")
     else:
-        accuracy = headline_accuracy(ctx.run.metrics)
-        c3.metric(f"Model · {ctx.run.model_name or ctx.run.name}",
-                  f"{accuracy:.0%} accurate" if accuracy is not None else "trained", border=True,
-                  help=f"{ctx.run.label}. Triplet accuracy on held-out triplets, as measured after training "
-                       "(the Evaluation page recomputes it per split).")
+        value, note = model_figure(ctx.run, ctx.dataset.name, ctx.dataset.kind)
+        c3.metric(f"Model · {ctx.run.model_name or ctx.run.name}", value, border=True, help=note)
     cache_slot = c4.empty()
 
     searcher = None

@@ -135,6 +135,19 @@ def list_runs(dataset: str | None) -> list[Run]:
 
 
 def describe_time(run: Run) -> str:
+    """When the run was trained: its own record (``created``, or its last resume), not the model file's time,
+    which for a shipped model is when the project was cloned."""
+    meta = run.config if isinstance(run.config, dict) else {}
+    resumed = meta.get("resumed")
+    last = resumed[-1] if isinstance(resumed, list) and resumed and isinstance(resumed[-1], dict) else {}
+    recorded = last.get("at") or meta.get("created")
+    if isinstance(recorded, str):
+        try:
+            when = _dt.datetime.fromisoformat(recorded)
+        except ValueError:
+            when = None
+        if when is not None:
+            return "trained " + when.strftime("%Y-%m-%d")
     if not run.stamp:
         return ""
     return _dt.datetime.fromtimestamp(run.stamp).strftime("%Y-%m-%d %H:%M")
