@@ -406,5 +406,16 @@ def test_demo_catalogue_offline_names_the_url_and_the_local_alternative(env, tmp
     assert not at.exception
     assert len(at.error) == 1, [e.value for e in at.error]
     message = at.error[0].value
-    assert url in message and "data fetch clothing-small --from PATH" in message
+    assert url in message and "data fetch clothing-small --from PATH" in message and "field above" in message
     assert at.session_state["mn_dataset"] == "tiny"
+    # Issue 19 (7): the reason sat in a collapsed box under a stale "Connecting..." bar, and the page had no field
+    # for a local copy. The error is outside the box, no bar is left, and a local copy is taken from the page.
+    assert all(len(status.error) == 0 for status in at.status) and not at.get("progress")
+    local = tmp_path / "copy" / "clothing-dataset-small-main"
+    for label in ("hat", "shoes", "skirt"):
+        _flat_folder(local / "train" / label, n=4, seed=len(label))
+    at.text_input(key="mn_demo_local").set_value(str(local.parent))
+    at.button(key="mn_demo_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["mn_dataset"] == "clothing-small"
+    assert any("ready and selected: search it" in m.value for m in at.success)

@@ -128,28 +128,42 @@ def _demo() -> None:
     if uidata.is_ready(name):
         st.caption("Already on this machine.")
         if st.button("Use it", key="mn_demo_use", icon=":material/check:"):
-            st.session_state[DATASET_KEY] = name
-            st.rerun()
+            _select_demo(name)
         return
-    if not st.button("Download it", key="mn_demo_go", icon=":material/download:", type="primary",
+    local = st.text_input("Or a local copy on this server (the archive, or its extracted folder)",
+                          key="mn_demo_local", placeholder="/home/shop/clothing-dataset-small.zip",
+                          help="For a server without internet access: copy the archive from the address above.")
+    if not st.button("Use the local copy" if local.strip() else "Download it", key="mn_demo_go",
+                     icon=":material/download:", type="primary",
                      help="About 70 MB; an interrupted download resumes where it stopped."):
         return
+    failure = None
     with st.status(f"Fetching **{name}**…", expanded=True) as status:
-        bar = st.progress(0.0, text="Connecting…")
+        bar = st.progress(0.0, text="Copying…" if local.strip() else "Connecting…")
         try:
-            catalogue.fetch_demo(progress=layout.progress_to(bar))
+            catalogue.fetch_demo(progress=layout.progress_to(bar), source=local.strip() or None,
+                                 served_locally=settings.served_locally(st.get_option("server.address")))
         except DownloadError as exc:
-            status.update(label=f"**{name}** could not be downloaded", state="error")
-            st.error(catalogue.offline_message(exc), icon=":material/cloud_off:")
-            return
+            failure = catalogue.offline_message(exc) if not local.strip() else str(exc)
         except MildnetError as exc:
-            status.update(label=f"**{name}** could not be prepared", state="error")
-            st.error(str(exc), icon=":material/error:")
-            return
-        status.update(label=f"**{name}** is on this machine", state="complete", expanded=False)
+            failure = str(exc)
+        bar.empty()  # a stale "Connecting…" bar under a failure would read as still trying
+        if failure is not None:
+            status.update(label=f"**{name}** could not be fetched", state="error", expanded=False)
+        else:
+            status.update(label=f"**{name}** is on this machine", state="complete", expanded=False)
+    if failure is not None:
+        # Below the (collapsed) status box, where it is seen: the way out is in the message.
+        st.error(failure, icon=":material/cloud_off:")
+        return
     runs = resources.runs(name)
     if runs:
         layout.build_embeddings(runs[0], resources.dataset(name))
-    st.session_state[DONE_KEY] = (f"**{name}** is ready and selected.", [])
+    _select_demo(name)
+
+
+def _select_demo(name: str) -> None:
+    st.session_state[DONE_KEY] = (f"**{name}** is ready and selected: search it, or train a model on it from "
+                                  "the sidebar.", [])
     st.session_state[DATASET_KEY] = name
     st.rerun()

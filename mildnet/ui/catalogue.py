@@ -185,13 +185,16 @@ def demo_available() -> bool:
 def offline_message(error: Exception) -> str:
     """What to do when the demo cannot be downloaded: the URL, and the command for a local copy."""
     return (f"Could not download the demo catalogue: {error}. It comes from {demo_url()} ; on a machine without "
-            f"internet access, copy that archive (or the extracted folder) here and run "
-            f"`python -m mildnet data fetch {DEMO} --from PATH`, then reload this page.")
+            f"internet access, copy that archive (or the extracted folder) to this server and give its path in "
+            f"the field above (or run `python -m mildnet data fetch {DEMO} --from PATH`).")
 
 
-def fetch_demo(progress: Progress | None = None):
-    """Download (resuming a partial download) and prepare the demo catalogue; DownloadError when offline."""
-    return mf.prepare(DEMO, progress=progress)
+def fetch_demo(progress: Progress | None = None, source: str | None = None, served_locally: bool = True):
+    """Download (resuming a partial download) and prepare the demo catalogue, or take it from ``source`` (an
+    archive or extracted folder on this server, within the owner's roots); DownloadError when offline."""
+    if source is not None:
+        _check_allowed(source, "the local copy", served_locally)
+    return mf.prepare(DEMO, progress=progress, source_override=source)
 
 
 def is_added(name: str) -> bool:
