@@ -1,7 +1,7 @@
 """The shop's published choice: the catalogue and model every visitor of the app gets.
 
 The owner publishes a catalogue (a registered dataset) and, optionally, one of its models (a run folder; none:
-the catalogue's default model). It is kept in ``shop.json`` in the data home (:func:`data_home`), written
+the catalogue's default model). It is kept in ``shop.json`` in the data home (:mod:`mildnet.home`), written
 atomically, so it survives reloads and server restarts and the CLI sees the same choice
 (``python -m mildnet publish``). Reading never fails the app: a missing or damaged file means nothing is
 published (a damaged one is logged).
@@ -18,19 +18,12 @@ from pathlib import Path
 
 from mildnet import safe_json
 from mildnet.errors import DataError
+from mildnet.home import data_home
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "MILDNET_HOME"
 SHOP_FILE = "shop.json"
 FORMAT = 1
-
-
-def data_home() -> Path:
-    """Where the app and the CLI keep the shop's own state: ``$MILDNET_HOME``, else ``.mildnet`` in the working
-    directory (never inside the installed package)."""
-    value = os.environ.get(HOME_ENV, "").strip()
-    return Path(value).expanduser() if value else Path.cwd() / ".mildnet"
 
 
 def shop_file(home: str | os.PathLike | None = None) -> Path:

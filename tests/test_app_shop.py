@@ -144,3 +144,17 @@ def test_a_shopper_opening_an_owner_page_is_told_it_is_the_owners(shop_env, monk
     at.run()
     assert not at.exception and any("Only the shop's owner can add catalogues" in i.value for i in at.info)
     assert not at.main.text_input  # no folder field, no upload
+
+
+def test_the_cli_finds_what_the_app_embedded_with_no_flags(shop_env, tmp_path, monkeypatch, capsys):
+    # Issue 19 (4): `search --image PHOTO` looked in mildnet/pretrained/real/embeddings (inside the package) and
+    # said to embed everything again; both now default to the data home's store.
+    monkeypatch.delenv("MILDNET_STORE")
+    monkeypatch.setenv("MILDNET_HOME", str(tmp_path / "home"))
+    home = _visit()  # the app embeds the session's catalogue on first use
+    assert any(m.label == "Embedding cache" and m.value == "ready" for m in home.metric)
+    assert (tmp_path / "home" / "embeddings").is_dir()
+    photo = shop_env / "tiny" / "images" / "p0003" / "catalog.jpg"
+    assert main(["search", "--dataset", "tiny", "--image", str(photo), "--json"]) == 0, capsys.readouterr().err
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert results[0]["id"] == "images/p0003/catalog.jpg"

@@ -30,8 +30,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
-        help="folder or redis://host:port/db (default: $MILDNET_REDIS_URL, else RUN/embeddings with --run, "
-        "else .mildnet/embeddings)",
+        help="folder or redis://host:port/db (default: the app's: $MILDNET_STORE, else $MILDNET_REDIS_URL, else "
+        "embeddings/ in the data home, $MILDNET_HOME or .mildnet)",
     )
     parser.add_argument("--fallback-local", type=Path, metavar="PATH",
                         help="use a local store at PATH when Redis cannot be reached (with a warning)")
@@ -92,13 +92,14 @@ def use_default_run(args: argparse.Namespace) -> Path:
 
 
 def open_store_from_args(args: argparse.Namespace):
-    from mildnet.store import DEFAULT_LOCAL_PATH, StoreURLError, open_store
+    from mildnet.home import store_spec
+    from mildnet.store import StoreURLError, open_store
 
-    default_local = Path(args.run) / "embeddings" if getattr(args, "run", None) else Path(DEFAULT_LOCAL_PATH)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            store = open_store(args.store, fallback_local=args.fallback_local, default_local=default_local,
+            # The app's store unless told otherwise: what one embedded, the other finds.
+            store = open_store(args.store or store_spec(), fallback_local=args.fallback_local,
                                dtype=getattr(args, "dtype", None))
     except StoreURLError as exc:
         raise UsageError(str(exc)) from None

@@ -164,19 +164,14 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _list_stores(args: argparse.Namespace) -> list:
-    """The stores `data list` looks in: --store, else the app's ($MILDNET_STORE / $MILDNET_REDIS_URL, else
-    .mildnet/embeddings) and, locally, the caches of the shipped runs (where `embed` without --run writes)."""
-    import os
-
-    from mildnet.pretrained import PRETRAINED_DIR
+    """The store `data list` looks in: --store, else the one the app and `embed` use (:mod:`mildnet.home`)."""
+    from mildnet.home import store_spec
     from mildnet.store import LocalStore, open_store
 
-    spec = args.store or os.environ.get("MILDNET_STORE", "").strip() or os.environ.get("MILDNET_REDIS_URL", "").strip()
-    if spec:
-        return [open_store(spec)]
-    project = PRETRAINED_DIR.parents[1]
-    folders = [project / ".mildnet" / "embeddings", *sorted(PRETRAINED_DIR.glob("*/embeddings"))]
-    return [LocalStore(folder) for folder in folders if folder.is_dir()]
+    spec = args.store or store_spec()
+    if "://" not in spec and not Path(spec).expanduser().is_dir():
+        return []  # nothing embedded yet: not a reason to create the folder
+    return [open_store(spec) if "://" in spec else LocalStore(spec)]
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -2,16 +2,17 @@
 their own folders so nothing touches the project's ``data/``, ``runs/`` or embedding cache).
 
 - ``MILDNET_MANIFEST``: the dataset registry (read by :mod:`mildnet.data.manifest` itself).
-- ``MILDNET_RUNS``: training runs (default ``runs/`` at the project root).
-- ``MILDNET_STORE``: the embedding cache, a folder or a ``redis://`` URL (default ``.mildnet/embeddings``
-  at the project root; ``MILDNET_REDIS_URL`` is honoured when this is unset).
+- ``MILDNET_HOME``: the data home (:mod:`mildnet.home`), ``.mildnet/`` in the working directory by default.
+- ``MILDNET_RUNS``: training runs (default ``runs/`` in the data home).
+- ``MILDNET_STORE``: the embedding cache, a folder or a ``redis://`` URL (default ``embeddings/`` in the data
+  home; ``MILDNET_REDIS_URL`` is honoured when this is unset).
 - ``MILDNET_PRETRAINED``: the folder of committed default runs, one per dataset (default ``mildnet/pretrained``).
 - ``MILDNET_DATASET``: the dataset selected when a session starts (default: ``sample`` if listed, else the first).
 - ``MILDNET_ADD_ROOTS``: folders (separated by ``os.pathsep``) under which "Add a catalogue" may read a folder or
   a labels CSV of the server's disk. Unset: any path while the app listens on this machine only, none once it
   is served to others (``server.address`` not a loopback address), where only zip uploads remain.
 - ``MILDNET_THUMBNAILS``: the thumbnail cache of the image grids (default ``thumbnails/`` beside a local
-  ``MILDNET_STORE``, else ``.mildnet/thumbnails`` at the project root).
+  ``MILDNET_STORE``, else ``thumbnails/`` in the data home).
 
 No streamlit here: the functions are plain and read the environment on every call, so a test that sets a
 variable needs no reset.
@@ -22,9 +23,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mildnet.home import data_home
+from mildnet.home import store_spec as home_store_spec
 from mildnet.pretrained import pretrained_root
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATASET = "sample"
 
 
@@ -34,7 +36,7 @@ def _env_path(name: str) -> Path | None:
 
 
 def runs_dir() -> Path:
-    return _env_path("MILDNET_RUNS") or PROJECT_ROOT / "runs"
+    return _env_path("MILDNET_RUNS") or data_home() / "runs"
 
 
 def pretrained_dir() -> Path:
@@ -42,12 +44,8 @@ def pretrained_dir() -> Path:
 
 
 def store_spec() -> str:
-    """The embedding store the app opens: ``MILDNET_STORE``, else ``MILDNET_REDIS_URL``, else a local folder."""
-    for name in ("MILDNET_STORE", "MILDNET_REDIS_URL"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return str(PROJECT_ROOT / ".mildnet" / "embeddings")
+    """The embedding store the app opens, the CLI's default too (:func:`mildnet.home.store_spec`)."""
+    return home_store_spec()
 
 
 def thumbnails_dir() -> Path:
@@ -58,7 +56,7 @@ def thumbnails_dir() -> Path:
     if store and "://" not in store:
         # A deployment (or a test) that moved the store keeps its thumbnails beside it, not in the project.
         return Path(store).expanduser().parent / "thumbnails"
-    return PROJECT_ROOT / ".mildnet" / "thumbnails"
+    return data_home() / "thumbnails"
 
 
 def initial_dataset(names: list[str]) -> str | None:
