@@ -63,7 +63,8 @@ def test_add_a_folder_then_upload_a_photo_and_see_five_results(page, server, tmp
     _idle(page)
     upload_and_wait_for_five_results(page, folder / "item4.jpg")
     # The photo finds itself first, among the real photos (never an augmented view).
-    assert "item4.jpg" in page.locator(".st-key-mn_hit_1").inner_text()
+    assert page.locator(".st-key-mn_hit_1 .mn-card-title").get_attribute("title") == "photos/item4.jpg"
+    assert "item4" in page.locator(".st-key-mn_hit_1 .mn-card-title").inner_text()
     assert not page.locator('[data-testid="stException"]').count()
     _shoot(page, tmp_path, "catalogue-search")
 

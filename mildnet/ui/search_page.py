@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import random
+from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from mildnet.data import images
 from mildnet.data.images import MAX_FILE_BYTES
 from mildnet.embeddings import normalize_rows, run_model
 from mildnet.errors import ImageError
-from mildnet.ui import layout, matching, resources, widgets
+from mildnet.ui import items, layout, matching, resources, widgets
 from mildnet.ui.layout import Context
 from mildnet.ui.sidebar import DATASET_KEY
 
@@ -93,8 +94,9 @@ def render(ctx: Context) -> None:
             row = _row(info, query["id"])
             with st.container(border=True, key="mn_query_card"):
                 widgets.image(ctx.dataset.image_root / query["id"])
-                st.html(f'<div><b>{html.escape(row.get("product_id") or query["id"])}</b></div>'
-                        f'<div class="mn-meta">{html.escape(widgets.describe_item(row))}</div>')
+                st.html(f'<div class="mn-card-title" title="{html.escape(query["id"])}">'
+                        f'<b>{html.escape(items.title(row) or query["id"])}</b></div>'
+                        f'<div class="mn-meta">{html.escape(items.details(row))}</div>')
         most = min(50, len(searcher))
         # The user's choice (K_WANTED_KEY) is the only state; the widget is drawn from it each run, its default
         # being that choice. A keyed widget fed through session state came back now and then at its own default
@@ -181,6 +183,7 @@ def score_html(score: float, match: float | None, weak: bool = False) -> str:
 def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | None = None, verdict=None) -> None:
     matches = verdict.matches if verdict is not None else [None] * len(hits)
     weak = verdict is not None and verdict.close_match is False
+    products = items.has_product_ids(ctx.dataset.notes, [s.source for s in ctx.dataset.splits])
     for start in range(0, len(hits), COLUMNS):
         columns = st.columns(COLUMNS)
         for offset, (column, hit) in enumerate(zip(columns, hits[start:start + COLUMNS])):
@@ -189,12 +192,21 @@ def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | N
             with column:
                 with st.container(border=True, key=f"mn_hit_{rank}"):
                     widgets.image(ctx.dataset.image_root / hit.path)
-                    title = (f'<span class="mn-rank">#{rank}</span> <b>{html.escape(row.get("product_id") or "")}</b>'
-                             f' {score_html(hit.score, matches[rank - 1], weak)}')
-                    same = "same-product" if query_product and row.get("product_id") == query_product else ""
-                    meta = (html.escape(widgets.describe_item(row)) + " "
-                            + widgets.tags(row.get("view", ""), same, "weak" if weak else ""))
-                    st.html(f"<div>{title}</div><div class='mn-meta mn-card-meta'>{meta}</div>")
+                    name = html.escape(items.title(row) or hit.id)
+                    # The id stays in the tooltip: the owner may need it, a shopper needs the title.
+                    head = (f'<div class="mn-card-title" title="{html.escape(hit.id)}"><span class="mn-rank">'
+                            f'#{rank}</span> <b>{name}</b></div>')
+                    same = "same product" if products and query_product and row.get("product_id") == query_product \
+                        else ""
+                    url = items.link(row)
+                    more = html.escape(items.details(row))
+                    if url:
+                        more += (" · " if more else "") + (f'<a href="{html.escape(url)}" target="_blank" '
+                                                          'rel="noopener noreferrer">product page</a>')
+                    # A "weak" tag beside "weak match" said it twice; the score says it.
+                    meta = (f"{score_html(hit.score, matches[rank - 1], weak)} {more} "
+                            + widgets.tags(row.get("view", ""), same))
+                    st.html(f"{head}<div class='mn-meta mn-card-meta'>{meta}</div>")
                     st.button("Similar", key=f"mn_similar_{rank}", icon=":material/search:", width="stretch",
                               on_click=_set_query, args=({"kind": "catalog", "id": hit.id},),
                               help="Search with this product")
@@ -220,8 +232,10 @@ def _catalog_picker(gallery: pd.DataFrame, searcher) -> None:
     # (that took ~0.1 s a run at 1,200 products, a tenth of the upload-to-results time).
     labels = {}
     for record in pool.astype(str).to_dict("records"):
-        bits = (record.get("product_id"), widgets.describe_item(record), record.get("view"))
-        labels[record["image"]] = " · ".join(b for b in bits if b and b != "nan") or record["image"]
+        # The title, then what tells photos of one title apart (its file name), so 3,781 photos of class
+        # folders do not all read "dress"; the box is searchable by typing any of it.
+        bits = (items.title(record), items.details(record), PurePosixPath(record["image"]).name, record.get("view"))
+        labels[record["image"]] = " · ".join(b for b in dict.fromkeys(bits) if b and b != "nan") or record["image"]
 
     choice = c2.selectbox("Product", ids, index=index, format_func=lambda i: labels.get(i, i), key="mn_pick_product")
     c3.button("Search", icon=":material/search:", key="mn_pick_go", width="stretch", type="primary",

@@ -46,10 +46,13 @@ _CSS = """
           background: #f1f3f5; color: #495057; font-size: 0.75rem; }
 .mn-tag.in-class { background: #fff3bf; color: #8a6100; }
 .mn-tag.out-of-class { background: #e7f5ff; color: #1864ab; }
-.mn-tag.same-product { background: #d3f9d8; color: #2b8a3e; }
+.mn-tag.same-product, .mn-tag.same { background: #d3f9d8; color: #2b8a3e; }
+/* Even cards: a title of two lines at most (and at least: short ones keep the height) whatever the catalogue. */
+.mn-card-title { display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden;
+  line-height: 1.35em; height: 2.7em; }
 .mn-tag.weak { background: #f1f3f5; color: #868e96; font-style: italic; }
-/* Equal-height result cards whatever the length of the description. */
-.mn-card-meta { min-height: 4em; }
+/* Equal-height result cards whatever the length of the description (longer ones are cut, not taller). */
+.mn-card-meta { height: 4em; overflow: hidden; }
 .mn-role { font-size: 0.78rem; font-weight: 600; letter-spacing: 0.04em; text-transform: uppercase; color: #868e96; }
 </style>
 """
@@ -68,7 +71,8 @@ def tags(*values: str) -> str:
     out = []
     for value in values:
         if value and value != "unknown":
-            cls = value if value in ("in-class", "out-of-class", "same-product", "weak") else ""
+            cls = value if value in ("in-class", "out-of-class", "same-product", "weak") else (
+                "same-product" if value == "same product" else "")
             out.append(f'<span class="mn-tag {cls}">{html.escape(str(value))}</span>')
     return "".join(out)
 

@@ -1,0 +1,28 @@
+"""How a catalogue row reads on a result card and in the product picker (issue 19, item 5)."""
+
+from mildnet.ui import items
+
+
+def test_a_title_column_wins_then_what_the_photo_shows_then_a_tidy_id():
+    assert items.title({"title": "Linen shirt", "product_id": "p0085", "category": "shirt"}) == "Linen shirt"
+    assert items.title({"name": "Aria tote", "product_id": "sku-9"}) == "Aria tote"
+    assert items.title({"product_id": "p0085", "category": "t-shirt", "colour": "olive", "pattern": "solid"}) == \
+        "Olive solid t-shirt"
+    assert items.title({"product_id": "12469.jpg", "image": "photos/12469.jpg"}) == "12469"
+    assert items.title({"product_id": "", "image": "hats/red_cap.PNG"}) == "red cap"
+
+
+def test_details_price_and_only_safe_links():
+    row = {"title": "Aria tote", "category": "bag", "colour": "tan", "price": "EUR 49", "url": "https://shop.example/aria"}
+    assert items.details(row) == "bag · tan · EUR 49"
+    assert items.details({"category": "bag", "colour": "tan"}) == ""  # already said by the title
+    assert items.link(row) == "https://shop.example/aria"
+    assert items.link({"url": "javascript:alert(1)"}) is None and items.link({"url": "nan"}) is None
+
+
+def test_class_folders_have_no_product_ids():
+    # On clothing-small every same-class result was tagged "same-product".
+    assert not items.has_product_ids("", ["class-folders"])
+    assert not items.has_product_ids("class folders: class = product; images in place", ["local"])
+    assert items.has_product_ids("labels from /x/labels.csv", ["local"])
+    assert items.has_product_ids("Synthetic apparel tops", ["generated"])
