@@ -23,6 +23,10 @@ def error_boundary():
         yield
     except MildnetError as exc:
         st.error(str(exc), icon=":material/error:")
+    except OSError as exc:  # a full or read-only disk, a vanished folder: the server's state, said plainly
+        log.warning("page failed: %s", exc)
+        st.error(f"The server could not read or write a file: {exc.strerror or exc}. Its owner can free disk "
+                 "space or fix the folder's permissions, then reload.", icon=":material/error:")
     except Exception as exc:  # noqa: BLE001 - the boundary: no traceback reaches the browser
         log.exception("page failed")
         text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
