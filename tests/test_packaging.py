@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -44,3 +49,53 @@ def test_the_console_script_is_the_cli():
     assert PYPROJECT["project"]["scripts"] == {"mildnet": "mildnet.cli:main"}
     main = (PROJECT_ROOT / "mildnet" / "__main__.py").read_text(encoding="utf-8")
     assert "from mildnet.cli import main" in main
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_works_from_any_folder_with_its_own_data_home(tmp_path):
+    """Issue 19 (4): installed from its wheel, `mildnet data list` failed (no data_manifest.csv in site-packages)
+    and the app would write runs/ into the package. The wheel ships the registry (share/mildnet) and everything
+    it makes goes to the data home: .mildnet/ in the working folder."""
+    import numpy as np
+    from PIL import Image
+
+    dist = tmp_path / "dist"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(dist), str(PROJECT_ROOT)], capture_output=True, text=True, timeout=600)
+    if built.returncode != 0 and "No module named" in built.stderr:
+        pytest.skip(f"cannot build a wheel here: {built.stderr.strip().splitlines()[-1]}")
+    assert built.returncode == 0, built.stderr
+    wheel = next(dist.glob("mildnet-*.whl"))
+    venv = tmp_path / "venv"
+    # The venv sees the installed dependencies (tensorflow & co.) but not this checkout: only the wheel's mildnet.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
+    work = tmp_path / "elsewhere"
+    photos = work / "photos"
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photos / f"p{i}.jpg")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILDNET_")}
+    env["PYTHONPATH"] = ""
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+    def mildnet(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(venv / "bin" / "mildnet"), *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    where = subprocess.run([str(python), "-c", "import mildnet; print(mildnet.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert str(venv) in where.stdout, where.stdout + where.stderr  # the wheel's copy, not the checkout
+    listed = mildnet("data", "list")
+    assert listed.returncode == 0 and "sample" in listed.stdout and "clothing-small" in listed.stdout, listed.stderr
+    assert mildnet("data", "add", "shop", "--images", str(photos)).returncode == 0
+    assert mildnet("embed", "--dataset", "shop").returncode == 0
+    found = mildnet("search", "--dataset", "shop", "--image", str(photos / "p2.jpg"), "--json")
+    assert found.returncode == 0 and '"id": "photos/p2.jpg"' in found.stdout, found.stderr
+    home = work / ".mildnet"
+    assert (home / "data_manifest.user.csv").is_file() and (home / "data" / "shop").is_dir()
+    assert (home / "embeddings").is_dir()
+    installed = Path(where.stdout.strip()).parent
+    assert not list(installed.rglob("embeddings")) and not (installed.parent / "data").exists()

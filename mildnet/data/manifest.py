@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -49,7 +50,12 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "MILDNET_MANIFEST"
 USER_ENV_VAR = "MILDNET_USER_MANIFEST"
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "data_manifest.csv"
+# A checkout's registry beside the package; an installed wheel's copy under the environment's share/ (pyproject's
+# data-files), whose relative paths and user registry then live in the data home (the environment is no place to
+# write, and may be read-only).
+CHECKOUT_MANIFEST = Path(__file__).resolve().parents[2] / "data_manifest.csv"
+INSTALLED_MANIFEST = Path(sys.prefix) / "share" / "mildnet" / "data_manifest.csv"
+DEFAULT_MANIFEST = CHECKOUT_MANIFEST if CHECKOUT_MANIFEST.is_file() else INSTALLED_MANIFEST
 SPLITS = ("train", "val", "test")
 SOURCES = ("generated", "class-folders", "download", "local")
 REQUIRED_COLUMNS = ("dataset", "split", "triplets", "image_root", "source")
@@ -105,12 +111,24 @@ def manifest_path(path: str | os.PathLike | None = None) -> Path:
 
 def user_manifest_path(manifest: str | os.PathLike | None = None) -> Path:
     """The user registry merged with ``manifest``: ``$MILDNET_USER_MANIFEST``, else ``<stem>.user.csv`` beside
-    the manifest in use (``data_manifest.user.csv`` for the project's, git-ignored)."""
+    the manifest in use (``data_manifest.user.csv`` for the project's, git-ignored), in the data home for an
+    installed package's."""
     env = os.environ.get(USER_ENV_VAR, "").strip()
     if env:
         return Path(env).expanduser()
     base = manifest_path(manifest)
-    return base.with_name(f"{base.stem}.user{base.suffix or '.csv'}")
+    name = f"{base.stem}.user{base.suffix or '.csv'}"
+    return manifest_base(base) / name
+
+
+def manifest_base(path: Path) -> Path:
+    """What the relative paths of the manifest at ``path`` are relative to: its folder, or the data home for the
+    copy an installed package ships."""
+    from mildnet.home import data_home
+
+    if path.expanduser().resolve() == INSTALLED_MANIFEST.resolve():
+        return data_home().resolve()
+    return path.expanduser().parent.resolve()
 
 
 def load_manifest(path: str | os.PathLike | None = None, include_user: bool = True) -> list[DatasetSplit]:
@@ -122,7 +140,7 @@ def load_manifest(path: str | os.PathLike | None = None, include_user: bool = Tr
     """
     path = manifest_path(path)
     text = read_text_file(path, "dataset manifest", hint=f" (set {ENV_VAR} to use another file)")
-    splits = parse_manifest(text, base=path.parent.resolve(), name=str(path))
+    splits = parse_manifest(text, base=manifest_base(path), name=str(path))
     if not include_user:
         return splits
     user_path = user_manifest_path(path)
