@@ -99,3 +99,30 @@ def test_the_installed_wheel_works_from_any_folder_with_its_own_data_home(tmp_pa
     assert (home / "embeddings").is_dir()
     installed = Path(where.stdout.strip()).parent
     assert not list(installed.rglob("embeddings")) and not (installed.parent / "data").exists()
+
+    # The app from the same folder: `mildnet app` runs the app the wheel ships, on the same data home.
+    import time
+    import urllib.request
+
+    from tests.redis_server import free_port
+
+    port = free_port()
+    server = subprocess.Popen([str(venv / "bin" / "mildnet"), "app", "--port", str(port)], cwd=work, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, healthy = time.monotonic() + 90, False
+        while time.monotonic() < deadline and server.poll() is None and not healthy:
+            try:
+                healthy = urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200
+            except OSError:
+                time.sleep(0.5)
+        assert healthy, server.stderr.read() if server.poll() is not None else "no answer in 90 s"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_the_wheel_ships_every_page_of_the_app():
+    shipped = PYPROJECT["tool"]["setuptools"]["data-files"]["share/mildnet/pages"]
+    pages = (PROJECT_ROOT / "pages").glob("*.py")
+    assert sorted(shipped) == sorted(p.relative_to(PROJECT_ROOT).as_posix() for p in pages)

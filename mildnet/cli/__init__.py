@@ -28,6 +28,7 @@ COMMANDS = {
     "search": "mildnet.cli.search",
     "calibrate": "mildnet.cli.calibrate",
     "publish": "mildnet.cli.publish",
+    "app": "mildnet.cli.app",
 }
 
 
