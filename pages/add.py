@@ -3,4 +3,4 @@
 from mildnet.ui import add_page, layout, navigation
 
 navigation.ensure_entrypoint()  # a deep link on a fresh server runs this file without app.py
-layout.run_page(add_page.render, needs_dataset=False)
+layout.run_page(add_page.render, needs_dataset=False, hero=add_page.HERO)

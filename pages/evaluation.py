@@ -3,4 +3,4 @@
 from mildnet.ui import evaluation_page, layout, navigation
 
 navigation.ensure_entrypoint()  # a deep link on a fresh server runs this file without app.py
-layout.run_page(evaluation_page.render)
+layout.run_page(evaluation_page.render, hero=evaluation_page.HERO)

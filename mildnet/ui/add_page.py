@@ -17,10 +17,13 @@ DONE_KEY = "mn_add_done"  # the message of the catalogue just added, shown after
 ZIP_KEY = "mn_add_zip"
 
 
+# Drawn by layout.run_page before anything slow (the sidebar, preparing the data): the first thing on screen.
+HERO = ("Add a catalogue", "Your own product photos, searchable in a few minutes: a folder on this "
+        "machine or a zip of photos. Class sub-folders (or a labels CSV) give product groups; a flat "
+        "folder works too (each photo is its own product).")
+
+
 def render(selection: Selection) -> None:
-    widgets.hero("Add a catalogue", "Your own product photos, searchable in a few minutes: a folder on this "
-                 "machine or a zip of photos. Class sub-folders (or a labels CSV) give product groups; a flat "
-                 "folder works too (each photo is its own product).")
     if not owner.owner_only("add catalogues"):
         return
     done = st.session_state.pop(DONE_KEY, None)

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from mildnet.runs import HISTORY_FILE
-from mildnet.ui import layout, owner, resources, widgets
+from mildnet.ui import layout, owner, resources
 from mildnet.ui.layout import Context
 from mildnet.ui.runs import Run
 
@@ -22,9 +22,12 @@ BASELINE_LABELS = {"pixels": "pixels 32×32", "histogram": "colour histogram", "
 MAX_RUNS = 4
 
 
+# Drawn by layout.run_page before anything slow (the sidebar, preparing the data): the first thing on screen.
+HERO = ("Evaluation", "How well a model ranks: a triplet is correct when the query is closer to the "
+        "positive than to the negative. Retrieval: every image queries the others of its split.")
+
+
 def render(ctx: Context) -> None:
-    widgets.hero("Evaluation", "How well a model ranks: a triplet is correct when the query is closer to the "
-                 "positive than to the negative. Retrieval: every image queries the others of its split.")
     if not owner.owner_only("evaluate models"):
         return
     if not ctx.runs:

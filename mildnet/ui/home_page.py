@@ -35,12 +35,13 @@ def model_figure(run, dataset: str, kind: str) -> tuple[str, str]:
                                         "the end of training (the Evaluation page recomputes it per split).")
 
 
-def render(ctx: Context) -> None:
-    widgets.hero(
-        "MILDNet visual search",
+# Drawn by layout.run_page before anything slow (the sidebar, preparing the data): the first thing on screen.
+HERO = ("MILDNet visual search",
         "Similar-product search for e-commerce images: a deep-ranking network (Fynd's MILDNet / RankNet) "
-        "turns every product photo into a vector; products with close vectors look alike.",
-    )
+        "turns every product photo into a vector; products with close vectors look alike.")
+
+
+def render(ctx: Context) -> None:
     gallery = resources.gallery(ctx.dataset)
     products = gallery.loc[gallery["product_id"] != "", "product_id"].nunique() if "product_id" in gallery else 0
 

@@ -53,11 +53,14 @@ class Context:
     runs: list[Run]
 
 
-def run_page(body: Callable, needs_dataset: bool = True) -> None:
+def run_page(body: Callable, needs_dataset: bool = True, hero: tuple[str, str] | None = None) -> None:
     """Draws the page frame and calls ``body(Context)``; with ``needs_dataset=False`` it calls
     ``body(selection)`` without preparing the selected dataset (the page that adds a catalogue must work
-    while the selected one is unavailable)."""
+    while the selected one is unavailable). ``hero`` (title, subtitle) is drawn first: on a fresh server the
+    sidebar (TensorFlow's import) and the first use of a dataset take many seconds before the body starts."""
     widgets.page_style()
+    if hero is not None:
+        widgets.hero(*hero)
     with widgets.error_boundary():
         selection = sidebar.render()
         if not needs_dataset:

@@ -15,7 +15,7 @@ ENTRY_KEY = "mn_entrypoint_ran"
 
 
 def home() -> None:
-    layout.run_page(home_page.render)
+    layout.run_page(home_page.render, hero=home_page.HERO)
 
 
 def pages() -> list:

@@ -40,9 +40,12 @@ def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
     return normalize_rows(run_model(bundle.model, pixels[None]))[0], thumb
 
 
+# Drawn by layout.run_page before anything slow (the sidebar, preparing the data): the first thing on screen.
+HERO = ("Visual search", "Upload a photo of a garment or pick a product: see the most similar products "
+        "in the catalog, by colour, pattern and shape.")
+
+
 def render(ctx: Context) -> None:
-    widgets.hero("Visual search", "Upload a photo of a garment or pick a product: see the most similar products "
-                 "in the catalog, by colour, pattern and shape.")
     if ctx.run is None:
         layout.no_model_message(ctx)
         return

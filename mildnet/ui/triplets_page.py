@@ -16,10 +16,13 @@ SEED_KEY = "mn_triplets_seed"
 PAGE_KEY = "mn_triplets_page"
 
 
+# Drawn by layout.run_page before anything slow (the sidebar, preparing the data): the first thing on screen.
+HERO = ("Triplets", "The training data of deep ranking: a query, a positive (the same product) and a "
+        "negative (another product). In-class negatives share the query's category and are the hard case.")
+
+
 def render(ctx: Context) -> None:
     ds = ctx.dataset
-    widgets.hero("Triplets", "The training data of deep ranking: a query, a positive (the same product) and a "
-                 "negative (another product). In-class negatives share the query's category and are the hard case.")
     if not owner.owner_only("browse the training data"):
         return
     counts = resources.split_counts(ds)
