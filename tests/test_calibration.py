@@ -378,3 +378,28 @@ def test_search_page_says_no_close_match_for_a_kind_of_product_it_does_not_sell(
     assert not any("No close match" in w.value for w in at.warning)
     cards = [h.proto.body for h in at.get("html") if "mn-score" in h.proto.body]
     assert "100% match" in cards[0] and "mn-weak" not in cards[0] and 'title="cosine similarity 1.000"' in cards[0]
+
+
+def test_results_show_a_plain_similarity_where_the_catalogue_has_no_calibration_of_its_own():
+    # Issue 19 (5): a percentage on each result only where it was calibrated for this catalogue; the run's own
+    # calibration (fitted on its validation photos) still decides "no close match".
+    from types import SimpleNamespace
+
+    from mildnet.ui import matching
+    from mildnet.ui.runs import Run
+
+    run_dir = Path(__file__).resolve().parents[1] / "mildnet" / "pretrained" / "sample"
+    fingerprint = json.loads((run_dir / "calibration.json").read_text())["source"]["model_fingerprint"]
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    class Embeddings(SimpleNamespace):
+        def __len__(self) -> int:
+            return len(self.vectors)
+
+    searcher = SimpleNamespace(embeddings=Embeddings(model_fingerprint=fingerprint, catalog_fingerprint="c",
+                                                     vectors=vectors))
+    hits = [SimpleNamespace(id=f"i{k}", score=score) for k, score in enumerate((0.99, 0.9, 0.5))]
+    verdict, shown = matching.assess(hits, Run(run_dir, "sample"), fingerprint, searcher, own=(None, None))
+    assert verdict.matches == [None, None, None] and verdict.close_match is not None
+    assert shown.calibration is not None and "cosine similarities" in shown.note

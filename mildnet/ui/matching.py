@@ -3,7 +3,7 @@ loaded once and reused across reruns (the maths lives in :mod:`mildnet.calibrati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +73,11 @@ def assess(hits, run: Run, model_fp: str, searcher, own=None) -> tuple[cal.Verdi
         verdict = cal.assess(scores, own_calibration.match, rule=own_calibration.rule, ids=[h.id for h in hits])
         return verdict, RunCalibration(own_calibration.match)
     found = for_run(run, model_fp)
-    if own_note and found.calibration is not None:
-        found = RunCalibration(found.calibration, own_note)
     if found.calibration is None:
         return cal.assess(scores, None), found
-    return cal.assess(scores, found.calibration, reference(searcher)), found
+    # The run's calibration was fitted on its own validation photos, not this catalogue's: good enough to say
+    # "no close match", not to put a percentage on each result. Those show their plain similarity.
+    verdict = cal.assess(scores, found.calibration, reference(searcher))
+    note = own_note or ("Scores are cosine similarities (1 = identical): match strengths appear once this "
+                        "catalogue has its own calibration, made when it is embedded.")
+    return replace(verdict, matches=[None] * len(scores)), RunCalibration(found.calibration, note)

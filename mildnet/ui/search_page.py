@@ -218,12 +218,16 @@ def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | N
 def _catalog_picker(gallery: pd.DataFrame, searcher) -> None:
     present = gallery[gallery["image"].isin(set(searcher.embeddings.ids))]
     categories = sorted(c for c in present.get("category", pd.Series(dtype=str)).unique() if c)
-    c1, c2, c3 = st.columns([2, 4, 1.4], vertical_alignment="bottom")
+    colour_column = next((c for c in ("colour", "color") if c in present.columns), None)
+    colours = sorted(c for c in present[colour_column].unique() if c and c != "nan") if colour_column else []
+    c1, c0, c2, c3 = st.columns([2, 1.6, 4, 1.4], vertical_alignment="bottom")
     category = c1.selectbox("Category", ["All"] + categories, key="mn_pick_category") if categories else "All"
+    colour = c0.selectbox("Colour", ["All"] + colours, key="mn_pick_colour") if colours else "All"
     pool = present if category == "All" else present[present["category"] == category]
+    pool = pool if colour == "All" else pool[pool[colour_column] == colour]
     ids = list(pool["image"])
     if not ids:
-        st.caption("No products in this category.")
+        st.caption("No products of this category and colour.")
         return
     if len(ids) > PICKER_LIMIT:
         # A select box with 100k options freezes the browser; a stable subset keeps the picker usable.
