@@ -629,3 +629,42 @@ def test_a_damaged_user_registry_leaves_the_tracked_datasets_usable(registry, ca
     code, out, err = run(capsys, "data", "remove", "x")  # editing it is refused, with the reason, never guessed
     assert code == 1 and str(registry) in err.strip().splitlines()[-1]
     assert registry.read_text() == 'dataset,split,triplets\nx,train\n"unclosed\n'
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB file system of our own (tmpfs), for a full disk and, remounted, a read-only one; skipped where
+    this machine does not let the tests mount one."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {made.stderr.strip()[:120]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(small_disk, tmp_path, capsys, monkeypatch):
+    # Issue 18 F11: OSError 28 / 30 from staging, the lock or PIL's save was a traceback.
+    import subprocess
+
+    monkeypatch.setenv(mf.USER_ENV_VAR, str(small_disk / "reg" / "data_manifest.user.csv"))
+    photos = tmp_path / "big"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):  # ~110 kB each: more than the 1 MB disk holds once copied and viewed
+        Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(photos / f"b{i}.jpg", quality=95)
+    code, _, err = run(capsys, "data", "add", "big", "--images", photos, "--copy")
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last == "error: the disk is full (no space left on device); free some space and try again"
+    data = small_disk / "reg" / "data"
+    assert not [p for p in data.iterdir() if not p.name.endswith(".lock")], list(data.iterdir())
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    code, _, err = run(capsys, "data", "add", "big", "--images", photos)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: ") and "Read-only" in err, err
+    assert "Traceback" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -125,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # a full or read-only disk, a vanished folder: not a bug in our code
+        if exc.errno == errno.ENOSPC:  # the path would be whichever file was being copied: say what to do
+            print("error: the disk is full (no space left on device); free some space and try again",
+                  file=sys.stderr)
+            return 1
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
