@@ -130,7 +130,8 @@ def test_first_start_prepares_a_missing_sample(tiny_env, monkeypatch, tmp_path):
     at = _app()
     _no_failure(at)
     assert sample.is_sample_complete(tmp_path / "fresh")
-    assert any("fresh" in s.label and "ready" in s.label for s in at.status)
+    # Issue 19 (9): the one-off "Preparing dataset" box is gone once the dataset is ready.
+    assert not any("fresh" in s.label for s in at.status), [s.label for s in at.status]
     assert {m.label: m.value for m in at.metric}["Catalog images"] == "60"
     # No run for this dataset yet: a clear message instead of a model.
     assert any("no trained model" in i.value.lower() for i in at.info)

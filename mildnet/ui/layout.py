@@ -118,7 +118,8 @@ def ensure_dataset(name: str) -> uidata.Dataset:
     """The dataset, prepared first if needed (the sample is rendered on first use) with visible progress."""
     if uidata.is_ready(name):
         return resources.dataset(name)
-    with st.status(f"Preparing dataset **{name}** (first use)…", expanded=True) as status:
+    slot = st.empty()  # the box goes once the dataset is ready: a one-off step, not part of the page
+    with slot.status(f"Preparing dataset **{name}** (first use)…", expanded=True) as status:
         bar = st.progress(0.0, text="Starting…")
         try:
             uidata.prepare(name, progress=progress_to(bar))
@@ -130,6 +131,7 @@ def ensure_dataset(name: str) -> uidata.Dataset:
             st.code(f"python -m mildnet data fetch {name} --from PATH", language="bash")
             raise
         status.update(label=f"Dataset **{name}** is ready", state="complete", expanded=False)
+    slot.empty()
     return resources.dataset(name)
 
 
@@ -147,7 +149,8 @@ def build_embeddings(run: Run, ds: uidata.Dataset):
     changes = resources.embedding_changes(run, ds)
     what = (f"Catalog changed since it was embedded ({changes.describe()}): updating the embeddings"
             if changes is not None else f"Embedding the **{ds.name}** catalog")
-    with st.status(f"{what} with {run.label}…", expanded=True) as status:
+    slot = st.empty()
+    with slot.status(f"{what} with {run.label}…", expanded=True) as status:
         bar = st.progress(0.0, text="Loading the model…")
 
         def progress(done: int, total: int) -> None:
@@ -160,6 +163,8 @@ def build_embeddings(run: Run, ds: uidata.Dataset):
             raise
         done = f"Catalog updated ({changes.describe()})" if changes is not None else "Catalog embedded"
         status.update(label=f"{done}: {len(found):,} images", state="complete", expanded=False)
+    if changes is None:
+        slot.empty()  # a first embedding is a one-off step; an update's "N new, M removed" stays to be read
     return found
 
 
