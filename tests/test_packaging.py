@@ -59,9 +59,20 @@ def test_the_installed_wheel_works_from_any_folder_with_its_own_data_home(tmp_pa
     import numpy as np
     from PIL import Image
 
+    import shutil
+
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources, never in the checkout.
+    anywhere = shutil.ignore_patterns(".git", "*.egg-info", "__pycache__", "embeddings", ".hypothesis", ".ruff_cache",
+                                      ".pytest_cache")
+    top = {"build", "dist", "data", "runs", ".mildnet"}  # the checkout's own outputs, not the package's data/
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return anywhere(folder, names) | (top & set(names) if Path(folder) == PROJECT_ROOT else set())
+
+    source = shutil.copytree(PROJECT_ROOT, tmp_path / "source", ignore=ignore)
     dist = tmp_path / "dist"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(dist), str(PROJECT_ROOT)], capture_output=True, text=True, timeout=600)
+                            str(dist), str(source)], capture_output=True, text=True, timeout=600)
     if built.returncode != 0 and "No module named" in built.stderr:
         pytest.skip(f"cannot build a wheel here: {built.stderr.strip().splitlines()[-1]}")
     assert built.returncode == 0, built.stderr
