@@ -56,10 +56,10 @@ def test_the_installed_wheel_works_from_any_folder_with_its_own_data_home(tmp_pa
     """Issue 19 (4): installed from its wheel, `mildnet data list` failed (no data_manifest.csv in site-packages)
     and the app would write runs/ into the package. The wheel ships the registry (share/mildnet) and everything
     it makes goes to the data home: .mildnet/ in the working folder."""
+    import shutil
+
     import numpy as np
     from PIL import Image
-
-    import shutil
 
     # Built from a copy: setuptools writes build/ and *.egg-info beside the sources, never in the checkout.
     anywhere = shutil.ignore_patterns(".git", "*.egg-info", "__pycache__", "embeddings", ".hypothesis", ".ruff_cache",
