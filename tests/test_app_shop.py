@@ -149,12 +149,11 @@ def test_a_shopper_opening_an_owner_page_is_told_it_is_the_owners(shop_env, monk
 def test_the_cli_finds_what_the_app_embedded_with_no_flags(shop_env, tmp_path, monkeypatch, capsys):
     # Issue 19 (4): `search --image PHOTO` looked in mildnet/pretrained/real/embeddings (inside the package) and
     # said to embed everything again; both now default to the data home's store.
-    import streamlit as st
-
     monkeypatch.delenv("MILDNET_STORE")
     monkeypatch.setenv("MILDNET_HOME", str(tmp_path / "home"))
-    st.cache_resource.clear()  # searchers built by earlier tests of this process, from their own stores
-    home = _visit()  # the app embeds the session's catalogue on first use
+    # The app embeds the session's catalogue on first use (searchers cached by earlier tests came from their own
+    # stores, and are not reused for this one).
+    home = _visit()
     assert any(m.label == "Embedding cache" and m.value == "ready" for m in home.metric)
     assert (tmp_path / "home" / "embeddings").is_dir()
     photo = shop_env / "tiny" / "images" / "p0003" / "catalog.jpg"

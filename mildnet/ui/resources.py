@@ -217,9 +217,10 @@ def _store(spec: str):
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _searcher(run_dir: str, stamp: float, dataset_name: str, image_root: str, catalog_fp: str, _ids: tuple,
-              _bundle: ModelBundle):
-    cached = embeddings.load_cached(_bundle.model, image_root, store(), list(_ids), dataset=dataset_name,
+def _searcher(run_dir: str, stamp: float, dataset_name: str, image_root: str, catalog_fp: str, store_spec: str,
+              _ids: tuple, _bundle: ModelBundle):
+    # store_spec is part of the key: a searcher read from one store must not answer for another.
+    cached = embeddings.load_cached(_bundle.model, image_root, _store(store_spec), list(_ids), dataset=dataset_name,
                                     image_size=_bundle.image_size, model_fp=_bundle.fingerprint)
     if cached is None:
         raise NotEmbedded(dataset_name)
@@ -236,7 +237,7 @@ def cached_searcher(run: uiruns.Run, ds: uidata.Dataset):
     bundle = model(run)
     ids, fp = _catalog_key(ds)
     try:
-        return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+        return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, settings.store_spec(), ids, bundle)
     except NotEmbedded:
         return None
 
@@ -247,14 +248,14 @@ def searcher(run: uiruns.Run, ds: uidata.Dataset, progress=None):
     bundle = model(run)
     ids, fp = _catalog_key(ds)
     try:
-        return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+        return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, settings.store_spec(), ids, bundle)
     except NotEmbedded:
         pass
     embeddings.update_catalog(bundle.model, ds.image_root, store(), list(ids), dataset=ds.name,
                               image_size=bundle.image_size, model_fp=bundle.fingerprint,
                               model_name=bundle.config.get("model"), progress=progress,
                               batch_size=int(os.environ.get("MILDNET_EMBED_BATCH", "64")))
-    found = _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, ids, bundle)
+    found = _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, settings.store_spec(), ids, bundle)
     catalogue_calibration(run, ds, found)  # fitted with the embedding, not at the first query
     return found
 
