@@ -70,7 +70,8 @@ def register(subparsers) -> None:
                       help="memory for decoded images, each decoded once (default 2; 0: decode every epoch)")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<time>)")
+    run.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<model>-<time> in the data home, "
+                     "where the app lists runs: $MILDNET_HOME or .mildnet)")
     run.add_argument("--init-from", metavar="RUN_DIR",
                      help="start from that run's best model (incremental training on new triplets)")
     run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")

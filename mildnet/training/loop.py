@@ -38,6 +38,7 @@ from mildnet.data.triplets import write_triplets
 from mildnet.embeddings import normalize_rows
 from mildnet.errors import DataError, MildnetError, ModelError
 from mildnet.evaluation import embed_paths, triplet_accuracy, triplet_distances
+from mildnet.home import data_home
 from mildnet.runs import (
     BEST_MODEL,
     CONFIG_FILE,
@@ -192,7 +193,8 @@ def train(
     config = resolve_dataset(config).validate()
     parent = read_run(config.init_from) if config.init_from else None
     config = resolve_model_settings(config, parent)
-    run_dir = (Path(config.out) if config.out else new_run_dir("runs", config.model)).resolve()
+    # By default where the app lists runs (the data home's runs/), so a run trained here can be picked there.
+    run_dir = (Path(config.out) if config.out else new_run_dir(data_home() / "runs", config.model)).resolve()
     if (run_dir / CONFIG_FILE).exists():
         raise TrainConfigError(f"{run_dir} already holds a training run: resume it or choose another output folder")
     if run_dir.exists() and not run_dir.is_dir():
