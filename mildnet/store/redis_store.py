@@ -173,7 +173,6 @@ class RedisStore(Store):
             raise StoreError(f"put expects an EmbeddingSet, got {type(s).__name__}")
         s = as_store_dtype(s, self.dtype)
         n, dim = s.vectors.shape
-        vec = s.vectors
         chunks = -(-n // self.chunk_rows)
         version = uuid.uuid4().hex
         header = {
@@ -181,6 +180,34 @@ class RedisStore(Store):
             "chunk_rows": self.chunk_rows, "chunks": chunks, "meta": s.meta, "dtype": s.dtype,
         }
         names = self._version_keys(key, version, chunks)
+        try:
+            results, before = self._write_version(key, version, names, header, s, chunks)
+        except StoreError:
+            # Out of memory (or cut off) half-way: our partial version would hold memory until its TTL; DEL is
+            # allowed even over maxmemory, and frees it for the sets that are there.
+            with contextlib.suppress(*self._redis_errors):
+                # Unless the error came after EXEC published it (a reply lost with the connection).
+                if self._r.get(self._k(key, "current")) != version.encode("ascii"):
+                    self._r.delete(*names)
+            raise
+        previous = results[0]
+        if previous == version.encode("ascii"):
+            # redis-py replays a transaction whose reply was lost with the connection: the replay's GET returns
+            # our own version, and the one it replaced would stay in Redis for ever unless taken from before.
+            previous = before
+        previous = previous.decode("ascii", "replace") if previous else None
+        if previous and previous != version:
+            try:
+                self._drop_version(key, previous)
+            except StoreError as exc:
+                # The new set is published and readable; a leftover old version costs memory, not correctness.
+                log.warning("%s (the new set was written)", exc)
+
+    def _write_version(self, key: str, version: str, names: list[bytes], header: dict, s: EmbeddingSet,
+                       chunks: int) -> tuple[list, bytes | None]:
+        """Writes a version's keys (expiring) and publishes it in one MULTI/EXEC; returns EXEC's results and the
+        pointer read just before it (see put)."""
+        vec = s.vectors
         with self._errors(f"write {key!r} to"):
             pipe = self._r.pipeline(transaction=False)
             pipe.set(names[0], json.dumps(header).encode("utf-8"), ex=self.pending_ttl_s)
@@ -201,19 +228,7 @@ class RedisStore(Store):
             tx.sadd(self._index_key(), key.encode("utf-8"))
             for name in names:
                 tx.persist(name)
-            results = tx.execute()
-        previous = results[0]
-        if previous == version.encode("ascii"):
-            # redis-py replays a transaction whose reply was lost with the connection: the replay's GET returns
-            # our own version, and the one it replaced would stay in Redis for ever unless taken from before.
-            previous = before
-        previous = previous.decode("ascii", "replace") if previous else None
-        if previous and previous != version:
-            try:
-                self._drop_version(key, previous)
-            except StoreError as exc:
-                # The new set is published and readable; a leftover old version costs memory, not correctness.
-                log.warning("%s (the new set was written)", exc)
+            return tx.execute(), before
 
     def _drop_version(self, key: str, version: str) -> None:
         with self._errors(f"clean up an old version of {key!r} in"):
@@ -260,10 +275,13 @@ class RedisStore(Store):
                         raise ValueError(f"n={n}, dim={dim}, chunks={chunks} do not fit together")
                 except (ValueError, TypeError, KeyError) as exc:
                     raise StoreError(f"corrupt embedding metadata at {where}: {exc}") from None
-                tx = self._r.pipeline(transaction=True)
+                # A version's keys never change once written (a new set is a new version), so plain pipelined GETs
+                # read it whole or find keys missing (a writer dropped it: retried below). Not MULTI: over
+                # maxmemory Redis refuses a transaction even of reads (issue 18 F16), and every read then failed.
+                pipe = self._r.pipeline(transaction=False)
                 for name in self._version_keys(key, version, chunks)[1:]:
-                    tx.get(name)
-                values = tx.execute()
+                    pipe.get(name)
+                values = pipe.execute()
                 if any(v is None for v in values):
                     if self._r.get(self._k(key, "current")) == version.encode("ascii"):
                         raise StoreError(f"incomplete embedding set at {where} (keys evicted or flushed?); rebuild "
