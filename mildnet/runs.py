@@ -18,7 +18,6 @@ reading a run must not import the training loop (which itself reads runs). JSON 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -32,13 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mildnet import safe_json
+from mildnet import locks, safe_json
 from mildnet.errors import MildnetError, ModelError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; two trainers on one run folder are then not stopped
-    fcntl = None
 
 if TYPE_CHECKING:  # pandas costs ~0.2 s: `python -m mildnet --help` reads run folder names only
     import pandas as pd
@@ -370,24 +364,12 @@ def _read_history(path: Path) -> pd.DataFrame:
 LOCK_FILE = ".training.lock"
 
 
-@contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Held while a process trains ``run_dir``: a second trainer (a `--resume` from another terminal, the app's
     sidebar) is refused instead of interleaving its epochs and checkpoints with the first one's. The lock is
     the kernel's (flock), so a killed trainer never leaves it held."""
-    if fcntl is None:
-        yield
-        return
-    handle = open(run_dir / LOCK_FILE, "a")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainConfigError(f"{run_dir} is being trained by another process right now; wait for it to "
-                                   "finish or stop it first") from None
-        yield
-    finally:
-        handle.close()
+    return locks.exclusive(run_dir / LOCK_FILE, timeout=0, busy=lambda: TrainConfigError(
+        f"{run_dir} is being trained by another process right now; wait for it to finish or stop it first"))
 
 
 def write_json(path: Path, data: dict) -> None:

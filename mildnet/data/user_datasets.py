@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mildnet import locks
 from mildnet.data import manifest as mf
 from mildnet.data.catalog import (
     assign_splits,
@@ -45,11 +46,6 @@ from mildnet.data.staging import staging_path, sweep_abandoned
 from mildnet.data.triplets import COLUMNS as TRIPLET_COLUMNS
 from mildnet.data.triplets import write_triplets
 from mildnet.errors import DataError, StoreError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; registry writes stay atomic, only concurrent `data add`s may race
-    fcntl = None
 
 USER_DATA_DIR = "data"
 _LOCK_FILE = ".user-registry.lock"
@@ -318,32 +314,23 @@ def _dataset_lock(data_dir: Path, name: str, timeout: float, report: Progress | 
 
 @contextmanager
 def _file_lock(path: Path, what: str, timeout: float, report: Progress | None = None) -> Iterator[None]:
-    """An exclusive flock on ``path``, waited for at most ``timeout`` seconds (DataError naming the lock)."""
+    """An exclusive lock on ``path``, waited for at most ``timeout`` seconds (DataError naming the lock)."""
+    def busy() -> DataError:
+        return DataError(f"{what} is locked by another command or app session ({path}) and was not released "
+                         f"within {timeout:g} s; try again when it has finished (a lock is released when its "
+                         "process ends, even a killed one)")
+
+    def waiting() -> None:
+        if report is not None:
+            report(0, None, f"waiting for another command working on {what}")
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
+        path.touch(exist_ok=True)  # a read-only disk is said here, in one line
     except OSError as exc:
         raise DataError(f"cannot lock {what} ({path}): {exc.strerror or exc}") from None
-    with handle:
-        if fcntl is not None:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise DataError(f"{what} is locked by another command or app session ({path}) and was "
-                                        f"not released within {timeout:g} s; try again when it has finished (a "
-                                        "lock is released when its process ends, even a killed one)") from None
-                    if report is not None:
-                        report(0, None, f"waiting for another command working on {what}")
-                    time.sleep(0.05)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    with locks.exclusive(path, timeout, busy, waiting):
+        yield
 
 
 def _commit(name: str, staging: Path, home: Path, rows: list[mf.DatasetSplit], manifest) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -11,12 +10,11 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mildnet import safe_json
+from mildnet import locks, safe_json
 from mildnet.data.staging import process_alive as _process_alive
 from mildnet.errors import StoreError
 from mildnet.store.base import (
@@ -42,25 +40,6 @@ _META_FILE = "meta.json"
 _ITEMS_FILE = "items.json"
 _STALE_TMP_SECONDS = 3600.0
 _LOCK = ".publish.lock"
-
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; concurrent writers may then leave a version for the hourly sweep
-    fcntl = None
-
-
-@contextlib.contextmanager
-def _publish_lock(folder: Path) -> Iterator[None]:
-    if fcntl is None:
-        yield
-        return
-    with open(folder / _LOCK, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # held for a read and two renames: microseconds
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class LocalStore(Store):
@@ -138,7 +117,7 @@ class LocalStore(Store):
             # Read-the-pointer-then-replace-it is one step for concurrent writers: without the lock two of them
             # read the same previous version, and the one that publishes first is never removed (305 orphaned
             # versions after 1,143 concurrent puts). Readers take no lock.
-            with _publish_lock(folder):
+            with locks.exclusive(folder / _LOCK):  # held for a read and two renames: microseconds
                 try:
                     previous = self._read_current(folder)
                 except StoreError:
