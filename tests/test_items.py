@@ -22,7 +22,8 @@ def test_details_price_and_only_safe_links():
 
 def test_class_folders_have_no_product_ids():
     # On clothing-small every same-class result was tagged "same-product".
-    assert not items.has_product_ids("", ["class-folders"])
-    assert not items.has_product_ids("class folders: class = product; images in place", ["local"])
-    assert items.has_product_ids("labels from /x/labels.csv", ["local"])
-    assert items.has_product_ids("Synthetic apparel tops", ["generated"])
+    assert items.names_a_class({"image": "train/dress/0a1b.jpg", "product_id": "dress"})  # clothing-small
+    assert items.names_a_class({"image": "hat/x.jpg", "product_id": "hat"})  # class folders added by a user
+    assert not items.names_a_class({"image": "p00.jpg", "product_id": "sku1"})  # a labels CSV
+    assert not items.names_a_class({"image": "images/p0003/wild-1.jpg", "product_id": "p0003"})  # the sample
+    assert not items.names_a_class({"image": "photos/x.jpg", "product_id": "x.jpg"})  # a flat folder

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mildnet.errors import DataError, ImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+NAME_MAX_BYTES = 255  # one file name on ext4, xfs, btrfs, APFS and NTFS (in UTF-16 units there)
 
 # An upload larger than this is refused before decoding: a 20 MB file or a 50 Mpx "decompression
 # bomb" would stall the app for every user.
@@ -252,7 +253,10 @@ def list_images(root: str | os.PathLike, left_out: dict[str, str] | None = None)
 def name_problem(name: str) -> str | None:
     """Why a photo's '/'-separated relative path cannot be kept verbatim in a catalogue or triplet CSV (whose
     readers trim cells and read backslashes as folder separators), or None."""
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+    # isprintable() is False for every control and line/paragraph separator (and for rarer characters that are
+    # fine here): the usual all-printable name skips the per-character check of a folder listing (hot: the app
+    # re-lists a followed folder every few seconds).
+    if not name.isprintable() and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
         return "its name holds a line break or another control character: rename it"
     if any(part != part.strip() for part in name.split("/")):
         return "its name starts or ends with a space: rename it"

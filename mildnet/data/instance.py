@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from mildnet.data.catalog import AUGMENTED_COLUMN
-from mildnet.data.images import decode_workers, load_image
+from mildnet.data.images import NAME_MAX_BYTES, decode_workers, load_image
 from mildnet.errors import ImageError
 
 PHOTOS_DIR = "photos"
@@ -30,7 +30,6 @@ VIEWS_DIR = "views"
 DEFAULT_VIEWS = 2
 # Models see 224 px or less: larger views would only cost disk, encoding and decoding time.
 MAX_VIEW_SIDE = 320
-_NAME_MAX = 255  # bytes in one file name on ext4, xfs, btrfs, APFS and NTFS (in UTF-16 units there)
 _FILL = (255, 255, 255)  # corners uncovered by the rotation: white, the usual catalogue background
 
 
@@ -38,7 +37,7 @@ def view_name(image: str, k: int) -> str:
     """Where view ``k`` of ``image`` lives, relative to the dataset's image root."""
     folder, _, base = image.rpartition("/")
     leaf = f"{base}.v{k}.jpg"
-    if len(leaf.encode("utf-8")) > _NAME_MAX:
+    if len(leaf.encode("utf-8")) > NAME_MAX_BYTES:
         # A photo name near the file system's 255-byte limit leaves no room for the suffix: keep its start and
         # tell it apart from its neighbours by a hash of the whole name.
         start = base.encode("utf-8")[:200].decode("utf-8", "ignore")

@@ -136,7 +136,7 @@ def load_manifest(path: str | os.PathLike | None = None, include_user: bool = Tr
 
     With ``include_user`` the user registry (:func:`user_manifest_path`) is appended when it exists; a name
     in both files is an error rather than one silently hiding the other. A damaged user registry is left out
-    with a warning (:func:`user_registry_problem` says why): the tracked datasets stay usable.
+    with a warning saying why: the tracked datasets stay usable.
     """
     path = manifest_path(path)
     text = read_text_file(path, "dataset manifest", hint=f" (set {ENV_VAR} to use another file)")
@@ -156,15 +156,6 @@ def load_manifest(path: str | os.PathLike | None = None, include_user: bool = Tr
             f"unregister the second with `python -m mildnet data remove {clash[0]}` or rename it in one file"
         )
     return splits + user
-
-
-def user_registry_problem(manifest: str | os.PathLike | None = None) -> str | None:
-    """Why the user registry cannot be read (then :func:`load_manifest` leaves it out), or None."""
-    try:
-        load_user_manifest(user_manifest_path(manifest))
-    except DataError as exc:
-        return f"{exc}; the datasets it lists are left out until it is repaired (or moved aside)"
-    return None
 
 
 def load_user_manifest(path: str | os.PathLike | None = None) -> list[DatasetSplit]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from mildnet.data.fetch import _unsafe_reason
-from mildnet.data.images import IMAGE_EXTENSIONS, name_problem
+from mildnet.data.images import IMAGE_EXTENSIONS, NAME_MAX_BYTES, name_problem
 from mildnet.data.staging import make_staging_dir, sweep_abandoned
 from mildnet.errors import DataError
 
@@ -54,9 +54,6 @@ class ExtractReport:
         return "; ".join(parts)
 
 
-_NAME_MAX = 255  # bytes in one file name on ext4, xfs, btrfs, APFS
-
-
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
     """Why a member is not extracted, or None for a photo to keep."""
     name = info.filename
@@ -72,8 +69,8 @@ def _member_problem(info: zipfile.ZipInfo) -> str | None:
         return "hidden or system file"
     if not name.lower().endswith(IMAGE_EXTENSIONS):
         return "not an image (by extension)"
-    if any(len(part.encode("utf-8")) > _NAME_MAX for part in parts):
-        return f"a name in its path is longer than {_NAME_MAX} bytes (no file system keeps it)"
+    if any(len(part.encode("utf-8")) > NAME_MAX_BYTES for part in parts):
+        return f"a name in its path is longer than {NAME_MAX_BYTES} bytes (no file system keeps it)"
     unkept = name_problem("/".join(parts))
     if unkept:
         return unkept.split(":")[0]  # the catalogue could not list it; "rename it" is for the zip's maker

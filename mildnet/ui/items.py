@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-OPTIONAL_COLUMNS = ("title", "name", "category", "colour", "color", "pattern", "price", "url")
+from mildnet.data.catalog import folder_class
+from mildnet.data.images import IMAGE_EXTENSIONS
 
 
 def _cell(row: dict, *keys: str) -> str:
@@ -33,7 +34,7 @@ def title(row: dict) -> str:
     if described:
         return described[:1].upper() + described[1:]
     product = _cell(row, "product_id") or PurePosixPath(_cell(row, "image")).name
-    stem = re.sub(r"\.(jpe?g|png|webp|bmp|gif)$", "", product, flags=re.IGNORECASE)
+    stem = product[:product.rfind(".")] if product.lower().endswith(IMAGE_EXTENSIONS) else product
     return re.sub(r"[_]+", " ", stem).strip() or product
 
 
@@ -54,7 +55,7 @@ def link(row: dict) -> str | None:
     return url if re.match(r"https?://", url, re.IGNORECASE) else None
 
 
-def has_product_ids(dataset_notes: str, sources: list[str]) -> bool:
-    """Whether ``product_id`` names products (so two results can be "the same product"), not class folders
-    (where every photo of one class shares the id, and "same product" would tag all of them)."""
-    return "class-folders" not in sources and "class = product" not in (dataset_notes or "")
+def names_a_class(row: dict) -> bool:
+    """Whether the row's ``product_id`` is only the class folder it sits in (class folders: every photo of
+    "dress" shares it), so two results sharing it are not "the same product"."""
+    return folder_class(_cell(row, "image")) == _cell(row, "product_id")

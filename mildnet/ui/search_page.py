@@ -186,7 +186,6 @@ def score_html(score: float, match: float | None, weak: bool = False) -> str:
 def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | None = None, verdict=None) -> None:
     matches = verdict.matches if verdict is not None else [None] * len(hits)
     weak = verdict is not None and verdict.close_match is False
-    products = items.has_product_ids(ctx.dataset.notes, [s.source for s in ctx.dataset.splits])
     for start in range(0, len(hits), COLUMNS):
         columns = st.columns(COLUMNS)
         for offset, (column, hit) in enumerate(zip(columns, hits[start:start + COLUMNS])):
@@ -199,8 +198,8 @@ def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | N
                     # The id stays in the tooltip: the owner may need it, a shopper needs the title.
                     head = (f'<div class="mn-card-title" title="{html.escape(hit.id)}"><span class="mn-rank">'
                             f'#{rank}</span> <b>{name}</b></div>')
-                    same = "same product" if products and query_product and row.get("product_id") == query_product \
-                        else ""
+                    same = ("same product" if query_product and row.get("product_id") == query_product
+                            and not items.names_a_class(row) else "")
                     url = items.link(row)
                     more = html.escape(items.details(row))
                     if url:
