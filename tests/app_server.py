@@ -22,17 +22,27 @@ from tests.redis_server import free_port
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def app_env(root: Path, dataset: str, *, manifest: Path | None = None, own_pretrained: bool = True) -> dict:
-    """The environment that keeps every folder the app writes under ``root`` (manifest, runs, store and, with
-    ``own_pretrained``, the shipped runs too; without it the app uses the project's shipped models), with no
-    Redis store and no user registry inherited from the caller's shell."""
-    env = dict(os.environ, MILDNET_MANIFEST=str(manifest or root / "manifest.csv"), MILDNET_RUNS=str(root / "runs"),
-               MILDNET_STORE=str(root / "store"), MILDNET_DATASET=dataset, TF_CPP_MIN_LOG_LEVEL="2")
+# Inherited from the caller's shell, these would point the app at someone else's Redis store or registry.
+APP_UNSET = ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST")
+
+
+def app_vars(root: Path, dataset: str, *, manifest: Path | None = None, own_pretrained: bool = True) -> dict:
+    """The app's MILDNET_* settings that keep every folder it writes under ``root`` (manifest, runs, store and,
+    with ``own_pretrained``, the shipped runs too; without it the app uses the project's shipped models)."""
+    values = {"MILDNET_MANIFEST": str(manifest or root / "manifest.csv"), "MILDNET_RUNS": str(root / "runs"),
+              "MILDNET_STORE": str(root / "store"), "MILDNET_DATASET": dataset}
     if own_pretrained:
-        env["MILDNET_PRETRAINED"] = str(root / "pretrained")
-    else:
+        values["MILDNET_PRETRAINED"] = str(root / "pretrained")
+    return values
+
+
+def app_env(root: Path, dataset: str, *, manifest: Path | None = None, own_pretrained: bool = True) -> dict:
+    """A server's whole environment: the caller's, with :func:`app_vars`, no Redis store and no user registry."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               **app_vars(root, dataset, manifest=manifest, own_pretrained=own_pretrained))
+    if not own_pretrained:
         env.pop("MILDNET_PRETRAINED", None)
-    for key in ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST"):
+    for key in APP_UNSET:
         env.pop(key, None)
     return env
 

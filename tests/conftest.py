@@ -3,6 +3,7 @@ need it skip with a clear reason where it is absent."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -116,3 +117,16 @@ def labelled_folder(tmp_path) -> Path:
 def results_box(at):
     """The Search page's "Results" box in an AppTest (its key changes with the value it was drawn from)."""
     return next(box for box in at.main.selectbox if box.label == "Results")
+
+
+@contextlib.contextmanager
+def app_environment(root: Path, dataset: str, unset: tuple[str, ...] = ()):
+    """This process set up as the app's server would be (``tests/app_server.py``): AppTest runs the app here."""
+    from tests.app_server import APP_UNSET, app_vars
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in app_vars(root, dataset).items():
+            mp.setenv(key, value)
+        for key in (*APP_UNSET, *unset):
+            mp.delenv(key, raising=False)
+        yield

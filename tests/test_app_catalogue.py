@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from mildnet.data import user_datasets as ud
 from mildnet.errors import DataError
-from tests.conftest import make_labelled_folder, make_tiny_app_root, results_box
+from tests.conftest import app_environment, make_labelled_folder, make_tiny_app_root, results_box
 
 PROJECT = Path(__file__).resolve().parents[1]
 APP = PROJECT / "app.py"
@@ -31,14 +31,7 @@ TIMEOUT = 240
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = make_tiny_app_root(tmp_path_factory.mktemp("catalogue"))
-    values = {"MILDNET_MANIFEST": str(root / "manifest.csv"), "MILDNET_RUNS": str(root / "runs"),
-              "MILDNET_STORE": str(root / "store"), "MILDNET_PRETRAINED": str(root / "pretrained"),
-              "MILDNET_DATASET": "tiny"}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in values.items():
-            mp.setenv(key, value)
-        for key in ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST"):
-            mp.delenv(key, raising=False)
+    with app_environment(root, "tiny"):
         yield root
 
 

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from mildnet import shop  # noqa: E402
 from mildnet.cli import main  # noqa: E402
 from mildnet.errors import DataError  # noqa: E402
-from tests.conftest import PROJECT_ROOT, make_tiny_app_root  # noqa: E402
+from tests.conftest import PROJECT_ROOT, app_environment, make_tiny_app_root  # noqa: E402
 
 APP = PROJECT_ROOT / "app.py"
 REAL = PROJECT_ROOT / "mildnet" / "pretrained" / "real"
@@ -71,14 +71,7 @@ def shop_env(tmp_path_factory):
     text = (root / "manifest.csv").read_text()
     (root / "manifest.csv").write_text(text + text.split("\n", 1)[1].replace("tiny", "other"))
     (root / "other").symlink_to(root / "tiny", target_is_directory=True)
-    values = {"MILDNET_MANIFEST": str(root / "manifest.csv"), "MILDNET_RUNS": str(root / "runs"),
-              "MILDNET_STORE": str(root / "store"), "MILDNET_PRETRAINED": str(root / "pretrained"),
-              "MILDNET_DATASET": "tiny"}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in values.items():
-            mp.setenv(key, value)
-        for key in ("MILDNET_REDIS_URL", "MILDNET_USER_MANIFEST", "MILDNET_OWNER_PASSWORD"):
-            mp.delenv(key, raising=False)
+    with app_environment(root, "tiny", unset=("MILDNET_OWNER_PASSWORD",)):
         yield root
 
 
