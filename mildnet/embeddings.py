@@ -187,6 +187,13 @@ def shard_ids(ids: Sequence[str], index: int, count: int) -> list[str]:
     return ids[bounds[index] : bounds[index + 1]]
 
 
+def catalog_state(image_root: str | os.PathLike, ids: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``(ids as stored: normalised and sorted, each file's signature)``: what :func:`plan_update` compares with
+    a cached set (one ``stat`` a photo)."""
+    ids = _normalise_ids(ids)
+    return ids, _signatures(Path(image_root), ids)
+
+
 def _normalise_ids(ids: Iterable[str]) -> list[str]:
     if isinstance(ids, str):
         raise DataError("ids must be a list of relative image paths, not a single string")

@@ -1,0 +1,163 @@
+"""What a search looks through: a catalogue's searchable photo ids, their folder and their table.
+
+One definition for the app, the CLI and the HTTP API: a registered dataset searches its catalogue's real photos
+(an instance-level dataset's augmented views feed training, never results), else the photos of its triplet
+files, else every photo of its folder; a plain folder searches its ``catalog.csv`` rows, else every photo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mildnet import embeddings
+from mildnet.data import manifest
+from mildnet.data.catalog import gallery, read_catalog_for
+from mildnet.data.triplets import read_triplets
+from mildnet.errors import DataError
+
+__all__ = ["Catalogue", "FilterError"]
+
+
+class FilterError(DataError):
+    """A filter names a column the catalogue does not have (a usage error, not a broken catalogue)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Catalogue:
+    """``name``: the catalogue's part of the store key (``include`` prefixes appended as ``+prefix``);
+    ``ids``: searchable photo paths relative to ``image_root``, in catalogue order; ``table``: one row per id
+    (``image`` plus whatever the shop's table has: product_id, category, colour, title, url...), or None for
+    a folder without a table; ``catalog_path``: the table's file, when there is one."""
+
+    name: str
+    image_root: Path
+    ids: tuple[str, ...]
+    table: pd.DataFrame | None = None
+    catalog_path: Path | None = None
+    include: tuple[str, ...] = ()
+
+    # -- opening ----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def registered(cls, name: str, include: Sequence[str] | None = None) -> Catalogue:
+        """A dataset of the registry (`data list`); DataError when it is unknown or its files are missing."""
+        if name not in manifest.datasets():
+            raise DataError(f"{name!r} is not a registered dataset (registered: {', '.join(manifest.datasets())}); "
+                            f"register a folder with `python -m mildnet data add {name} --images DIR`")
+        splits = manifest.dataset_splits(name)
+        missing = manifest.missing_files(splits)
+        if missing:
+            raise DataError(f"dataset {name} is not ready (missing {missing[0]}); "
+                            f"run `python -m mildnet data fetch {name}` first")
+        root = splits[0].image_root
+        catalog_path = splits[0].catalog
+        table = read_catalog_for(root, catalog_path) if catalog_path is not None and catalog_path.is_file() else None
+        if table is not None:
+            table = gallery(table)
+        else:
+            table = _triplet_images(splits)
+        if table is None or table.empty:
+            ids = embeddings.catalog_ids(root)
+            table = None
+        else:
+            table = table.drop_duplicates("image").reset_index(drop=True)
+            ids = list(table["image"])
+        return cls._make(name, root, ids, table, catalog_path, include)
+
+    @classmethod
+    def folder(cls, image_root, *, name: str | None = None, include: Sequence[str] | None = None,
+               catalog_path=None) -> Catalogue:
+        """A folder of photos (ids: its ``catalog.csv`` rows, else every photo under it); ``name`` defaults to
+        the folder's name; ``catalog_path``: a table elsewhere that labels these photos."""
+        root = Path(image_root)
+        ids = embeddings.catalog_ids(root)
+        try:
+            table = read_catalog_for(root, catalog_path)
+        except (DataError, OSError):
+            table = None  # an unreadable table: searched as a plain folder (its photos are still listed)
+        if table is not None:
+            table = gallery(table).drop_duplicates("image")
+            table = table[table["image"].isin(set(ids))].reset_index(drop=True)
+        path = Path(catalog_path) if catalog_path is not None else (root / "catalog.csv" if table is not None
+                                                                      else None)
+        return cls._make(name or embeddings.dataset_name(root), root, ids, table, path, include)
+
+    @classmethod
+    def _make(cls, name, root, ids, table, catalog_path, include) -> Catalogue:
+        include = tuple(p.replace("\\", "/").strip() for p in include or () if p.strip())
+        if include:
+            ids = [i for i in ids if i.startswith(include)]
+            if not ids:
+                raise DataError(f"no photos of {name} match --include {', '.join(include)}")
+            if table is not None:
+                table = table[table["image"].isin(set(ids))].reset_index(drop=True)
+            name = name + "+" + "+".join(p.strip("/") for p in include)
+        if not ids:
+            raise DataError(f"no photos to search under {root}: add photos to it")
+        return cls(name, Path(root), tuple(ids), table, Path(catalog_path) if catalog_path else None, include)
+
+    # -- facts ------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """The photos' current state (ids, sizes, mtimes): one stat a photo, so callers keep it a while."""
+        return embeddings.catalog_fingerprint(self.image_root, self.ids)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in self.table.columns if c != "image"] if self.table is not None else []
+
+    def rows(self) -> dict[str, dict[str, str]]:
+        """id -> its table row as text (empty cells left out), for cards and API results."""
+        if self.table is None:
+            return {}
+        out = {}
+        for record in self.table.astype(str).to_dict("records"):
+            out[record["image"]] = {k: v for k, v in record.items() if k != "image" and v not in ("", "nan", "None")}
+        return out
+
+    def mask(self, ids: Sequence[str], filters: Mapping[str, str | Sequence[str]] | None) -> np.ndarray | None:
+        """Boolean mask over ``ids`` (a stored set's rows) of the photos whose table values pass ``filters``
+        (column -> a value or a list of accepted values, compared as text, case-insensitively); None without
+        filters. FilterError for a column the table does not have."""
+        if not filters:
+            return None
+        if self.table is None:
+            raise FilterError(f"catalogue {self.name} has no table, so it cannot be filtered by "
+                              f"{', '.join(filters)}")
+        keep = pd.Series(True, index=self.table.index)
+        for column, wanted in filters.items():
+            if column not in self.table.columns or column == "image":
+                raise FilterError(f"catalogue {self.name} has no column {column!r} to filter on (it has: "
+                                  f"{', '.join(self.columns) or 'none'})")
+            values = [wanted] if isinstance(wanted, str) else list(wanted)
+            accepted = {str(v).strip().casefold() for v in values}
+            keep &= self.table[column].astype(str).str.strip().str.casefold().isin(accepted)
+        passing = set(self.table.loc[keep, "image"])
+        return np.fromiter((i in passing for i in ids), dtype=bool, count=len(ids))
+
+
+def _triplet_images(splits) -> pd.DataFrame | None:
+    """The distinct photos of a dataset's triplet files (registry rows), with the split each first appears in."""
+    images: dict[str, str] = {}
+    for row in splits:
+        if row.triplets is None or not Path(row.triplets).is_file():
+            continue
+        table = read_triplets(row.triplets).triplets
+        split = row.split
+        for column in ("query", "positive", "negative"):
+            for name in table[column]:
+                images.setdefault(name, split)
+    if not images:
+        return None
+    frame = pd.DataFrame({"image": list(images), "split": list(images.values())})
+    frame["product_id"] = ""
+    frame["category"] = ""
+    return frame

@@ -1,0 +1,298 @@
+"""The one search service: a model, a catalogue and the store that caches the catalogue's embeddings.
+
+The app, the CLI and the HTTP API all open a :class:`SearchEngine` and ask it; none of them decides on its own
+which stored set belongs to the model, whether a calibration applies, or what "close match" means::
+
+    engine = SearchEngine.open(LoadedModel.from_run(run), Catalogue.registered("sample"), open_store(spec))
+    if engine.pending().status != "reused":
+        engine.update(progress)           # embeds new/changed photos, refits the catalogue's calibration
+    result = engine.query_image(photo_bytes, k=5, filters={"category": "dress"})
+    result.results[0].id, result.results[0].match, result.close_match
+
+Match strength and the close-match verdict come from the catalogue's own calibration (fitted on its photos when
+it is embedded) where there is one; else the run's calibration decides "close match" against the catalogue's
+nearest-neighbour reference and results show plain cosines; an uncalibrated model gives neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mildnet import calibration as cal
+from mildnet import catalogue_calibration as cc
+from mildnet import embeddings
+from mildnet.errors import DataError, MildnetError
+from mildnet.search.catalogue import Catalogue, FilterError
+from mildnet.search.model import LoadedModel
+from mildnet.search.searcher import Hit, Searcher, check_positive_int
+from mildnet.store import EmbeddingSet
+
+__all__ = ["Catalogue", "FilterError", "LoadedModel", "NotEmbedded", "Pending", "Result", "SearchEngine",
+           "SearchResult", "UnknownId"]
+
+Progress = Callable[[int, int], None]
+
+# Shown when a run's calibration decides "close match" but the catalogue has none of its own.
+RUN_CALIBRATION_NOTE = ("Scores are cosine similarities (1 = identical): match strengths appear once this catalogue "
+                        "has its own calibration, made when it is embedded.")
+
+
+class NotEmbedded(MildnetError):
+    """The store holds no usable embeddings of this catalogue for this model: embed it first."""
+
+
+class UnknownId(DataError):
+    """A product id the searched catalogue does not have."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One similar product: its catalogue ``id`` (photo path relative to the catalogue folder), cosine ``score``
+    (1 = identical), ``match`` strength in [0, 1] (None where the catalogue is not calibrated) and its table
+    ``row`` (product_id, category, colour, title, url... as text)."""
+
+    id: str
+    score: float
+    match: float | None = None
+    row: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """The answer to one query, the same object whichever caller asked.
+
+    ``close_match``: whether the best result is close enough to call it the same kind of product (None where
+    nothing is calibrated), ``reason``: why not, in a shopper's words; ``calibration``: ``"catalogue"``,
+    ``"run"`` or None; ``note``: what the scores mean when they are not match strengths.
+    """
+
+    results: list[Result]
+    close_match: bool | None
+    reason: str | None
+    calibration: str | None
+    note: str | None
+    query: dict
+    n_catalog: int
+    key: str
+    model: str
+
+    def to_dict(self, image_root: Path | None = None) -> dict:
+        """The JSON shape of ``search --json`` and the HTTP API (``path`` only with ``image_root``)."""
+        results = []
+        for r in self.results:
+            item = {"id": r.id, "score": round(r.score, 6), "match": None if r.match is None else round(r.match, 4)}
+            if image_root is not None:
+                item["path"] = str(Path(image_root) / r.id)
+            item.update({k: v for k, v in r.row.items() if k not in item})
+            results.append(item)
+        return {"query": self.query, "key": self.key, "model": self.model, "n_catalog": self.n_catalog,
+                "close_match": self.close_match, "close_match_reason": self.reason,
+                "calibrated": self.calibration is not None, "calibration": self.calibration, "note": self.note,
+                "results": results}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """What :meth:`SearchEngine.update` would do now: ``status`` as :class:`embeddings.UpdatePlan`'s
+    (``"reused"``: nothing to do), photos to ``embed`` (new or changed), ``removed`` ids and ``missing`` files."""
+
+    status: str
+    embed: int
+    removed: int
+    missing: int
+    catalog_fingerprint: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.status == "reused"
+
+    def describe(self) -> str:
+        if self.status in ("built", "rebuilt"):
+            return f"{self.embed:,} photos to embed"
+        bits = [f"{self.embed:,} new or changed"] if self.embed else []
+        if self.removed:
+            bits.append(f"{self.removed:,} removed")
+        return ", ".join(bits) or "nothing to do"
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """One consistent view of the stored set: swapped whole by :meth:`SearchEngine.update`, so a query running
+    meanwhile sees the old or the new catalogue, never half of each."""
+
+    embeddings: EmbeddingSet
+    searcher: Searcher
+    own: cc.CatalogueCalibration | None
+    own_note: str | None
+    rows: dict[str, dict[str, str]]
+
+
+class SearchEngine:
+    """Search over one catalogue with one model; open with :meth:`open`. Thread-safe for queries; one update
+    at a time."""
+
+    def __init__(self, model: LoadedModel, catalogue: Catalogue, store, key: str, state: _State | None) -> None:
+        self.model = model
+        self.catalogue = catalogue
+        self.store = store
+        self.key = key
+        self._state = state
+        self._reference: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    # -- opening and updating -------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, model: LoadedModel, catalogue: Catalogue, store, *, calibrate: bool = True) -> SearchEngine:
+        """The engine over what ``store`` holds for this model and catalogue, without embedding anything: a set
+        made by another model, another input size or an older embedding version counts as absent
+        (:attr:`ready` False; :meth:`update` embeds it). A set older than the catalogue's photos is served as
+        it is (:meth:`pending` says what changed). ``calibrate``: fit the catalogue's calibration now when
+        the store does not keep one for this set (the first search of a CLI session needs it anyway)."""
+        key = embeddings.cache_key(catalogue.name, model.fingerprint)
+        stored = store.get(key)
+        engine = cls(model, catalogue, store, key, None)
+        if stored is not None and engine._usable(stored):
+            engine._state = engine._state_of(stored, calibrate)
+        return engine
+
+    def _usable(self, stored: EmbeddingSet) -> bool:
+        return (len(stored) > 0 and stored.model_fingerprint == self.model.fingerprint
+                and stored.meta.get("image_size") == self.model.image_size
+                and stored.meta.get("embedding_version") == embeddings.EMBEDDING_VERSION)
+
+    def _state_of(self, stored: EmbeddingSet, calibrate: bool) -> _State:
+        labels = self.catalogue.table
+        if calibrate:
+            own, note = cc.refresh(self.store, self.key, stored, self.model.model, self.catalogue.image_root,
+                                   labels, self.model.image_size)
+        else:
+            try:
+                own, note = cc.load_for(self.store, self.key, stored, labels), None
+            except cal.CalibrationError as exc:
+                own, note = None, str(exc)
+        rows = self.catalogue.rows()
+        return _State(stored, Searcher(stored), own, note, rows)
+
+    @property
+    def ready(self) -> bool:
+        return self._state is not None
+
+    def pending(self) -> Pending:
+        """What an update would embed or drop now (one stat a photo; no model call)."""
+        ids, signatures = embeddings.catalog_state(self.catalogue.image_root, self.catalogue.ids)
+        state = self._state
+        plan = embeddings.plan_update(state.embeddings if state else None, ids, signatures,
+                                      model_fp=self.model.fingerprint, image_size=self.model.image_size)
+        return Pending(plan.status, len(plan.embed), len(plan.dropped), len(plan.missing), plan.catalog_fp)
+
+    def update(self, progress: Progress | None = None, *, batch_size: int = 64, rebuild: bool = False,
+               extra_meta: dict | None = None) -> embeddings.EmbedResult:
+        """Embeds what changed (everything with ``rebuild``), stores the set, refits the catalogue's calibration
+        and switches queries to the new set."""
+        with self._lock:
+            meta = {"include": list(self.catalogue.include), "source": self.model.label, **(extra_meta or {})}
+            result = embeddings.update_catalog(
+                self.model.model, self.catalogue.image_root, self.store, list(self.catalogue.ids),
+                dataset=self.catalogue.name, image_size=self.model.image_size, model_fp=self.model.fingerprint,
+                model_name=self.model.name, progress=progress, batch_size=batch_size, rebuild=rebuild,
+                extra_meta=meta)
+            # Served as the store gives it back (a float16 store halves it), exactly as a later open() would.
+            stored = self.store.get(self.key) or result.embeddings
+            self._reference = None
+            self._state = self._state_of(stored, calibrate=True)
+        return result
+
+    # -- what is searched ----------------------------------------------------------------------------------------
+
+    def _current(self) -> _State:
+        state = self._state
+        if state is None:
+            raise NotEmbedded(
+                f"catalogue {self.catalogue.name} has no embeddings for this model (fingerprint "
+                f"{self.model.fingerprint[:16]}) in {self.store.describe()}; run `python -m mildnet embed "
+                f"--dataset {self.catalogue.name}` with the same model and store first")
+        return state
+
+    @property
+    def embeddings(self) -> EmbeddingSet:
+        return self._current().embeddings
+
+    @property
+    def searcher(self) -> Searcher:
+        return self._current().searcher
+
+    def __len__(self) -> int:
+        return len(self._current().embeddings)
+
+    @property
+    def catalogue_calibration(self) -> tuple[cc.CatalogueCalibration | None, str | None]:
+        """``(the catalogue's own calibration or None, why not)``."""
+        state = self._current()
+        return state.own, state.own_note
+
+    def reference(self) -> np.ndarray:
+        """Leave-one-out nearest-neighbour cosines of the catalogue (for the run calibration's verdict)."""
+        state = self._current()
+        if self._reference is None or len(self._reference) == 0:
+            self._reference = cal.catalogue_reference(state.embeddings.vectors)
+        return self._reference
+
+    # -- queries ------------------------------------------------------------------------------------------------
+
+    def query_image(self, source, k: int = 5, filters: Mapping[str, Any] | None = None,
+                    name: str | None = None) -> SearchResult:
+        """Products like a photo (a path, uploaded bytes, or a decoded array); ImageError for one that cannot
+        be read. ``name``: what to call the query in the result (default: the path)."""
+        check_positive_int("k", k)
+        vector = self.model.embed(source)
+        label = name if name is not None else (str(source) if isinstance(source, (str, Path)) else "upload")
+        return self.query_vector(vector, k, filters, query={"image": label})
+
+    def query_id(self, item_id: str, k: int = 5, filters: Mapping[str, Any] | None = None) -> SearchResult:
+        """Products like a catalogue product (``item_id``: its photo id); the product's own photo is left out."""
+        check_positive_int("k", k)
+        state = self._current()
+        if item_id not in state.embeddings:
+            example = state.embeddings.ids[0]
+            raise UnknownId(f"id {item_id!r} is not in catalogue {self.catalogue.name} ({len(state.embeddings):,} "
+                            f"photos); ids are photo paths relative to the catalogue folder, e.g. {example!r}")
+        vector = state.embeddings.vectors[state.embeddings.index[item_id]].astype(np.float32)
+        return self.query_vector(vector, k, filters, query={"id": item_id}, exclude=[item_id], state=state)
+
+    def query_vector(self, vector: np.ndarray, k: int = 5, filters: Mapping[str, Any] | None = None, *,
+                     query: dict | None = None, exclude: Sequence[str] | None = None,
+                     state: _State | None = None) -> SearchResult:
+        """Products like an embedding (the model's unit vector of a photo)."""
+        k = check_positive_int("k", k)
+        state = state or self._current()
+        allowed = self.catalogue.mask(state.embeddings.ids, filters)
+        own, own_note = state.own, state.own_note
+        # The close-match score may average more results than are shown: ask for enough, show what was asked.
+        wanted = max(k, own.rule.k) if own is not None else k
+        hits = state.searcher.query(vector, k=wanted, exclude_ids=exclude, allowed=allowed)[0]
+        matches, close, reason, kind, note = self._assess(hits, own, own_note)
+        results = [Result(h.id, h.score, m, state.rows.get(h.id, {})) for h, m in zip(hits[:k], matches[:k])]
+        return SearchResult(results, close, reason, kind, note, dict(query or {}), len(state.embeddings), self.key,
+                            self.model.name)
+
+    def _assess(self, hits: list[Hit], own, own_note):
+        """``(match strengths, close match, reason, calibration kind, note)`` of a result list."""
+        scores = [h.score for h in hits]
+        if own is not None:
+            verdict = cal.assess(scores, own.match, rule=own.rule, ids=[h.id for h in hits])
+            return verdict.matches, verdict.close_match, verdict.reason, "catalogue", None
+        run_calibration = self.model.calibration
+        if run_calibration is None:
+            note = "; ".join(n for n in (own_note, self.model.calibration_note) if n) or None
+            return [None] * len(hits), None, None, None, note
+        # The run's calibration was fitted on its own validation photos, not this catalogue's: good enough to say
+        # "no close match", not to put a percentage on each result. Those show their plain similarity.
+        verdict = cal.assess(scores, run_calibration, self.reference())
+        return [None] * len(hits), verdict.close_match, verdict.reason, "run", own_note or RUN_CALIBRATION_NOTE
