@@ -30,6 +30,7 @@ COMMANDS = {
     "calibrate": "mildnet.cli.calibrate",
     "publish": "mildnet.cli.publish",
     "app": "mildnet.cli.app",
+    "serve": "mildnet.cli.serve",
 }
 
 
