@@ -20,29 +20,40 @@ pairs of the batch (the reference divided the sum by ``batch_size * 2 / 3`` with
 
 ``*_per_triplet`` functions return a (B,) vector: the training loop needs per-example losses to scale
 them correctly across replicas of a ``tf.distribute`` strategy.
+
+:data:`LOSSES` is the one list of losses: settings validation (``mildnet.runs``), the training loop and the
+CLI's ``--loss`` choices all read it. TensorFlow is imported inside the functions, so reading the list (a
+run's settings, ``python -m mildnet --help``) does not load it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import tensorflow as tf
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Below this squared distance, sqrt's gradient explodes (it is infinite at 0: identical embeddings).
 _SQRT_FLOOR = 1e-12
 
 
 def l2_normalize(x: tf.Tensor) -> tf.Tensor:
+    import tensorflow as tf
+
     return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)
 
 
 def squared_distance(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """Row-wise squared euclidean distance between L2-normalised ``a`` and ``b``: (B,) in [0, 4]."""
+    import tensorflow as tf
+
     return tf.reduce_sum(tf.square(l2_normalize(a) - l2_normalize(b)), axis=-1)
 
 
 def euclidean_distance(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """Row-wise euclidean distance between L2-normalised rows: (B,) in [0, 2], safe gradient at 0."""
+    import tensorflow as tf
+
     return tf.sqrt(tf.maximum(squared_distance(a, b), _SQRT_FLOOR))
 
 
@@ -52,16 +63,22 @@ def triplet_distances(q, p, n) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def hinge_per_triplet(q, p, n, margin: float = 1.0) -> tf.Tensor:
+    import tensorflow as tf
+
     d_qp, d_qn = triplet_distances(q, p, n)
     return tf.maximum(0.0, margin + d_qp - d_qn)
 
 
 def hinge_loss(q, p, n, margin: float = 1.0) -> tf.Tensor:
     """``mean(max(0, margin + d(q,p) - d(q,n)))`` with squared euclidean distance on unit vectors."""
+    import tensorflow as tf
+
     return tf.reduce_mean(hinge_per_triplet(q, p, n, margin))
 
 
 def contrastive_per_triplet(q, p, n, margin: float = 1.0) -> tf.Tensor:
+    import tensorflow as tf
+
     # Mean of the triplet's two pair losses, so that mean over triplets == mean over the 2B pairs.
     d_qp = euclidean_distance(q, p)
     d_qn = euclidean_distance(q, n)
@@ -72,11 +89,15 @@ def contrastive_per_triplet(q, p, n, margin: float = 1.0) -> tf.Tensor:
 
 def contrastive_loss(q, p, n, margin: float = 1.0) -> tf.Tensor:
     """Contrastive loss of the reference configs: mean over pairs of ``y D^2 + (1-y) max(0, m-D)^2``."""
+    import tensorflow as tf
+
     return tf.reduce_mean(contrastive_per_triplet(q, p, n, margin))
 
 
-PerTripletLoss = Callable[..., tf.Tensor]
+PerTripletLoss = Callable[..., "tf.Tensor"]
 
+# The one list of losses (name -> per-triplet loss, called as ``loss(q, p, n, margin=m)``): TrainConfig's
+# validation and the CLI's --loss choices read its names, the training loop its functions.
 LOSSES: dict[str, PerTripletLoss] = {
     "hinge": hinge_per_triplet,
     "contrastive": contrastive_per_triplet,
@@ -84,7 +105,7 @@ LOSSES: dict[str, PerTripletLoss] = {
 
 
 def get_loss(name: str) -> PerTripletLoss:
-    """The per-triplet loss function called ``name`` (``hinge`` or ``contrastive``)."""
+    """The per-triplet loss function called ``name`` (one of :data:`LOSSES`)."""
     try:
         return LOSSES[name]
     except KeyError:

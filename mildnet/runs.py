@@ -33,6 +33,8 @@ import numpy as np
 
 from mildnet import locks, safe_json
 from mildnet.errors import MildnetError, ModelError
+from mildnet.losses import LOSSES
+from mildnet.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:  # pandas costs ~0.2 s: `python -m mildnet --help` reads run folder names only
     import pandas as pd
@@ -50,9 +52,6 @@ CALIBRATION_FILE = "calibration.json"
 
 RUN_FORMAT = 1
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "best")
-
-OPTIMIZERS = ("sgd", "adam")
-LOSSES = ("hinge", "contrastive")
 
 # Memory for decoded images (uint8): 2 GB holds ~14,000 images at 224 px.
 DEFAULT_CACHE_GB = 2.0

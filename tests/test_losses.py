@@ -75,3 +75,67 @@ def test_gradient_is_finite_for_identical_embeddings(name):
 def test_unknown_loss_name():
     with pytest.raises(ValueError, match="hinge"):
         losses.get_loss("triplet-ish")
+
+
+# --- the one list of losses and of optimizers ------------------------------------------------------------------
+
+
+def _train_option_choices(option: str) -> tuple:
+    import argparse
+
+    from mildnet.cli import build_parser
+
+    commands = next(a for a in build_parser("train")._actions if isinstance(a, argparse._SubParsersAction))
+    (action,) = [a for a in commands.choices["train"]._actions if option in a.option_strings]
+    return tuple(action.choices)
+
+
+def test_the_cli_offers_exactly_the_registered_losses_and_optimizers():
+    from mildnet.optimizers import OPTIMIZERS
+
+    assert _train_option_choices("--loss") == tuple(losses.LOSSES) == ("hinge", "contrastive")
+    assert _train_option_choices("--optimizer") == tuple(OPTIMIZERS) == ("sgd", "adam")
+
+
+def test_a_registered_loss_or_optimizer_is_valid_everywhere_at_once(monkeypatch):
+    # One registry each: adding an entry is all it takes for the settings check, the trainer and the CLI.
+    from mildnet import optimizers
+    from mildnet.runs import TrainConfig, TrainConfigError
+    from mildnet.training import make_optimizer
+
+    config = TrainConfig(images="img", triplets="t.csv", loss="squared", optimizer="plain")
+    with pytest.raises(TrainConfigError, match=r"optimizer must be one of sgd, adam.*loss must be one of hinge, "):
+        config.validate()
+    monkeypatch.setitem(losses.LOSSES, "squared", losses.hinge_per_triplet)
+    monkeypatch.setitem(optimizers.OPTIMIZERS, "plain", lambda learning_rate, momentum: ("plain", learning_rate))
+    assert config.validate() is config
+    assert losses.get_loss("squared") is losses.hinge_per_triplet
+    assert make_optimizer(config) == ("plain", config.learning_rate)
+    assert "squared" in _train_option_choices("--loss") and "plain" in _train_option_choices("--optimizer")
+
+
+def test_make_optimizer_builds_the_registered_optimizers():
+    import keras
+
+    from mildnet.optimizers import get_optimizer
+    from mildnet.runs import TrainConfig
+    from mildnet.training import make_optimizer
+
+    sgd = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.01, momentum=0.8))
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov
+    assert float(sgd.learning_rate) == pytest.approx(0.01) and sgd.momentum == pytest.approx(0.8)
+    adam = make_optimizer(TrainConfig(optimizer="adam", learning_rate=0.002))
+    assert isinstance(adam, keras.optimizers.Adam) and float(adam.learning_rate) == pytest.approx(0.002)
+    with pytest.raises(ValueError, match="choose one of sgd, adam"):
+        get_optimizer("rmsprop", 0.1, 0.9)
+
+
+def test_reading_the_registries_does_not_load_tensorflow():
+    # Validating a run's settings and building `python -m mildnet --help` read the names only.
+    import subprocess
+    import sys
+
+    code = ("import sys; import mildnet.runs, mildnet.losses, mildnet.optimizers, mildnet.cli.train; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"

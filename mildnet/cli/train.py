@@ -12,6 +12,8 @@ import time
 
 from mildnet.cli.common import UsageError
 from mildnet.cli.progress import ProgressBar
+from mildnet.losses import LOSSES
+from mildnet.optimizers import OPTIMIZERS
 from mildnet.runs import BEST_MODEL, CONFIG_FILE, HISTORY_FILE, LAST_MODEL, METRICS_FILE
 
 # Options that define a new run; with --resume the run's saved settings are used instead.
@@ -59,8 +61,9 @@ def register(subparsers) -> None:
     opt.add_argument("--steps-per-epoch", type=int, metavar="N", help="cap on steps per epoch")
     opt.add_argument("--lr", type=float, metavar="LR",
                      help="learning rate (default 0.001; 0.0001 for a flat folder's instance-level --dataset)")
-    opt.add_argument("--optimizer", choices=("sgd", "adam"), help="adam (default) or sgd (momentum 0.9, Nesterov)")
-    opt.add_argument("--loss", choices=("hinge", "contrastive"), help="triplet loss (default hinge)")
+    opt.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
+                     help="adam (default) or sgd (momentum 0.9, Nesterov)")
+    opt.add_argument("--loss", choices=tuple(LOSSES), help="triplet loss (default hinge)")
     opt.add_argument("--margin", type=float, metavar="M", help="loss margin (default 0.3)")
     opt.add_argument("--no-augment", action="store_true",
                      help="no flips/zoom/shear/rotation (a model trained on cached features, like the default, "

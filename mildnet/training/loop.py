@@ -39,6 +39,7 @@ from mildnet.embeddings import normalize_rows
 from mildnet.errors import DataError, MildnetError, ModelError
 from mildnet.evaluation import embed_paths, triplet_accuracy, triplet_distances
 from mildnet.home import data_home
+from mildnet.optimizers import get_optimizer
 from mildnet.runs import (
     BEST_MODEL,
     CONFIG_FILE,
@@ -140,11 +141,8 @@ def make_strategy():
 
 
 def make_optimizer(config: TrainConfig):
-    import keras
-
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=config.learning_rate)
-    return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum, nesterov=True)
+    """A fresh Keras optimizer for the run's settings (``optimizer`` names one of ``mildnet.optimizers``)."""
+    return get_optimizer(config.optimizer, config.learning_rate, config.momentum)
 
 
 def _is_better(row: dict, best: dict | None, monitor: str) -> bool:
