@@ -3,7 +3,7 @@
 Compares, photo by photo (interleaved, medians):
 - floor: the model on the photo already decoded and resized in memory + a numpy top-5 over the catalogue;
 - before: the page's previous path (the upload decoded twice: once for the thumbnail, once for the model);
-- now: ``search_page.embed_upload`` (one decode) + ``Searcher.query``.
+- now: ``LoadedModel.embed_with_preview`` (one decode, what the Search page calls) + ``Searcher.query``.
 
 The catalogue is N random unit vectors of the model's dimension (search speed does not depend on the values);
 the photos are real JPEGs from ../shared/data/clothing-dataset-small.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,8 +34,9 @@ def upload_section(n: int, photos: int, out: dict) -> None:
     from mildnet.pretrained import default_run_dir
     from mildnet.runs import open_run
     from mildnet.search import Searcher
+    from mildnet.search.model import LoadedModel
     from mildnet.store import EmbeddingSet
-    from mildnet.ui.search_page import THUMB_PX, embed_upload
+    from mildnet.ui.search_page import THUMB_PX
 
     paths = sorted(PHOTOS.rglob("*.jpg")) if PHOTOS.is_dir() else []
     if not paths:
@@ -46,7 +46,7 @@ def upload_section(n: int, photos: int, out: dict) -> None:
     blobs = [p.read_bytes() for p in paths]
     model, config = open_run(default_run_dir())
     size = int(config["image_size"])
-    bundle = types.SimpleNamespace(model=model, image_size=size)
+    bundle = LoadedModel.from_run(default_run_dir())
     dim = int(embed_image(model, blobs[0], size).shape[0])
     x = np.random.default_rng(5).standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -68,13 +68,13 @@ def upload_section(n: int, photos: int, out: dict) -> None:
         searcher.query(vector, k=5)
 
     def now(i: int) -> None:
-        vector, _ = embed_upload(blobs[i], bundle)
+        vector, _ = bundle.embed_with_preview(blobs[i], THUMB_PX)
         searcher.query(vector, k=5)
 
     for f in (floor, before, now):  # warm-up: traces the model call
         f(0)
     # An uploaded catalogue photo must embed exactly like the catalogue's copy (so it finds itself with score 1).
-    same = sum(np.array_equal(embed_upload(b, bundle)[0], embed_image(model, b, size)) for b in blobs)
+    same = sum(np.array_equal(bundle.embed_with_preview(b, THUMB_PX)[0], embed_image(model, b, size)) for b in blobs)
     times: dict[str, list[float]] = {"floor": [], "before": [], "now": []}
     for i in range(len(blobs)):
         for name, f in (("floor", floor), ("before", before), ("now", now)):

@@ -231,24 +231,22 @@ def test_bad_upload_shows_a_clear_error(tiny_env, name, payload, reason):
 
 
 def test_upload_handler_decodes_formats_and_rejects_bad_bytes(tiny_env):
-    from mildnet.runs import open_run
-    from mildnet.ui.resources import ModelBundle
-    from mildnet.ui.search_page import embed_upload
+    from mildnet.search.model import LoadedModel
+    from mildnet.ui.search_page import THUMB_PX
 
-    model, config = open_run(tiny_env / "runs" / "first")
-    bundle = ModelBundle(model, config, "", 32)
+    bundle = LoadedModel.from_run(tiny_env / "runs" / "first")
     rgba = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 4), dtype=np.uint8), "RGBA")
     for fmt in ("PNG", "WEBP", "JPEG"):
         buffer = io.BytesIO()
         (rgba.convert("RGB") if fmt == "JPEG" else rgba).save(buffer, format=fmt)
-        vector, thumb = embed_upload(buffer.getvalue(), bundle)
+        vector, thumb = bundle.embed_with_preview(buffer.getvalue(), THUMB_PX)
         assert vector.shape == (32,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-4
         assert thumb.shape == (40, 60, 3)
     huge = io.BytesIO()
     Image.new("RGB", (8000, 7000)).save(huge, format="PNG")
     for bad in (b"GIF89a broken", huge.getvalue()):
         with pytest.raises(ImageError):
-            embed_upload(bad, bundle)
+            bundle.embed_with_preview(bad, THUMB_PX)
 
 
 # --- triplets ------------------------------------------------------------------------------------

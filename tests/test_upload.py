@@ -15,8 +15,9 @@ from mildnet.errors import ImageError
 @pytest.fixture(scope="module")
 def bundle():
     from mildnet.models import build_model
+    from mildnet.search.model import LoadedModel
 
-    return types.SimpleNamespace(model=build_model("tiny_cnn", input_size=32, weights=None), image_size=32)
+    return LoadedModel.from_keras(build_model("tiny_cnn", input_size=32, weights=None), {"image_size": 32})
 
 
 def _photo(fmt: str, size=(90, 61)) -> bytes:
@@ -33,14 +34,14 @@ def _photo(fmt: str, size=(90, 61)) -> bytes:
 def test_upload_is_decoded_once_and_embeds_like_the_catalog(bundle, monkeypatch, fmt, size):
     import mildnet.data.images as images
     from mildnet.embeddings import embed_image
-    from mildnet.ui.search_page import THUMB_PX, embed_upload
+    from mildnet.ui.search_page import THUMB_PX
 
     data = _photo(fmt, size)
     want = embed_image(bundle.model, data, 32)  # the catalog's path: load_image(data, 32)
     opened = []
     real = images._open
     monkeypatch.setattr(images, "_open", lambda source: opened.append(1) or real(source))
-    vector, thumb = embed_upload(data, bundle)
+    vector, thumb = bundle.embed_with_preview(data, THUMB_PX)
     assert len(opened) == 1  # one decode serves the thumbnail and the model input
     np.testing.assert_array_equal(vector, want)
     # The thumbnail is as sharp as that one decode: full size, or for a large JPEG the reduced-scale decode
@@ -50,26 +51,25 @@ def test_upload_is_decoded_once_and_embeds_like_the_catalog(bundle, monkeypatch,
 
 
 def test_bad_upload_is_an_image_error(bundle):
-    from mildnet.ui.search_page import embed_upload
-
     with pytest.raises(ImageError):
-        embed_upload(b"not an image", bundle)
+        bundle.embed_with_preview(b"not an image", 64)
 
 
 def test_an_upload_is_embedded_again_when_the_runs_weights_change(bundle, monkeypatch):
     import streamlit as st
 
     from mildnet.models import build_model
+    from mildnet.search.model import LoadedModel
     from mildnet.ui import search_page
 
     monkeypatch.setattr(st, "session_state", {})  # the page's per-session cache, outside a script run
     photo = _photo("JPEG")
     uploaded = types.SimpleNamespace(file_id="f1", name="f1.jpg", size=len(photo), getvalue=lambda: photo)
-    first = types.SimpleNamespace(**vars(bundle), fingerprint="weights-1")
+    first = bundle
     vector, _ = search_page._upload_query(uploaded, first, "runs/a")
     assert search_page._upload_query(uploaded, first, "runs/a")[0] is vector  # a rerun reuses it
     # The same run folder with new weights (a run still training, or resumed): the query follows the model.
-    retrained = types.SimpleNamespace(model=build_model("tiny_cnn", input_size=32, weights=None), image_size=32,
-                                      fingerprint="weights-2")
+    retrained = LoadedModel.from_keras(build_model("tiny_cnn", input_size=32, weights=None), {"image_size": 32})
+    assert retrained.fingerprint != first.fingerprint
     again, _ = search_page._upload_query(uploaded, retrained, "runs/a")
     assert again is not vector and not np.allclose(again, vector)

@@ -1,5 +1,6 @@
-"""What several commands share: :class:`UsageError`, the model and store options, and loading the model they
-name (a training run through :mod:`mildnet.runs`, or a zoo model)."""
+"""What several commands share: :class:`UsageError`, the model and store options, loading the model they name
+(a training run through :mod:`mildnet.runs`, or a zoo model) and the catalogue they name (the search engine's
+:class:`~mildnet.search.catalogue.Catalogue`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from mildnet.runs import BEST_MODEL, CONFIG_FILE
 
 class UsageError(MildnetError):
     """Bad combination of arguments that argparse itself cannot detect (exit code 2)."""
+
+
+class EmbeddingsMissing(MildnetError):
+    """The store holds no embeddings for this model (the user has to run ``embed`` first)."""
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,25 +42,35 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use a local store at PATH when Redis cannot be reached (with a warning)")
 
 
-def load_model_from_args(args: argparse.Namespace):
-    """``(model, config)`` from --run or --model/--weights/--image-size/--embedding-dim."""
-    # Imported here: reading runs needs pandas, which `--help` and the data commands do not.
-    from mildnet.runs import open_run
-
+def _check_model_choice(args: argparse.Namespace) -> None:
+    """--run or --model, not both, each with its own options; neither means the shipped default run."""
     if args.run is not None and args.model is not None:
         raise UsageError("give one of --run RUN_DIR or --model NAME, not both")
     if args.run is None and args.model is None:
         if args.weights or args.image_size or args.embedding_dim:
             raise UsageError("--weights/--image-size/--embedding-dim go with --model NAME")
         args.run = use_default_run(args)
-    if args.run is not None:
-        if args.weights or args.image_size or args.embedding_dim:
-            raise UsageError("--weights/--image-size/--embedding-dim go with --model, not --run (the run has its own)")
-        return open_run(args.run)
+    if args.run is not None and (args.weights or args.image_size or args.embedding_dim):
+        raise UsageError("--weights/--image-size/--embedding-dim go with --model, not --run (the run has its own)")
+
+
+def _zoo_model(args: argparse.Namespace):
     # A fixed seed makes a randomly initialised network (and so its fingerprint and cache key) the same in
     # every invocation, so `search --model NAME` finds what `embed --model NAME` stored.
     model, size = build_model_from_args(args, seed=0)
     return model, {"model": args.model, "image_size": size, "weights": args.weights or "none"}
+
+
+def loaded_model_from_args(args: argparse.Namespace):
+    """The :class:`~mildnet.search.model.LoadedModel` of --run, or of --model/--weights/--image-size/
+    --embedding-dim; neither: the shipped default run."""
+    # Imported here: reading runs needs pandas and TensorFlow, which `--help` and the data commands do not.
+    from mildnet.search.model import LoadedModel
+
+    _check_model_choice(args)
+    if args.run is not None:
+        return LoadedModel.from_run(args.run)
+    return LoadedModel.from_keras(*_zoo_model(args))
 
 
 def build_model_from_args(args: argparse.Namespace, seed: int):
@@ -107,3 +122,56 @@ def open_store_from_args(args: argparse.Namespace):
         # One line on stderr instead of Python's two-line warning format with a source excerpt.
         print(f"warning: {warning.message}", file=sys.stderr)
     return store
+
+
+# --- the catalogue (embed, search, serve) ------------------------------------------------------------------
+
+
+def _find_key(store, model_fp: str, run_hint: str) -> str:
+    """The one catalogue this model embedded in the store, when the arguments name none."""
+    suffix = "/" + model_fp[:16]
+    candidates = [k for k in store.keys() if k.endswith(suffix)]
+    if not candidates:
+        raise EmbeddingsMissing(
+            f"no embeddings for this model (fingerprint {model_fp[:16]}) in {store.describe()}; "
+            f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first")
+    if len(candidates) > 1:
+        shown = ", ".join(k.rsplit("/", 1)[0] for k in candidates)
+        raise UsageError(f"several catalogs are embedded with this model ({shown}); "
+                         "pass --images DIR or --dataset NAME")
+    return candidates[0]
+
+
+def catalogue_from_args(args: argparse.Namespace, store=None, model_fp: str | None = None, run_hint: str = ""):
+    """The :class:`~mildnet.search.catalogue.Catalogue` the arguments name: --images DIR (--dataset then only
+    names its store key, and labels it when registered), a registered --dataset, or (``store`` given) the
+    catalogue an earlier `embed` stored for this model, found by its key."""
+    from mildnet.data import manifest
+    from mildnet.embeddings import cache_key
+    from mildnet.search.catalogue import Catalogue
+
+    registered = bool(args.dataset) and args.dataset in manifest.datasets()
+    if args.images is not None:
+        labels = manifest.dataset_splits(args.dataset)[0].catalog if registered else None
+        return Catalogue.folder(args.images, name=args.dataset, include=args.include, catalog_path=labels)
+    if registered:
+        return Catalogue.registered(args.dataset, include=args.include)
+    if store is None and args.dataset:
+        raise UsageError(f"--dataset {args.dataset!r} is not a registered dataset (registered: "
+                         f"{', '.join(manifest.datasets())}); give --images DIR, or register the folder with "
+                         f"`python -m mildnet data add {args.dataset} --images DIR`")
+    if store is None:
+        raise UsageError("give --images DIR (a catalog folder) or --dataset NAME (a registered dataset, see "
+                         "`python -m mildnet data list`)")
+    # Not registered here: the folder recorded when it was embedded.
+    if args.dataset:
+        name = args.dataset + ("+" + "+".join(p.strip("/") for p in args.include) if args.include else "")
+        key = cache_key(name, model_fp)
+    else:
+        key = _find_key(store, model_fp, run_hint)
+    stored = store.get(key)
+    if stored is None:
+        raise EmbeddingsMissing(f"no embeddings under {key!r} in {store.describe()}; "
+                                f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first")
+    return Catalogue(key.rsplit("/", 1)[0], Path(stored.meta.get("image_root") or "."), tuple(stored.ids),
+                     include=tuple(stored.meta.get("include") or ()))

@@ -8,18 +8,15 @@ import sys
 from pathlib import Path
 
 from mildnet.cli.common import (
+    EmbeddingsMissing,
     UsageError,
     add_model_arguments,
     add_store_arguments,
-    load_model_from_args,
+    catalogue_from_args,
+    loaded_model_from_args,
     open_store_from_args,
 )
-from mildnet.cli.embed import catalogue_calibration, is_registered, registered_catalog
 from mildnet.errors import ImageError, MildnetError
-
-
-class EmbeddingsMissing(MildnetError):
-    """The store holds no embeddings for this model (the user has to run ``embed`` first)."""
 
 
 def register(subparsers) -> None:
@@ -46,172 +43,69 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_search)
 
 
-def _find_key(store, model_fp: str, args: argparse.Namespace, run_hint: str) -> str:
-    from mildnet import embeddings as emb
-
-    missing = EmbeddingsMissing(
-        f"no embeddings for this model (fingerprint {model_fp[:16]}) in {store.describe()}; "
-        f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first"
-    )
-    if args.images is not None or args.dataset is not None:
-        dataset = args.dataset or emb.dataset_name(args.images)
-        if args.include:
-            dataset += "+" + "+".join(p.strip("/") for p in args.include)
-        return emb.cache_key(dataset, model_fp)
-    suffix = "/" + model_fp[:16]
-    candidates = [k for k in store.keys() if k.endswith(suffix)]
-    if not candidates:
-        raise missing
-    if len(candidates) > 1:
-        shown = ", ".join(k.rsplit("/", 1)[0] for k in candidates)
-        raise UsageError(f"several catalogs are embedded with this model ({shown}); "
-                         "pass --images DIR or --dataset NAME")
-    return candidates[0]
-
-
-def _calibration(args: argparse.Namespace, model_fp: str):
-    """``(calibration or None, note for text output)``: a run's calibration.json when it belongs to this model."""
-    from mildnet.calibration import load
-
-    if args.run is None:
-        return None, "a --model has no calibration: scores are raw cosines (a calibrated --run adds match strengths)"
-    calibration = load(args.run)
-    if calibration is None:
-        return None, (f"{args.run} has no calibration: scores are raw cosines; "
-                      f"run `python -m mildnet calibrate --run {args.run}` for match strengths")
-    if calibration.model_fingerprint not in (None, model_fp):
-        print(f"warning: {args.run}'s calibration was made for an earlier model; ignored until you run "
-              f"`python -m mildnet calibrate --run {args.run}` again", file=sys.stderr)
-        return None, "no valid calibration: scores are raw cosines"
-    return calibration, None
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    from mildnet import embeddings as emb
-    from mildnet.calibration import assess, catalogue_reference
+    from mildnet.search.engine import SearchEngine, UnknownId
 
     if args.k < 1:
         raise UsageError("-k must be at least 1")
     if args.image is not None and not args.image.is_file():
         raise ImageError(f"query image not found: {args.image}")
-    registered_ids = None
-    if args.images is None and is_registered(args.dataset):
-        args.images, registered_ids = registered_catalog(args.dataset)
+    if args.images is None and args.dataset:
+        catalogue_from_args(args)  # a registered dataset that is not ready fails before the model loads
+    model = loaded_model_from_args(args)
+    run_hint = f"--run {args.run}" if args.run is not None else f"--model {args.model}"
+    store = open_store_from_args(args)
+    try:
+        catalogue = catalogue_from_args(args, store, model.fingerprint, run_hint)
+        engine = SearchEngine.open(model, catalogue, store)
+        if not engine.ready:
+            raise EmbeddingsMissing(
+                f"no embeddings of {catalogue.name} for this model in {store.describe()}; "
+                f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first")
+        if catalogue.image_root.is_dir() and not engine.pending().up_to_date:
+            print("warning: the catalog's images changed since they were embedded; run `embed` again to update",
+                  file=sys.stderr)
+        try:
+            if args.image is not None:
+                result = engine.query_image(args.image, k=args.k)
+            else:
+                result = engine.query_id(args.item_id, k=args.k)
+        except UnknownId as exc:
+            raise MildnetError(str(exc)) from None
+    finally:
+        store.close()
 
-    model, config = load_model_from_args(args)
-    model_fp = emb.model_fingerprint(model)
-    key, embeddings, (own, own_note) = _embedded_set(args, model_fp, model)
-    image_root = Path(args.images or embeddings.meta.get("image_root") or ".")
-    _warn_if_catalogue_changed(args, embeddings, registered_ids)
-    # The close-match score may average more results than are shown: ask for enough, show what was asked.
-    shown = args.k
-    args.k = max(shown, own.rule.k) if own is not None else shown
-    hits, query_info, query_picture = _query(args, model, config, embeddings, key, image_root)
-    args.k = shown
-
-    if own is not None:
-        calibration, note = own.match, own_note
-        verdict = assess([h.score for h in hits], calibration, rule=own.rule, ids=[h.id for h in hits])
-    else:
-        calibration, note = _calibration(args, model_fp)
-        note = "; ".join(n for n in (own_note, note) if n) or None
-        verdict = assess([h.score for h in hits], calibration,
-                         catalogue_reference(embeddings.vectors) if calibration is not None else None)
-    hits = hits[:shown]
-    verdict = type(verdict)(verdict.matches[:shown], verdict.close_match, verdict.reason)
-    results = [{"id": h.id, "path": str(image_root / h.path), "score": round(h.score, 6),
-                "match": None if m is None else round(m, 4)} for h, m in zip(hits, verdict.matches)]
+    root = catalogue.image_root
     if args.plot is not None:
-        from mildnet.search import plot_results
+        from mildnet.search import Hit, plot_results
 
-        title = f"top {len(hits)} of {len(embeddings)} ({config.get('model', model.name)})"
-        plot_results(query_picture, hits, image_root, args.plot, title=title)
+        picture = args.image if args.image is not None else root / args.item_id
+        hits = [Hit(r.id, r.id, r.score) for r in result.results]
+        title = f"top {len(hits)} of {result.n_catalog} ({result.model})"
+        plot_results(picture, hits, root, args.plot, title=title)
+    payload = result.to_dict(image_root=root)
+    if payload["note"]:
+        print(f"note: {payload['note']}", file=sys.stderr)
     if args.json:
-        payload = {"query": query_info, "key": key, "model": config.get("model", model.name), "k": args.k,
-                   "n_catalog": len(embeddings), "close_match": verdict.close_match,
-                   "close_match_reason": verdict.reason, "calibrated": calibration is not None,
-                   "calibration": "catalogue" if own is not None else ("run" if calibration is not None else None),
-                   "results": results}
+        payload["k"] = args.k
         if args.plot is not None:
             payload["plot"] = str(args.plot)
         print(json.dumps(payload))
     else:
-        _print_results(args, query_info, key, len(embeddings), note, results, verdict)
+        _print_results(args, payload)
     return 0
 
 
-def _run_hint(args: argparse.Namespace) -> str:
-    return f"--run {args.run}" if args.run is not None else f"--model {args.model}"
-
-
-def _embedded_set(args: argparse.Namespace, model_fp: str, model=None):
-    """``(key, set, (catalogue calibration or None, note))``: the stored embeddings of this model for the
-    catalogue the arguments name, and the catalogue's own calibration (fitted and kept now if missing)."""
-    run_hint = _run_hint(args)
-    store = open_store_from_args(args)
-    try:
-        key = _find_key(store, model_fp, args, run_hint)
-        embeddings = store.get(key)
-        if embeddings is None:
-            raise EmbeddingsMissing(
-                f"no embeddings under {key!r} in {store.describe()}; "
-                f"run `python -m mildnet embed {run_hint} --images DIR` with the same store first"
-            )
-        if embeddings.model_fingerprint != model_fp:
-            raise EmbeddingsMissing(f"the set under {key!r} was made by another model; re-run `embed` with this one")
-        root = Path(args.images or embeddings.meta.get("image_root") or ".")
-        own = catalogue_calibration(args, store, key, embeddings, model, root)
-    finally:
-        store.close()
-    return key, embeddings, own
-
-
-def _warn_if_catalogue_changed(args: argparse.Namespace, embeddings, registered_ids) -> None:
-    from mildnet import embeddings as emb
-
-    if args.images is None or not args.images.is_dir():
-        return
-    include = embeddings.meta.get("include") or None
-    if registered_ids is None:
-        ids = emb.catalog_ids(args.images, include=include)
-    else:
-        ids = [i for i in registered_ids if not include or i.startswith(tuple(include))]
-    if emb.catalog_fingerprint(args.images, ids) != embeddings.catalog_fingerprint:
-        print("warning: the catalog's images changed since they were embedded; run `embed` again to update",
-              file=sys.stderr)
-
-
-def _query(args: argparse.Namespace, model, config: dict, embeddings, key: str, image_root: Path):
-    """``(hits, what the query was, the query's picture)`` for ``--image`` or ``--id``."""
-    from mildnet import embeddings as emb
-    from mildnet.search import Searcher
-
-    searcher = Searcher(embeddings)
-    if args.image is not None:
-        size = embeddings.meta.get("image_size") or config.get("image_size")
-        vector = emb.embed_image(model, args.image, size)
-        return searcher.query(vector, k=args.k)[0], {"image": str(args.image)}, args.image
-    if args.item_id not in embeddings:
-        raise MildnetError(
-            f"id {args.item_id!r} is not in the embedded catalog ({len(embeddings)} images under {key!r}); "
-            "ids are image paths relative to the image folder, e.g. " + repr(embeddings.ids[0])
-        )
-    hits = searcher.query_id(args.item_id, k=args.k, exclude_self=True)
-    return hits, {"id": args.item_id}, image_root / args.item_id
-
-
-def _print_results(args: argparse.Namespace, query_info: dict, key: str, n_catalog: int, note: str | None,
-                   results: list[dict], verdict) -> None:
-    print(f"query: {next(iter(query_info.values()))}  ({n_catalog} catalog images, key {key})")
-    if note:
-        print(f"note: {note}", file=sys.stderr)
+def _print_results(args: argparse.Namespace, payload: dict) -> None:
+    print(f"query: {next(iter(payload['query'].values()))}  ({payload['n_catalog']} catalog images, "
+          f"key {payload['key']})")
     # One row per result: rank, cosine, match strength (when calibrated), id last.
-    for rank, r in enumerate(results, start=1):
+    for rank, r in enumerate(payload["results"], start=1):
         match = "" if r["match"] is None else f"  {r['match']:4.0%}"
         print(f"{rank:3d}  {r['score']:.4f}{match}  {r['id']}")
-    if verdict.close_match is False:
-        print(f"no close match in this catalogue: {verdict.reason}")
-    elif verdict.close_match:
+    if payload["close_match"] is False:
+        print(f"no close match in this catalogue: {payload['close_match_reason']}")
+    elif payload["close_match"]:
         print("close match: yes")
     if args.plot is not None:
         print(f"plot saved to {args.plot}")

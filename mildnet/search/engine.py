@@ -100,10 +100,12 @@ class SearchResult:
 @dataclasses.dataclass(frozen=True)
 class Pending:
     """What :meth:`SearchEngine.update` would do now: ``status`` as :class:`embeddings.UpdatePlan`'s
-    (``"reused"``: nothing to do), photos to ``embed`` (new or changed), ``removed`` ids and ``missing`` files."""
+    (``"reused"``: nothing to do; ``"built"``/``"rebuilt"``: everything is embedded), photos ``new`` to the
+    stored set, photos whose file ``changed``, ids ``removed`` from the catalogue and ``missing`` files."""
 
     status: str
-    embed: int
+    new: int
+    changed: int
     removed: int
     missing: int
     catalog_fingerprint: str
@@ -112,13 +114,15 @@ class Pending:
     def up_to_date(self) -> bool:
         return self.status == "reused"
 
+    @property
+    def embed(self) -> int:
+        return self.new + self.changed
+
     def describe(self) -> str:
-        if self.status in ("built", "rebuilt"):
-            return f"{self.embed:,} photos to embed"
-        bits = [f"{self.embed:,} new or changed"] if self.embed else []
-        if self.removed:
-            bits.append(f"{self.removed:,} removed")
-        return ", ".join(bits) or "nothing to do"
+        """"N new, M removed" ("photos replaced" when only files changed), as the app says it."""
+        if not self.new and not self.removed:
+            return "photos replaced"
+        return f"{self.new:,} new, {self.removed:,} removed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +174,10 @@ class SearchEngine:
     def _state_of(self, stored: EmbeddingSet, calibrate: bool) -> _State:
         labels = self.catalogue.table
         if calibrate:
-            own, note = cc.refresh(self.store, self.key, stored, self.model.model, self.catalogue.image_root,
-                                   labels, self.model.image_size)
+            # Without the photos (a store copied to another machine) the calibration is fitted from vectors only.
+            here = self.catalogue.image_root.is_dir()
+            own, note = cc.refresh(self.store, self.key, stored, self.model.model if here else None,
+                                   self.catalogue.image_root, labels, self.model.image_size)
         else:
             try:
                 own, note = cc.load_for(self.store, self.key, stored, labels), None
@@ -188,9 +194,15 @@ class SearchEngine:
         """What an update would embed or drop now (one stat a photo; no model call)."""
         ids, signatures = embeddings.catalog_state(self.catalogue.image_root, self.catalogue.ids)
         state = self._state
-        plan = embeddings.plan_update(state.embeddings if state else None, ids, signatures,
-                                      model_fp=self.model.fingerprint, image_size=self.model.image_size)
-        return Pending(plan.status, len(plan.embed), len(plan.dropped), len(plan.missing), plan.catalog_fp)
+        stored = state.embeddings if state else None
+        plan = embeddings.plan_update(stored, ids, signatures, model_fp=self.model.fingerprint,
+                                      image_size=self.model.image_size)
+        before = set(stored.ids) if stored is not None else set()
+        if stored is not None:
+            before |= {e.get("id") for e in stored.meta.get("skipped", []) if isinstance(e, dict)}
+        new = sum(1 for i in plan.embed if i not in before)
+        return Pending(plan.status, new, len(plan.embed) - new, len(plan.dropped), len(plan.missing),
+                       plan.catalog_fp)
 
     def update(self, progress: Progress | None = None, *, batch_size: int = 64, rebuild: bool = False,
                extra_meta: dict | None = None) -> embeddings.EmbedResult:

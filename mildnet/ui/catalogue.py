@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,8 +17,7 @@ from mildnet.data import manifest as mf
 from mildnet.data import user_datasets as ud
 from mildnet.data.staging import staging_path, sweep_abandoned
 from mildnet.data.upload import ExtractReport, extract_images
-from mildnet.embeddings import EMBEDDING_VERSION, cache_key
-from mildnet.errors import DataError, StoreError
+from mildnet.errors import DataError
 from mildnet.ui import settings
 
 UPLOADS_DIR = ud.UPLOADS_DIR
@@ -136,31 +134,6 @@ def left_out_summary(left_out: dict[str, str], examples: int = 3) -> str:
 
 
 # --- the catalogue changed -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EmbeddingChanges:
-    new: int
-    removed: int
-
-    def describe(self) -> str:
-        if not self.new and not self.removed:
-            return "photos replaced"  # same names, other files: only those are embedded again
-        return f"{self.new:,} new, {self.removed:,} removed"
-
-
-def embedding_changes(store, dataset: str, model_fp: str, ids: list[str]) -> EmbeddingChanges | None:
-    """How the catalogue differs from the embeddings cached for this model (None: nothing cached yet, so
-    everything is embedded). Replaced files count as new: they are embedded again."""
-    try:
-        cached = store.get(cache_key(dataset, model_fp))
-    except StoreError:
-        return None
-    if cached is None or cached.meta.get("embedding_version") != EMBEDDING_VERSION:
-        return None  # an older version's set is rebuilt whole, so its rows say nothing about what is new
-    before = set(cached.ids) | {e.get("id") for e in cached.meta.get("skipped", []) if isinstance(e, dict)}
-    now = set(ids)
-    return EmbeddingChanges(len(now - before), len(before - now))
 
 
 def folder_changes(name: str) -> ud.FolderChanges | None:

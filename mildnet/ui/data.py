@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from mildnet.data import manifest
-from mildnet.data.catalog import gallery as searchable
 from mildnet.data.catalog import read_catalog_for, triplet_types
 from mildnet.data.sample import is_sample_complete
 from mildnet.data.triplets import check_triplets, read_triplets
 from mildnet.errors import DataError
+from mildnet.search.catalogue import Catalogue
 
 SPLITS = ("train", "val", "test")
 
@@ -100,22 +100,12 @@ def read_catalog(dataset: Dataset) -> pd.DataFrame | None:
 
 
 def gallery(dataset: Dataset) -> pd.DataFrame:
-    """Every image the app can search: the catalog (real photos only: an instance-level dataset's augmented
-    views feed its triplets, never its results), else the distinct images of the triplet files."""
-    catalog = read_catalog(dataset)
-    if catalog is not None:
-        return searchable(catalog)
-    images: dict[str, str] = {}
-    for row in dataset.splits:
-        if row.triplets.is_file():
-            table = read_triplets(row.triplets).triplets
-            for column in ("query", "positive", "negative"):
-                for name in table[column]:
-                    images.setdefault(name, row.split)
-    frame = pd.DataFrame({"image": list(images), "split": list(images.values())})
-    frame["product_id"] = ""
-    frame["category"] = ""
-    return frame
+    """Every image the app can search, one row each (the search engine's :class:`Catalogue`: the catalog's real
+    photos, else the distinct images of the triplet files, else the folder's photos)."""
+    found = Catalogue.registered(dataset.name)
+    if found.table is not None:
+        return found.table
+    return pd.DataFrame({"image": list(found.ids), "split": "", "product_id": "", "category": ""})
 
 
 def annotate(triplets: pd.DataFrame, catalog: pd.DataFrame | None) -> pd.DataFrame:

@@ -167,9 +167,9 @@ def _close_match(ctx: Context, runs: list[Run], names: dict[str, str]) -> None:
                "of things the shop sells and does not sell with `python -m mildnet evaluate --close-match`.")
     found, embedded = {}, {}
     for run in runs:
-        searcher = resources.cached_searcher(run, ctx.dataset)
-        embedded[run.key] = searcher is not None
-        own, note = resources.catalogue_calibration(run, ctx.dataset, searcher) if searcher else (None, None)
+        engine = resources.engine(run, ctx.dataset)
+        embedded[run.key] = engine.ready
+        own, note = engine.catalogue_calibration if engine.ready else (None, None)
         found[run.key] = own
         if note:
             st.caption(f"{names[run.key]}: {note}")
@@ -181,9 +181,11 @@ def _close_match(ctx: Context, runs: list[Run], names: dict[str, str]) -> None:
 def _evaluate(ctx: Context, runs: list[Run], splits: list[str]) -> dict:
     reports = {}
     for run in runs:
-        searcher = resources.cached_searcher(run, ctx.dataset) or layout.build_embeddings(run, ctx.dataset)
+        found = resources.engine(run, ctx.dataset)
+        if not found.ready:
+            found = layout.build_embeddings(run, ctx.dataset)
         with st.spinner(f"Scoring {run.label}…"):
-            reports[run.key] = {s: resources.evaluation(run, ctx.dataset, s, searcher) for s in splits}
+            reports[run.key] = {s: resources.evaluation(run, ctx.dataset, s, found) for s in splits}
     return reports
 
 

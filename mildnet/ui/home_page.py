@@ -57,17 +57,16 @@ def render(ctx: Context) -> None:
         c3.metric(f"Model · {ctx.run.model_name or ctx.run.name}", value, border=True, help=note)
     cache_slot = c4.empty()
 
-    searcher = None
     if ctx.run is None:
         cache_slot.metric("Embedding cache", "—", border=True)
         layout.no_model_message(ctx)
     else:
-        searcher = resources.cached_searcher(ctx.run, ctx.dataset)
-        if searcher is None:
+        found = resources.engine(ctx.run, ctx.dataset)
+        if not found.ready:
             cache_slot.metric("Embedding cache", "building…", border=True)
-            searcher = layout.build_embeddings(ctx.run, ctx.dataset)
+        found = layout.ensure_engine(ctx)
         cache_slot.metric("Embedding cache", "ready", border=True,
-                          help=f"{len(searcher):,} vectors of dimension {searcher.dim} "
+                          help=f"{len(found):,} vectors of dimension {found.embeddings.dim} "
                                f"in {resources.store().describe()}")
 
     st.space("small")

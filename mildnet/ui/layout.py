@@ -7,6 +7,7 @@ log only), so the UI never shows a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -135,20 +136,25 @@ def ensure_dataset(name: str) -> uidata.Dataset:
     return resources.dataset(name)
 
 
-def ensure_searcher(ctx: Context):
-    """The catalog searcher of the selected run; embeds the catalog first (progress shown) when needed."""
+def ensure_engine(ctx: Context):
+    """The search engine of the selected run over the selected catalogue, its embeddings brought up to date
+    first (progress shown) when the catalogue changed or was never embedded with this model."""
     if ctx.run is None:
         return None
-    found = resources.cached_searcher(ctx.run, ctx.dataset)
-    if found is not None:
+    found = resources.engine(ctx.run, ctx.dataset)
+    changes = resources.pending(found)
+    if changes is not None and changes.up_to_date:
         return found
     return build_embeddings(ctx.run, ctx.dataset)
 
 
 def build_embeddings(run: Run, ds: uidata.Dataset):
-    changes = resources.embedding_changes(run, ds)
+    """Embeds what the engine is missing (everything the first time) with a progress bar; the engine."""
+    found = resources.engine(run, ds)
+    changes = resources.pending(found)
+    updating = changes is not None and changes.status == "updated"
     what = (f"Catalog changed since it was embedded ({changes.describe()}): updating the embeddings"
-            if changes is not None else f"Embedding the **{ds.name}** catalog")
+            if updating else f"Embedding the **{ds.name}** catalog")
     slot = st.empty()
     with slot.status(f"{what} with {run.label}…", expanded=True) as status:
         bar = st.progress(0.0, text="Loading the model…")
@@ -157,13 +163,14 @@ def build_embeddings(run: Run, ds: uidata.Dataset):
             bar.progress(min(1.0, done / max(total, 1)), text=f"Embedded {done:,} of {total:,} images")
 
         try:
-            found = resources.searcher(run, ds, progress=progress)
+            found.update(progress, batch_size=int(os.environ.get("MILDNET_EMBED_BATCH", "64")))
         except MildnetError:
             status.update(label="Embedding the catalog failed", state="error")
             raise
-        done = f"Catalog updated ({changes.describe()})" if changes is not None else "Catalog embedded"
+        resources.forget_pending()
+        done = f"Catalog updated ({changes.describe()})" if updating else "Catalog embedded"
         status.update(label=f"{done}: {len(found):,} images", state="complete", expanded=False)
-    if changes is None:
+    if not updating:
         slot.empty()  # a first embedding is a one-off step; an update's "N new, M removed" stays to be read
     return found
 

@@ -3,30 +3,23 @@
 Keys are plain values that change when the underlying files change (a run's model mtime, a triplet
 file's mtime, the catalog fingerprint), so a retrained run or a regenerated dataset is picked up without a
 server restart, and a plain rerun never recomputes anything. Long jobs (embedding a catalog) are not run
-inside a cached function: cached functions cannot drive a progress bar created outside them, so
-:func:`searcher` builds the embeddings in the page with visible progress, then loads them through the
-cache.
+inside a cached function: cached functions cannot drive a progress bar created outside them, so the cached
+:func:`engine` never embeds; ``layout.build_embeddings`` updates it in the page with visible progress.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
-from mildnet import catalogue_calibration as cc
-from mildnet import (
-    embeddings,
-    shop,  # `evaluation` is this module's cached evaluation of a run
-)
-from mildnet import evaluation as core_evaluation
+from mildnet import evaluation as core_evaluation  # `evaluation` is this module's cached evaluation of a run
+from mildnet import shop
 from mildnet.data.manifest import dataset_splits, manifest_path, user_manifest_path
-from mildnet.errors import DataError
 from mildnet.pretrained import REAL_PHOTOS
-from mildnet.runs import METRICS_FILE, model_path, open_run
-from mildnet.search import Searcher
+from mildnet.runs import CALIBRATION_FILE, METRICS_FILE, model_path
+from mildnet.search.engine import Catalogue, LoadedModel, SearchEngine
 from mildnet.store import open_store
 from mildnet.ui import catalogue, settings
 from mildnet.ui import data as uidata
@@ -178,33 +171,17 @@ def forget_runs() -> None:
     _runs.clear()
 
 
-@dataclass
-class ModelBundle:
-    model: object
-    config: dict
-    fingerprint: str
-    image_size: int
-
-
 @st.cache_resource(show_spinner="Loading the model…", max_entries=6)
-def _model(run_dir: str, stamp: float) -> ModelBundle:
-    # A run folder not written by mildnet.training (e.g. a hand-assembled default model) still searches:
-    # only its training settings are unknown.
-    model, config = open_run(run_dir, bare_model=True)
-    size = config.get("image_size") or embeddings.model_image_size(model) or 224
-    return ModelBundle(model, config, embeddings.model_fingerprint(model), int(size))
+def _model(run_dir: str, stamp: float, calibration_stamp: float) -> LoadedModel:
+    return LoadedModel.from_run(run_dir)
 
 
-def model(run: uiruns.Run) -> ModelBundle:
-    return _model(run.key, run.stamp)
+def model(run: uiruns.Run) -> LoadedModel:
+    """The run's model, re-loaded when its model file or its calibration (`calibrate`) changes."""
+    return _model(run.key, run.stamp, _mtime(run.path / CALIBRATION_FILE))
 
 
-# --- embeddings and search -----------------------------------------------------------------------
-
-
-class NotEmbedded(Exception):
-    """The catalog has no fresh cached embeddings for this model yet (raised inside the cached loader,
-    so the miss is not cached)."""
+# --- the search engine ---------------------------------------------------------------------------
 
 
 def store():
@@ -216,74 +193,43 @@ def _store(spec: str):
     return open_store(spec)
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _searcher(run_dir: str, stamp: float, dataset_name: str, image_root: str, catalog_fp: str, store_spec: str,
-              _ids: tuple, _bundle: ModelBundle):
-    # store_spec is part of the key: a searcher read from one store must not answer for another.
-    cached = embeddings.load_cached(_bundle.model, image_root, _store(store_spec), list(_ids), dataset=dataset_name,
-                                    image_size=_bundle.image_size, model_fp=_bundle.fingerprint)
-    if cached is None:
-        raise NotEmbedded(dataset_name)
-    return Searcher(cached)
+@st.cache_resource(show_spinner="Loading the catalogue…", max_entries=8)
+def _engine(run_dir: str, stamp: float, calibration_stamp: float, dataset_name: str, catalogue_stamp: tuple,
+            store_spec: str) -> SearchEngine:
+    # store_spec is part of the key: an engine reading one store must not answer for another.
+    return SearchEngine.open(_model(run_dir, stamp, calibration_stamp), Catalogue.registered(dataset_name),
+                             _store(store_spec))
 
 
-def _catalog_key(ds: uidata.Dataset) -> tuple[tuple, str]:
-    ids = tuple(sorted(gallery(ds)["image"]))
-    return ids, embeddings.catalog_fingerprint(ds.image_root, ids)
+def _catalogue_stamp(ds: uidata.Dataset) -> tuple:
+    """What the searchable ids are read from: the registry, the catalogue table and the triplet files."""
+    return (manifest_stamp(), _mtime(ds.catalog_path), *(_mtime(s.triplets) for s in ds.splits))
 
 
-def cached_searcher(run: uiruns.Run, ds: uidata.Dataset):
-    """The searcher if the embeddings are already built, else None (never embeds)."""
-    bundle = model(run)
-    ids, fp = _catalog_key(ds)
-    try:
-        return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, settings.store_spec(), ids, bundle)
-    except NotEmbedded:
+def engine(run: uiruns.Run, ds: uidata.Dataset) -> SearchEngine:
+    """The search engine of this run's model over this catalogue, opened once (it never embeds: see
+    :func:`pending` and ``layout.build_embeddings``)."""
+    return _engine(run.key, run.stamp, _mtime(run.path / CALIBRATION_FILE), ds.name, _catalogue_stamp(ds),
+                   settings.store_spec())
+
+
+# Whether the photos changed since they were embedded costs one stat a photo (1.7 s at 100k photos): asked at most
+# every few seconds, not on every rerun. A change made through the app (a catalogue refresh) changes the
+# catalogue's stamp and so opens a new engine at once.
+@st.cache_resource(show_spinner=False, ttl=10, max_entries=8)
+def _pending(_engine_obj: SearchEngine, engine_id: int, generation: int):
+    return _engine_obj.pending()
+
+
+def pending(found: SearchEngine):
+    """What an update would embed (``Pending``), for engines that hold a set; None for one that holds none."""
+    if not found.ready:
         return None
+    return _pending(found, id(found), id(found.embeddings))
 
 
-def searcher(run: uiruns.Run, ds: uidata.Dataset, progress=None):
-    """The catalog searcher for a run; embeds the catalog first (reporting ``progress(done, total)``) when
-    the store has no fresh embeddings for this model and catalog."""
-    bundle = model(run)
-    ids, fp = _catalog_key(ds)
-    try:
-        return _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, settings.store_spec(), ids, bundle)
-    except NotEmbedded:
-        pass
-    embeddings.update_catalog(bundle.model, ds.image_root, store(), list(ids), dataset=ds.name,
-                              image_size=bundle.image_size, model_fp=bundle.fingerprint,
-                              model_name=bundle.config.get("model"), progress=progress,
-                              batch_size=int(os.environ.get("MILDNET_EMBED_BATCH", "64")))
-    found = _searcher(run.key, run.stamp, ds.name, str(ds.image_root), fp, settings.store_spec(), ids, bundle)
-    catalogue_calibration(run, ds, found)  # fitted with the embedding, not at the first query
-    return found
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _catalogue_calibration(model_fp: str, catalog_fp: str, dataset_name: str, _searcher_obj, _bundle: ModelBundle):
-    ds = dataset(dataset_name)
-    try:
-        labels = uidata.read_catalog(ds)
-    except DataError:
-        labels = None  # a catalogue table that cannot be read: calibrated as a flat folder
-    return cc.refresh(store(), embeddings.cache_key(ds.name, model_fp), _searcher_obj.embeddings, _bundle.model,
-                      ds.image_root, labels, _bundle.image_size)
-
-
-def catalogue_calibration(run: uiruns.Run, ds: uidata.Dataset, searcher_obj):
-    """``(the catalogue's own calibration or None, note)`` for this model and catalogue, fitted once and kept
-    beside its embeddings (see :mod:`mildnet.catalogue_calibration`)."""
-    emb = searcher_obj.embeddings
-    return _catalogue_calibration(emb.model_fingerprint, emb.catalog_fingerprint, ds.name, searcher_obj, model(run))
-
-
-def embedding_changes(run: uiruns.Run, ds: uidata.Dataset):
-    """"N new, M removed" between the catalogue and the embeddings cached for this run's model (None when
-    none are cached)."""
-    bundle = model(run)
-    ids, _ = _catalog_key(ds)
-    return catalogue.embedding_changes(store(), ds.name, bundle.fingerprint, list(ids))
+def forget_pending() -> None:
+    _pending.clear()
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -291,22 +237,23 @@ def embedding_changes(run: uiruns.Run, ds: uidata.Dataset):
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _evaluation(run_dir: str, stamp: float, dataset_name: str, split: str, triplets_stamp: float,
-                catalog_fp: str, _searcher_obj):
+                catalog_fp: str, _engine_obj: SearchEngine):
     ds = dataset(dataset_name)
     table_triplets = uidata.read_split(ds, split)
     catalog = uidata.read_catalog(ds)
-    emb = _searcher_obj.embeddings
+    emb = _engine_obj.embeddings
     needed = set(table_triplets["query"]) | set(table_triplets["positive"]) | set(table_triplets["negative"])
     if all(name in emb for name in needed):
         # The catalog embeddings already hold every image: the metrics are pure numpy, no network pass.
         return core_evaluation.evaluate_embeddings(emb, table_triplets, catalog)
-    bundle = _model(run_dir, stamp)
-    return core_evaluation.evaluate_triplets(bundle.model, ds.image_root, table_triplets, bundle.image_size, catalog)
+    loaded = _engine_obj.model
+    return core_evaluation.evaluate_triplets(loaded.model, ds.image_root, table_triplets, loaded.image_size, catalog)
 
 
-def evaluation(run: uiruns.Run, ds: uidata.Dataset, split: str, searcher_obj):
-    _, fp = _catalog_key(ds)
-    return _evaluation(run.key, run.stamp, ds.name, split, _mtime(ds.split(split).triplets), fp, searcher_obj)
+def evaluation(run: uiruns.Run, ds: uidata.Dataset, split: str, found: SearchEngine):
+    """A run's triplet metrics on a split, from the engine's embeddings where they hold every photo."""
+    return _evaluation(run.key, run.stamp, ds.name, split, _mtime(ds.split(split).triplets),
+                       found.embeddings.catalog_fingerprint, found)
 
 
 # --- no-learning baselines -----------------------------------------------------------------------

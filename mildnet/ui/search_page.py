@@ -6,15 +6,12 @@ import html
 import random
 from pathlib import PurePosixPath
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from mildnet.data import images
 from mildnet.data.images import MAX_FILE_BYTES
-from mildnet.embeddings import normalize_rows, run_model
 from mildnet.errors import ImageError
-from mildnet.ui import items, layout, matching, resources, widgets
+from mildnet.ui import items, layout, resources, widgets
 from mildnet.ui.layout import Context
 from mildnet.ui.sidebar import DATASET_KEY
 
@@ -29,17 +26,6 @@ THUMB_PX = 512
 PICKER_LIMIT = 5000
 
 
-def embed_upload(data: bytes, bundle) -> tuple[np.ndarray, np.ndarray]:
-    """Uploaded bytes -> (query embedding, display thumbnail). Raises ImageError with a one-line reason.
-
-    The bytes are decoded once (a phone photo's decode is the slowest step of a search) into exactly the
-    pixels ``load_image(data, size)`` gives the catalogue, so an uploaded catalogue photo finds itself with
-    score 1; the thumbnail comes from the same decode.
-    """
-    pixels, thumb = images.load_image_and_preview(data, int(bundle.image_size), THUMB_PX)
-    return normalize_rows(run_model(bundle.model, pixels[None]))[0], thumb
-
-
 # Drawn by layout.run_page before anything slow (the sidebar, preparing the data): the first thing on screen.
 HERO = ("Visual search", "Upload a photo of a garment or pick a product: see the most similar products "
         "in the catalog, by colour, pattern and shape.")
@@ -49,10 +35,8 @@ def render(ctx: Context) -> None:
     if ctx.run is None:
         layout.no_model_message(ctx)
         return
-    searcher = layout.ensure_searcher(ctx)
-    bundle = resources.model(ctx.run)
-    gallery = resources.gallery(ctx.dataset)
-    info = gallery.drop_duplicates("image").set_index("image")
+    engine = layout.ensure_engine(ctx)
+    info = resources.gallery(ctx.dataset).drop_duplicates("image").set_index("image")
 
     pick_upload, pick_catalog = st.tabs([":material/upload: Upload a photo", ":material/apparel: Pick a product"])
     with pick_upload:
@@ -69,7 +53,7 @@ def render(ctx: Context) -> None:
             st.button("Search with this photo again", icon=":material/search:",
                       on_click=_set_query, args=({"kind": "upload"},))
     with pick_catalog:
-        _catalog_picker(gallery, searcher)
+        _catalog_picker(resources.gallery(ctx.dataset), engine)
 
     query = st.session_state.get(QUERY_KEY)
     if query and query["kind"] == "catalog" and query.get("dataset") not in (None, ctx.dataset.name):
@@ -83,7 +67,7 @@ def render(ctx: Context) -> None:
         st.html('<div class="mn-role">Your query</div>')
         if query["kind"] == "upload":
             try:
-                vector, thumb = _upload_query(uploaded, bundle, ctx.run.key)
+                vector, thumb = _upload_query(uploaded, engine.model, ctx.run.key)
             except ImageError as exc:
                 st.error(f"This file cannot be used as a photo: {exc}", icon=":material/broken_image:")
                 return
@@ -91,7 +75,7 @@ def render(ctx: Context) -> None:
                 st.image(thumb, width="stretch")
                 st.html(f'<div class="mn-meta">{html.escape(uploaded.name)}</div>')
         else:
-            if query["id"] not in searcher.embeddings:
+            if query["id"] not in engine.embeddings:
                 st.warning("That product is not in this catalog any more.")
                 return
             row = _row(info, query["id"])
@@ -100,7 +84,7 @@ def render(ctx: Context) -> None:
                 st.html(f'<div class="mn-card-title" title="{html.escape(query["id"])}">'
                         f'<b>{html.escape(items.title(row) or query["id"])}</b></div>'
                         f'<div class="mn-meta">{html.escape(items.details(row))}</div>')
-        most = min(50, len(searcher))
+        most = min(50, len(engine))
         # The user's choice (K_WANTED_KEY) is the only state; the widget is drawn from it each run, its default
         # being that choice. A keyed widget fed through session state came back now and then at its own default
         # (1) after an upload redrew the column, and that became the choice for good. The key names the state
@@ -112,26 +96,21 @@ def render(ctx: Context) -> None:
             # A small catalogue clamps what is shown; the wish is kept, so a larger one shows it again.
             st.session_state[K_WANTED_KEY] = int(k)
     with right:
-        own = resources.catalogue_calibration(ctx.run, ctx.dataset, searcher)
-        # The close-match score may average more results than are shown: ask for enough, show what was asked.
-        wanted = max(int(k), own[0].rule.k) if own[0] is not None else int(k)
         if query["kind"] == "upload":
-            hits = searcher.query(vector, k=wanted)[0]
+            found = engine.query_vector(vector, k=int(k), query={"image": uploaded.name})
         else:
-            hits = searcher.query_id(query["id"], k=wanted)
-        verdict, calibrated = matching.assess(hits, ctx.run, bundle.fingerprint, searcher, own)
-        hits = hits[:int(k)]
-        st.html(f'<div class="mn-role">Top {len(hits)} similar products · {len(searcher):,} in the catalog · '
-                f'{html.escape(ctx.run.label)}</div>')
-        if verdict.close_match is False:
+            found = engine.query_id(query["id"], k=int(k))
+        st.html(f'<div class="mn-role">Top {len(found.results)} similar products · {found.n_catalog:,} in the '
+                f'catalog · {html.escape(ctx.run.label)}</div>')
+        if found.close_match is False:
             st.warning("**No close match in this catalogue.** The photo probably shows something this catalogue "
                        "does not sell. The nearest products are listed below anyway, marked as weak.",
                        icon=":material/search_off:")
-            st.caption(f"Why: {verdict.reason}")
-        if calibrated.note:
-            st.caption(calibrated.note)
+            st.caption(f"Why: {found.reason}")
+        if found.note:
+            st.caption(found.note)
         query_product = _row(info, query["id"]).get("product_id") if query["kind"] == "catalog" else None
-        _results_grid(hits, info, ctx, query_product, verdict)
+        _results_grid(found, info, ctx, query_product)
 
 
 def _set_query(query: dict) -> None:
@@ -140,12 +119,12 @@ def _set_query(query: dict) -> None:
     st.session_state[QUERY_KEY] = query
 
 
-def _upload_query(uploaded, bundle, run_key: str):
+def _upload_query(uploaded, model, run_key: str):
     """Embeds an upload once per (file, model weights); reruns (changing k, a click) reuse it. Keyed by the
     weights' fingerprint too: a run that is still training, or resumed, changes its best.keras under the same
     run folder, and the catalogue is then re-embedded; the query must follow."""
     cache = st.session_state.get(UPLOAD_CACHE_KEY)
-    key = (uploaded.file_id, run_key, bundle.fingerprint)
+    key = (uploaded.file_id, run_key, model.fingerprint)
     if cache and cache[0] == key:
         if isinstance(cache[1], ImageError):
             raise cache[1]
@@ -156,7 +135,9 @@ def _upload_query(uploaded, bundle, run_key: str):
             widgets.release_upload(uploaded)
             raise ImageError(f"{uploaded.name} is too large ({uploaded.size / 1e6:.1f} MB; at most "
                              f"{MAX_FILE_BYTES >> 20} MB)")
-        result = embed_upload(uploaded.getvalue(), bundle)
+        # One decode (a phone photo's decode is the slowest step of a search) gives the model's pixels, exactly
+        # as the catalogue's are decoded (an uploaded catalogue photo finds itself at score 1), and the thumbnail.
+        result = model.embed_with_preview(uploaded.getvalue(), THUMB_PX)
     except ImageError as exc:
         st.session_state[UPLOAD_CACHE_KEY] = (key, exc)
         raise
@@ -183,9 +164,9 @@ def score_html(score: float, match: float | None, weak: bool = False) -> str:
     return f'<span class="mn-score" title="cosine similarity {score:.3f}">{match:.0%} match</span>'
 
 
-def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | None = None, verdict=None) -> None:
-    matches = verdict.matches if verdict is not None else [None] * len(hits)
-    weak = verdict is not None and verdict.close_match is False
+def _results_grid(found, info: pd.DataFrame, ctx: Context, query_product: str | None = None) -> None:
+    hits = found.results
+    weak = found.close_match is False
     for start in range(0, len(hits), COLUMNS):
         columns = st.columns(COLUMNS)
         for offset, (column, hit) in enumerate(zip(columns, hits[start:start + COLUMNS])):
@@ -193,7 +174,7 @@ def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | N
             row = _row(info, hit.id)
             with column:
                 with st.container(border=True, key=f"mn_hit_{rank}"):
-                    widgets.image(ctx.dataset.image_root / hit.path)
+                    widgets.image(ctx.dataset.image_root / hit.id)
                     name = html.escape(items.title(row) or hit.id)
                     # The id stays in the tooltip: the owner may need it, a shopper needs the title.
                     head = (f'<div class="mn-card-title" title="{html.escape(hit.id)}"><span class="mn-rank">'
@@ -206,7 +187,7 @@ def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | N
                         more += (" · " if more else "") + (f'<a href="{html.escape(url)}" target="_blank" '
                                                           'rel="noopener noreferrer">product page</a>')
                     # A "weak" tag beside "weak match" said it twice; the score says it.
-                    meta = (f"{score_html(hit.score, matches[rank - 1], weak)} {more} "
+                    meta = (f"{score_html(hit.score, hit.match, weak)} {more} "
                             + widgets.tags(row.get("view", ""), same))
                     st.html(f"{head}<div class='mn-meta mn-card-meta'>{meta}</div>")
                     st.button("Similar", key=f"mn_similar_{rank}", icon=":material/search:", width="stretch",
@@ -214,8 +195,8 @@ def _results_grid(hits, info: pd.DataFrame, ctx: Context, query_product: str | N
                               help="Search with this product")
 
 
-def _catalog_picker(gallery: pd.DataFrame, searcher) -> None:
-    present = gallery[gallery["image"].isin(set(searcher.embeddings.ids))]
+def _catalog_picker(gallery: pd.DataFrame, engine) -> None:
+    present = gallery[gallery["image"].isin(engine.embeddings.index)]
     categories = sorted(c for c in present.get("category", pd.Series(dtype=str)).unique() if c)
     colour_column = next((c for c in ("colour", "color") if c in present.columns), None)
     colours = sorted(c for c in present[colour_column].unique() if c and c != "nan") if colour_column else []
