@@ -52,8 +52,8 @@ def score(model, size, sets):
 
     from mildnet.data.catalog import read_catalog
     from mildnet.data.triplets import read_triplets
-    from mildnet.embeddings import normalize_rows
-    from mildnet.evaluation import embed_paths, evaluate_embeddings
+    from mildnet.embeddings import embed_paths, normalize_rows
+    from mildnet.evaluation import evaluate_embeddings
 
     features = keras.Model(model.inputs, model.get_layer("features").output)
     cells = model.get_layer("colour_histogram").cells
@@ -75,7 +75,7 @@ def speed(model, size, sets):
     """(photos/s decoding included on the Luma test photos, ms a photo of the network alone), best of 3."""
     import pandas as pd
 
-    from mildnet.evaluation import embed_paths
+    from mildnet.embeddings import embed_paths
 
     root = SHARED / "data" / "magento-luma"
     paths = list(pd.read_csv(sets / "luma-variant" / "catalog.csv", dtype=str)["image"])

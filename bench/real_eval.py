@@ -94,7 +94,7 @@ def _speed(model, size, sets):
     """Photos/s of the whole embedding path (decode + model) on the Luma test photos, best of 3."""
     import pandas as pd
 
-    from mildnet.evaluation import embed_paths
+    from mildnet.embeddings import embed_paths
 
     root = LUMA
     catalog = pd.read_csv(sets / "luma-variant" / "catalog.csv", dtype=str)

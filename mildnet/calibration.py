@@ -410,8 +410,8 @@ def calibrate_run(
     ``progress(done, total)`` follows the embedding. DataError for missing data, ModelError for a bad run.
     """
     from mildnet.data.triplets import read_triplets
-    from mildnet.embeddings import model_fingerprint
-    from mildnet.evaluation import embed_paths, triplet_distances
+    from mildnet.embeddings import embed_paths, model_fingerprint
+    from mildnet.evaluation import triplet_distances
 
     run_dir = Path(run_dir)
     if (images is None) != (triplets is None):

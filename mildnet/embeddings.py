@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mildnet.data.images import ImageSource, decode_batches, list_images, load_image
+from mildnet.data.images import ImageCache, ImageSource, decode_batches, list_images, load_image, missing_message
 from mildnet.errors import DataError, ImageError, ModelError, StoreError
 from mildnet.store import EmbeddingSet, Store, utc_now_iso
 
@@ -48,6 +48,7 @@ __all__ = [
     "embed_files",
     "embed_image",
     "embed_images",
+    "embed_paths",
     "load_cached",
     "merge_shards",
     "model_fingerprint",
@@ -724,3 +725,57 @@ def load_cached(
     return None
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Images named by path under a root (training, calibration, evaluation)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def embed_paths(
+    model,
+    image_root: str | os.PathLike,
+    rel_paths: Iterable[str],
+    image_size: int | None = None,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    cache: ImageCache | None = None,
+    normalize: bool = True,
+) -> EmbeddingSet:
+    """Embeds each distinct image of ``rel_paths`` once (first-seen order), last partial batch included.
+
+    ``image_size`` defaults to the model's input size. ``progress(done, total)`` is called after
+    each batch. A missing or undecodable image raises :class:`DataError` naming it. With a ``cache``
+    of that size holding every image, no image is decoded (same pixels, so the same embeddings).
+    ``normalize=False`` keeps the model's raw outputs (intermediate features, not embeddings).
+    """
+    unique = list(dict.fromkeys(rel_paths))
+    if image_size is None:
+        image_size = model_image_size(model)
+        if image_size is None:
+            raise ValueError("the model accepts any input size: pass image_size")
+    if not unique:
+        dim = int(model.outputs[0].shape[-1])
+        return EmbeddingSet.from_paths([], np.zeros((0, dim), dtype=np.float32))
+    if cache is not None and cache.size == image_size and all(p in cache for p in unique):
+        return _embed_cached(model, cache, unique, batch_size, progress, normalize)
+    root = Path(image_root)
+    missing = [p for p in unique if not (root / p).is_file()]
+    if missing:
+        raise DataError(missing_message(missing, len(unique), root))
+    try:
+        vectors, _ = embed_files(model, [root / p for p in unique], image_size, batch_size, progress, strict=True)
+    except ImageError as exc:
+        raise DataError(f"could not read an image under {root}: {exc}") from None
+    return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)
+
+
+def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress,
+                  normalize=True) -> EmbeddingSet:
+    rows = cache.rows(unique)
+    chunks = []
+    for start in range(0, len(rows), batch_size):
+        batch = cache.pixels[rows[start : start + batch_size]]
+        chunks.append(run_model(model, batch))
+        if progress is not None:
+            progress(min(start + batch_size, len(rows)), len(rows))
+    vectors = np.concatenate(chunks)
+    return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)

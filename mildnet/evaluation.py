@@ -1,7 +1,7 @@
 """Evaluating an embedding model: triplet accuracy, distance distributions and retrieval metrics.
 
-The heavy part (running the network) is :func:`embed_paths`; everything after it is plain numpy on
-an :class:`~mildnet.store.EmbeddingSet` keyed by image path, so the metrics are tested on hand-made
+The heavy part (running the network) is :func:`mildnet.embeddings.embed_paths`; everything after it is plain
+numpy on an :class:`~mildnet.store.EmbeddingSet` keyed by image path, so the metrics are tested on hand-made
 embeddings, the training loop reuses the same code for its per-epoch validation and the app scores a
 catalogue's cached embeddings as they are.
 
@@ -12,8 +12,8 @@ like a network: a trained model is only worth its cost if it beats them. :func:`
 scores them all on a run's triplets, reporting one it cannot compute (no weights offline) as unavailable
 with the reason instead of failing.
 
-:class:`ImageCache` holds decoded images in memory (decoded once, in parallel, through ``load_image``);
-training builds one so that its epochs and validation passes never decode an image twice.
+:class:`~mildnet.data.images.ImageCache` holds decoded images in memory (decoded once, in parallel, through
+``load_image``); training builds one so that its epochs and validation passes never decode an image twice.
 
 Distances are squared euclidean on L2-normalised rows (``2 - 2 cos``, in [0, 4]), the distance the
 hinge loss is trained on; a triplet counts as correct when ``d(q,p) < d(q,n)`` (a tie is wrong, so a
@@ -31,9 +31,14 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mildnet.data.images import ImageCache, map_images, missing_message
-from mildnet.embeddings import embed_files, model_image_size, normalize_rows, run_model
-from mildnet.errors import DataError, ImageError, MildnetError, ModelError
+from mildnet.data.images import map_images
+
+# embed_paths and model_image_size live in mildnet.embeddings; named here as well because cli/evaluate.py
+# imports them from this module.
+from mildnet.embeddings import embed_paths as embed_paths
+from mildnet.embeddings import model_image_size as model_image_size
+from mildnet.embeddings import normalize_rows, run_model
+from mildnet.errors import DataError, MildnetError, ModelError
 from mildnet.store import EmbeddingSet
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -42,60 +47,6 @@ HISTOGRAM_BINS = 20
 HISTOGRAM_RANGE = (0.0, 4.0)
 # Queries per block of the similarity matrix: bounds memory at block x gallery floats.
 _RETRIEVAL_BLOCK = 1024
-
-
-# --- embedding -----------------------------------------------------------------------------------
-
-
-def embed_paths(
-    model,
-    image_root: str | os.PathLike,
-    rel_paths: Iterable[str],
-    image_size: int | None = None,
-    batch_size: int = 32,
-    progress: Callable[[int, int], None] | None = None,
-    cache: ImageCache | None = None,
-    normalize: bool = True,
-) -> EmbeddingSet:
-    """Embeds each distinct image of ``rel_paths`` once (first-seen order), last partial batch included.
-
-    ``image_size`` defaults to the model's input size. ``progress(done, total)`` is called after
-    each batch. A missing or undecodable image raises :class:`DataError` naming it. With a ``cache``
-    of that size holding every image, no image is decoded (same pixels, so the same embeddings).
-    ``normalize=False`` keeps the model's raw outputs (intermediate features, not embeddings).
-    """
-    unique = list(dict.fromkeys(rel_paths))
-    if image_size is None:
-        image_size = model_image_size(model)
-        if image_size is None:
-            raise ValueError("the model accepts any input size: pass image_size")
-    if not unique:
-        dim = int(model.outputs[0].shape[-1])
-        return EmbeddingSet.from_paths([], np.zeros((0, dim), dtype=np.float32))
-    if cache is not None and cache.size == image_size and all(p in cache for p in unique):
-        return _embed_cached(model, cache, unique, batch_size, progress, normalize)
-    root = Path(image_root)
-    missing = [p for p in unique if not (root / p).is_file()]
-    if missing:
-        raise DataError(missing_message(missing, len(unique), root))
-    try:
-        vectors, _ = embed_files(model, [root / p for p in unique], image_size, batch_size, progress, strict=True)
-    except ImageError as exc:
-        raise DataError(f"could not read an image under {root}: {exc}") from None
-    return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)
-
-
-def _embed_cached(model, cache: ImageCache, unique: list[str], batch_size: int, progress,
-                  normalize=True) -> EmbeddingSet:
-    rows = cache.rows(unique)
-    chunks = []
-    for start in range(0, len(rows), batch_size):
-        batch = cache.pixels[rows[start : start + batch_size]]
-        chunks.append(run_model(model, batch))
-        if progress is not None:
-            progress(min(start + batch_size, len(rows)), len(rows))
-    vectors = np.concatenate(chunks)
-    return EmbeddingSet.from_paths(unique, normalize_rows(vectors) if normalize else vectors)
 
 
 # --- learning-free baselines --------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from mildnet.data.catalog import read_catalog_for
 from mildnet.data.images import ImageCache
+from mildnet.embeddings import embed_paths
 from mildnet.errors import DataError
 from mildnet.evaluation import (
     BASELINE_NAMES,
@@ -16,7 +17,6 @@ from mildnet.evaluation import (
     PixelFeatures,
     baseline_summary,
     concat_tables,
-    embed_paths,
     evaluate_baselines,
     evaluate_embeddings,
     evaluate_triplets,
@@ -120,6 +120,21 @@ def test_embed_paths_unique_and_partial_batch(tmp_path, tiny_model):
     direct = tiny_model.predict(np.stack([load_image(root / p, 32) for p in unique]).astype("float32"), verbose=0)
     np.testing.assert_allclose(table.vectors, direct, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(table.vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_embedding_has_one_home():
+    # Training and calibration embed through mildnet.embeddings; evaluation only names the same function.
+    import ast
+    from pathlib import Path
+
+    from mildnet import embeddings, evaluation
+
+    assert evaluation.embed_paths is embeddings.embed_paths
+    package = Path(embeddings.__file__).parent
+    for path in [package / "calibration.py", *sorted((package / "training").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "embed_paths" for a in node.names):
+                assert node.module == "mildnet.embeddings", f"{path.name}:{node.lineno} imports it from {node.module}"
 
 
 def test_embed_paths_missing_and_corrupt_images(tmp_path, tiny_model):

@@ -38,8 +38,8 @@ def main(argv=None):
 
     from mildnet.data.catalog import read_catalog
     from mildnet.data.triplets import read_triplets
-    from mildnet.embeddings import normalize_rows
-    from mildnet.evaluation import embed_paths, evaluate_embeddings
+    from mildnet.embeddings import embed_paths, normalize_rows
+    from mildnet.evaluation import evaluate_embeddings
     from mildnet.models import efficientnet_lite
     from mildnet.models.layers import ColourHistogram, Preprocess
 

@@ -35,9 +35,9 @@ import pandas as pd
 from mildnet.calibration import calibrate_run
 from mildnet.data.images import ImageCache, pipeline_error_reason
 from mildnet.data.triplets import write_triplets
-from mildnet.embeddings import normalize_rows
+from mildnet.embeddings import embed_paths, normalize_rows
 from mildnet.errors import DataError, MildnetError, ModelError
-from mildnet.evaluation import embed_paths, triplet_accuracy, triplet_distances
+from mildnet.evaluation import triplet_accuracy, triplet_distances
 from mildnet.home import data_home
 from mildnet.optimizers import get_optimizer
 from mildnet.runs import (

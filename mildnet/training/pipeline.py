@@ -22,8 +22,8 @@ import pandas as pd
 
 from mildnet.data.images import ImageCache, decoded_bytes, tf_load_image
 from mildnet.data.triplets import COLUMNS, check_triplets, read_triplets
+from mildnet.embeddings import embed_paths
 from mildnet.errors import DataError
-from mildnet.evaluation import embed_paths
 from mildnet.runs import HELDOUT_FILE, TrainConfig
 from mildnet.store import EmbeddingSet
 
