@@ -598,6 +598,45 @@ def test_cli_errors(sample, base_run, tmp_path, capsys):
     assert rc == 2 and "already holds a training run" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def missing_dataset(tmp_path, monkeypatch):
+    # Registered but not on disk: resolving it would prepare it (a local one: fail on the missing folder).
+    manifest = tmp_path / "data_manifest.csv"
+    manifest.write_text("dataset,split,triplets,image_root,catalog,source\n"
+                        f"gone,train,{tmp_path}/gone/train.csv,{tmp_path}/gone,,local\n")
+    monkeypatch.setenv("MILDNET_MANIFEST", str(manifest))
+    return "gone"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"model": "nope"}, "unknown model 'nope'"),
+    ({"model": "mildnet_squeezenet", "image_size": 16}, "mildnet_squeezenet needs an integer input_size >= 32"),
+    ({"image_size": 16}, "squeezenet_colour needs an integer input_size"),  # unset model: the zoo default's
+    ({"model": "tiny_cnn", "embedding_dim": 0}, "embedding_dim must be a positive integer"),
+])
+def test_train_checks_its_model_settings_before_it_resolves_the_dataset(missing_dataset, tmp_path, settings,
+                                                                        message):
+    from mildnet.models.zoo import ModelArgumentError
+
+    with pytest.raises(DataError):  # what resolving the dataset says
+        train(TrainConfig(dataset=missing_dataset, model="tiny_cnn", image_size=32, out=str(tmp_path / "run")))
+    with pytest.raises(ModelArgumentError, match=message):
+        train(TrainConfig(dataset=missing_dataset, out=str(tmp_path / "run"), **settings))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_train_maps_the_zoo_check_to_a_usage_error(missing_dataset, capsys):
+    from pathlib import Path
+
+    import mildnet.cli.train
+
+    assert main(["train", "--dataset", missing_dataset, "--model", "nope", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model 'nope'") and len(err.strip().splitlines()) == 1
+    assert main(["train", "--dataset", missing_dataset, "--model", "tiny_cnn", "--image-size", "32", "--quiet"]) == 1
+    assert "check_model_arguments" not in Path(mildnet.cli.train.__file__).read_text()  # train's own check decides
+
+
 def test_training_leaves_the_process_random_state_alone(sample, tmp_path):
     import random
 

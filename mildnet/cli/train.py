@@ -180,17 +180,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         logger.setLevel(level)
 
 
-def _check_model_name_and_size(name: str, image_size: int | None, embedding_dim: int | None) -> None:
-    """An unknown --model, or a size it cannot take, is a usage error (exit 2) before any data is read, as in
-    the other commands (it used to surface from the model builder as a model error, exit 1)."""
-    from mildnet.models.zoo import ModelArgumentError, check_model_arguments, default_input_size
-
-    try:
-        check_model_arguments(name, default_input_size(name) if image_size is None else image_size, embedding_dim)
-    except ModelArgumentError as exc:
-        raise UsageError(str(exc)) from None
-
-
 @contextlib.contextmanager
 def _ctrl_c_stops(stop_event: threading.Event):
     """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step (the run keeps its finished
@@ -236,6 +225,7 @@ def _train_or_resume(args: argparse.Namespace, stop_event: threading.Event) -> i
 
 
 def _run_training(args: argparse.Namespace, stop_event: threading.Event, callbacks: list) -> int:
+    from mildnet.models.zoo import ModelArgumentError
     from mildnet.training import TrainConfigError, resume, train
 
     if args.resume:
@@ -262,11 +252,11 @@ def _run_training(args: argparse.Namespace, stop_event: threading.Event, callbac
                 config.validate()
         except TrainConfigError as exc:
             raise UsageError(str(exc)) from None
-        if args.model and not args.init_from:
-            _check_model_name_and_size(args.model, args.image_size, args.embedding_dim)
         try:
             result = train(config, callbacks, stop_event=stop_event)
-        except TrainConfigError as exc:  # e.g. --out already holds a run, --init-from contradicts settings
+        # e.g. --out already holds a run, --init-from contradicts settings; an unknown --model or a size it cannot
+        # take is one too (exit 2), and train finds it before it reads any data, as the other commands do.
+        except (TrainConfigError, ModelArgumentError) as exc:
             raise UsageError(str(exc)) from None
     best = result.best or {}
     if result.best_epoch is None:

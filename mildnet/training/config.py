@@ -45,6 +45,21 @@ def dataset_splits(name: str, progress=None) -> dict:
     return {s.split: s for s in splits}
 
 
+def check_model_settings(config: TrainConfig) -> None:
+    """Raises the zoo's ``ModelArgumentError`` for a model name, input size or embedding size no zoo model accepts
+    (unset ones are the zoo's defaults). :func:`~mildnet.training.train` calls it before the dataset is resolved,
+    which may generate or download it. A run started from a parent (``init_from``) is not checked here: it takes
+    the parent's model, and :func:`resolve_model_settings` reports settings that contradict it."""
+    if config.init_from:
+        return
+    # Imported here: the zoo builds Keras models, and resolving a dataset should not import TensorFlow.
+    from mildnet.models.zoo import DEFAULT_MODEL, check_model_arguments, default_input_size
+
+    name = config.model or DEFAULT_MODEL
+    size = default_input_size(name) if config.image_size is None else config.image_size
+    check_model_arguments(name, size, config.embedding_dim)
+
+
 def resolve_dataset(config: TrainConfig, progress=None) -> TrainConfig:
     """Fills ``images``/``triplets``/``val_triplets`` from ``data_manifest.csv`` when ``dataset`` is set."""
     if not config.dataset or (config.images and config.triplets):

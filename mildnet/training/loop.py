@@ -63,7 +63,7 @@ from mildnet.runs import (
     write_json,
 )
 from mildnet.store import EmbeddingSet
-from mildnet.training.config import resolve_dataset, resolve_model_settings
+from mildnet.training.config import check_model_settings, resolve_dataset, resolve_model_settings
 from mildnet.training.pipeline import (
     cache_images,
     cached_features,
@@ -185,9 +185,11 @@ def train(
     """Starts a new run in ``config.out`` (which must not hold a run yet) and trains it.
 
     Raises TrainConfigError / DataError / ModelError before any training on bad settings, files or
-    checkpoints. Returns when all epochs ran or ``stop_event`` was set (status ``"stopped"``).
+    checkpoints; a model name or size no zoo model takes (``ModelArgumentError``) before the dataset is
+    resolved. Returns when all epochs ran or ``stop_event`` was set (status ``"stopped"``).
     ``strategy`` (a ``tf.distribute.Strategy``) overrides :func:`make_strategy`.
     """
+    check_model_settings(config)
     config = resolve_dataset(config).validate()
     parent = read_run(config.init_from) if config.init_from else None
     config = resolve_model_settings(config, parent)
