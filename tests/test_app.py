@@ -197,6 +197,45 @@ def test_search_from_a_catalog_product(tiny_env):
     assert len([b for b in at.button if b.key and b.key.startswith("mn_similar_")]) == 5
 
 
+def test_the_app_the_cli_and_the_engine_give_the_same_results(tiny_env, capsys):
+    # Issue 20: one engine behind every caller; the API's side of this is tests/test_api.py.
+    import json
+    import os
+    import re
+
+    from mildnet.cli import main
+    from mildnet.search.engine import Catalogue, LoadedModel, SearchEngine
+    from mildnet.store import open_store
+
+    query = "images/p0005/catalog.jpg"
+    at = _app("search")
+    at.selectbox(key="mn_pick_product").set_value(query).run()
+    at.button(key="mn_pick_go").click().run()
+    _no_failure(at)
+    cards = [h.proto.body for h in at.get("html") if 'class="mn-rank"' in h.proto.body]
+    shown = [(re.search(r'mn-card-title" title="([^"]+)"', c).group(1),
+              float(re.search(r"cosine similarity ([0-9.]+)", c).group(1)),
+              (lambda m: int(m.group(1)) if m else None)(re.search(r">(\d+)% match<", c))) for c in cards]
+    assert len(shown) == 5
+    warned = any("No close match" in w.value for w in at.warning)
+
+    assert main(["search", "--run", str(tiny_env / "runs" / "first"), "--dataset", "tiny", "--id", query,
+                 "--json", "-k", "5"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cli = [(r["id"], round(r["score"], 3), None if r["match"] is None else round(100 * r["match"]))
+           for r in payload["results"]]
+    assert cli == shown and (payload["close_match"] is False) == warned
+
+    engine = SearchEngine.open(LoadedModel.from_run(tiny_env / "runs" / "first"), Catalogue.registered("tiny"),
+                               open_store(os.environ["MILDNET_STORE"]))
+    found = engine.query_id(query, k=5)
+    assert [(r.id, r.score, r.match) for r in found.results] == [
+        (r["id"], pytest.approx(r["score"], abs=1e-6), None if r["match"] is None else pytest.approx(r["match"],
+                                                                                                       abs=1e-4))
+        for r in payload["results"]]
+    assert found.close_match == payload["close_match"] and found.reason == payload["close_match_reason"]
+
+
 def test_the_product_picker_filters_by_category_and_colour_and_reads_as_titles(tiny_env):
     # Issue 19 (5): on clothing-small the picker listed 3,781 entries that all read "dress".
     import pandas as pd
