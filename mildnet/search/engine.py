@@ -29,8 +29,9 @@ from mildnet import catalogue_calibration as cc
 from mildnet import embeddings
 from mildnet.errors import DataError, MildnetError
 from mildnet.search.catalogue import Catalogue, FilterError
+from mildnet.search.index import Index, build_index
 from mildnet.search.model import LoadedModel
-from mildnet.search.searcher import Hit, Searcher, check_positive_int
+from mildnet.search.searcher import Hit, check_positive_int
 from mildnet.store import EmbeddingSet
 
 __all__ = ["Catalogue", "FilterError", "LoadedModel", "NotEmbedded", "Pending", "Result", "SearchEngine",
@@ -131,7 +132,7 @@ class _State:
     meanwhile sees the old or the new catalogue, never half of each."""
 
     embeddings: EmbeddingSet
-    searcher: Searcher
+    searcher: Index
     own: cc.CatalogueCalibration | None
     own_note: str | None
     rows: dict[str, dict[str, str]]
@@ -141,11 +142,14 @@ class SearchEngine:
     """Search over one catalogue with one model; open with :meth:`open`. Thread-safe for queries; one update
     at a time."""
 
-    def __init__(self, model: LoadedModel, catalogue: Catalogue, store, key: str, state: _State | None) -> None:
+    def __init__(self, model: LoadedModel, catalogue: Catalogue, store, key: str, state: _State | None,
+                 index: str = "exact", index_options: Mapping[str, Any] | None = None) -> None:
         self.model = model
         self.catalogue = catalogue
         self.store = store
         self.key = key
+        self.index = index
+        self.index_options = dict(index_options or {})
         self._state = state
         self._reference: np.ndarray | None = None
         self._lock = threading.Lock()
@@ -153,15 +157,17 @@ class SearchEngine:
     # -- opening and updating -------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, model: LoadedModel, catalogue: Catalogue, store, *, calibrate: bool = True) -> SearchEngine:
+    def open(cls, model: LoadedModel, catalogue: Catalogue, store, *, calibrate: bool = True, index: str = "exact",
+             index_options: Mapping[str, Any] | None = None) -> SearchEngine:
         """The engine over what ``store`` holds for this model and catalogue, without embedding anything: a set
         made by another model, another input size or an older embedding version counts as absent
         (:attr:`ready` False; :meth:`update` embeds it). A set older than the catalogue's photos is served as
         it is (:meth:`pending` says what changed). ``calibrate``: fit the catalogue's calibration now when
-        the store does not keep one for this set (the first search of a CLI session needs it anyway)."""
+        the store does not keep one for this set (the first search of a CLI session needs it anyway).
+        ``index``: the back end that finds the top k (:mod:`mildnet.search.index`; ``exact`` by default)."""
         key = embeddings.cache_key(catalogue.name, model.fingerprint)
         stored = store.get(key)
-        engine = cls(model, catalogue, store, key, None)
+        engine = cls(model, catalogue, store, key, None, index, index_options)
         if stored is not None and engine._usable(stored):
             engine._state = engine._state_of(stored, calibrate)
         return engine
@@ -184,7 +190,7 @@ class SearchEngine:
             except cal.CalibrationError as exc:
                 own, note = None, str(exc)
         rows = self.catalogue.rows()
-        return _State(stored, Searcher(stored), own, note, rows)
+        return _State(stored, build_index(self.index, stored, **self.index_options), own, note, rows)
 
     @property
     def ready(self) -> bool:
@@ -237,7 +243,8 @@ class SearchEngine:
         return self._current().embeddings
 
     @property
-    def searcher(self) -> Searcher:
+    def searcher(self) -> Index:
+        """The index back end over the stored set (``exact``: :class:`~mildnet.search.searcher.Searcher`)."""
         return self._current().searcher
 
     def __len__(self) -> int:

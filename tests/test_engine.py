@@ -1,0 +1,129 @@
+"""The search engine (mildnet/search/engine.py) on a real folder of photos and a real tiny model: opening without
+embedding, pending changes, updates, filters, index back ends and the errors callers turn into messages."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from mildnet.errors import DataError, ImageError
+from mildnet.search.catalogue import Catalogue, FilterError
+from mildnet.search.engine import LoadedModel, NotEmbedded, SearchEngine, UnknownId
+from mildnet.search.index import INDEXES, Index, build_index
+from mildnet.store import LocalStore
+from tests.conftest import make_labelled_folder
+
+
+@pytest.fixture(scope="module")
+def model():
+    from mildnet.models import build_model
+
+    return LoadedModel.from_keras(build_model("tiny_cnn", input_size=32, weights=None), {"image_size": 32})
+
+
+@pytest.fixture
+def shop(tmp_path):
+    """Twelve photos in colour folders, with a catalogue table giving each a colour and a size."""
+    root = make_labelled_folder(tmp_path / "photos", per_class=4)
+    rows = ["image,product_id,category,colour,size"]
+    for i, path in enumerate(sorted(root.rglob("*.jpg"))):
+        rel = path.relative_to(root).as_posix()
+        rows.append(f"{rel},{path.stem},shirt,{rel.split('/')[0]},{'S' if i % 2 else 'L'}")
+    (root / "catalog.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_open_never_embeds_and_update_makes_it_ready(model, shop, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    engine = SearchEngine.open(model, Catalogue.folder(shop), store)
+    assert not engine.ready and store.keys() == []
+    with pytest.raises(NotEmbedded, match="embed"):
+        engine.query_id("red/red_0.jpg")
+    assert engine.pending().status == "built" and engine.pending().embed == 12
+    calls = []
+    result = engine.update(lambda done, total: calls.append((done, total)))
+    assert result.status == "built" and engine.ready and len(engine) == 12 and calls[-1] == (12, 12)
+    assert engine.pending().up_to_date
+    # Another process opening the same store finds the set as it is.
+    again = SearchEngine.open(model, Catalogue.folder(shop), store)
+    assert again.ready and again.embeddings.equals(engine.embeddings)
+
+
+def test_queries_by_id_and_photo_agree_and_carry_the_table(model, shop, tmp_path):
+    engine = SearchEngine.open(model, Catalogue.folder(shop), LocalStore(tmp_path / "store"))
+    engine.update()
+    by_id = engine.query_id("red/red_1.jpg", k=3)
+    assert by_id.query == {"id": "red/red_1.jpg"} and "red/red_1.jpg" not in [r.id for r in by_id.results]
+    by_photo = engine.query_image(shop / "red" / "red_1.jpg", k=4)
+    assert by_photo.results[0].id == "red/red_1.jpg" and by_photo.results[0].score == pytest.approx(1.0, abs=1e-5)
+    # The photo's own row aside, the same products in the same order with the same scores.
+    assert [(r.id, round(r.score, 6)) for r in by_photo.results[1:]] == [(r.id, round(r.score, 6))
+                                                                         for r in by_id.results]
+    assert by_id.results[0].row["category"] == "shirt" and "colour" in by_id.results[0].row
+    payload = by_id.to_dict(image_root=shop)
+    assert payload["results"][0]["path"] == str(shop / by_id.results[0].id)
+    assert set(payload) >= {"query", "key", "model", "n_catalog", "close_match", "calibration", "results"}
+    with pytest.raises(ImageError):
+        engine.query_image(b"not a photo", k=3)
+    with pytest.raises(UnknownId, match="not in catalogue"):
+        engine.query_id("nowhere.jpg")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        engine.query_id("red/red_1.jpg", k=0)
+
+
+def test_filters_keep_only_matching_rows(model, shop, tmp_path):
+    engine = SearchEngine.open(model, Catalogue.folder(shop), LocalStore(tmp_path / "store"))
+    engine.update()
+    found = engine.query_id("red/red_1.jpg", k=12, filters={"colour": "BLUE", "size": ["s"]})
+    assert [r.row["colour"] for r in found.results] == ["blue"] * 2 and {r.row["size"] for r in found.results} == {"S"}
+    everything = engine.query_id("red/red_1.jpg", k=12)
+    assert [r.id for r in everything.results if r.row["colour"] == "blue" and r.row["size"] == "S"] == \
+        [r.id for r in found.results]
+    assert engine.query_id("red/red_1.jpg", k=5, filters={"colour": "purple"}).results == []
+    with pytest.raises(FilterError, match="no column 'price'"):
+        engine.query_id("red/red_1.jpg", filters={"price": "9"})
+    bare = SearchEngine.open(model, Catalogue.folder(make_labelled_folder(tmp_path / "bare")),
+                             LocalStore(tmp_path / "store"))
+    bare.update()
+    with pytest.raises(FilterError, match="has no table"):
+        bare.query_id("red/red_1.jpg", filters={"colour": "red"})
+
+
+def test_pending_sees_new_removed_and_replaced_photos(model, shop, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    engine = SearchEngine.open(model, Catalogue.folder(shop), store)
+    engine.update()
+    os.remove(shop / "catalog.csv")  # a plain folder from now on: every photo under it is searched
+    (shop / "green" / "green_0.jpg").unlink()
+    (shop / "red" / "red_9.jpg").write_bytes((shop / "red" / "red_0.jpg").read_bytes())
+    engine = SearchEngine.open(model, Catalogue.folder(shop), store)
+    changes = engine.pending()
+    assert (changes.status, changes.new, changes.removed) == ("updated", 1, 1)
+    assert changes.describe() == "1 new, 1 removed"
+    before = engine.searcher
+    assert engine.update().status == "updated" and engine.searcher is not before and len(engine) == 12
+    assert engine.query_image(shop / "red" / "red_9.jpg", k=1).results[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_index_back_ends_plug_in_by_name(model, shop, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    exact = SearchEngine.open(model, Catalogue.folder(shop), store)
+    exact.update()
+    assert isinstance(exact.searcher, Index) and "exact" in INDEXES
+    # The same protocol answered by scikit-learn's brute force (the design's reference): the same results.
+    reference = SearchEngine.open(model, Catalogue.folder(shop), store, index="exact",
+                                  index_options={"backend": "sklearn"})
+    for item in ("red/red_0.jpg", "blue/blue_3.jpg"):
+        a, b = exact.query_id(item, k=5), reference.query_id(item, k=5)
+        assert [(r.id, r.score) for r in a.results] == [(r.id, r.score) for r in b.results]
+    with pytest.raises(DataError, match="unknown index 'annoy'; choose one of: exact"):
+        build_index("annoy", exact.embeddings)
+
+
+def test_searcher_mask_is_checked(model, shop, tmp_path):
+    engine = SearchEngine.open(model, Catalogue.folder(shop), LocalStore(tmp_path / "store"))
+    engine.update()
+    with pytest.raises(DataError, match="boolean mask"):
+        engine.searcher.query(engine.embeddings.vectors[0], k=3, allowed=np.ones(3, bool))
