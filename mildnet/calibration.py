@@ -62,7 +62,7 @@ import numpy as np
 
 from mildnet import safe_json
 from mildnet.errors import DataError, ModelError
-from mildnet.runs import CALIBRATION_FILE, HELDOUT_FILE, load_run_model, read_run
+from mildnet.runs import CALIBRATION_FILE, HELDOUT_FILE, read_run
 
 __all__ = [
     "CALIBRATION_FILE", "CATALOGUE_QUANTILE", "MIN_MATCH", "Calibration", "CalibrationError", "Verdict",
@@ -399,6 +399,7 @@ def calibrate_run(
     progress: Callable[[int, int], None] | None = None,
     *,
     distances: tuple[np.ndarray, np.ndarray] | None = None,
+    fingerprint: str | None = None,
 ) -> Calibration:
     """Embeds a run's validation triplets with its best model, fits the match map and writes
     ``RUN/calibration.json``; returns the calibration.
@@ -406,8 +407,10 @@ def calibrate_run(
     The triplets are ``images`` + ``triplets`` when given (both), else the run's own validation set: its
     config's ``images`` and ``val_triplets``, or the held-out ``val_triplets.csv`` the run wrote.
     ``distances`` (squared distances of the run's validation (query, positive) and (query, negative) pairs,
-    measured with its best model) skips the embedding: training has them from its best epoch already.
-    ``progress(done, total)`` follows the embedding. DataError for missing data, ModelError for a bad run.
+    measured with its best model) skips the embedding: training has them from its best epoch already, and
+    ``fingerprint``, the best model's :func:`~mildnet.embeddings.model_fingerprint`, too: with both, the model is
+    not loaded at all. ``progress(done, total)`` follows the embedding. DataError for missing data, ModelError for
+    a bad run.
     """
     from mildnet.data.triplets import read_triplets
     from mildnet.embeddings import embed_paths, model_fingerprint
@@ -420,7 +423,7 @@ def calibrate_run(
     if images is None:
         images, triplets = _run_validation_set(info)
     images, triplets = Path(images), Path(triplets)
-    model = load_run_model(run_dir)
+    model = info.load_model("best") if distances is None or fingerprint is None else None
     if distances is None:
         if not images.is_dir():
             raise DataError(f"image folder not found: {images} (pass the folder the triplets' paths are relative to)")
@@ -436,7 +439,7 @@ def calibrate_run(
     cos_pos, cos_neg = 1.0 - np.asarray(d_pos) / 2.0, 1.0 - np.asarray(d_neg) / 2.0
     source = {
         "run_fingerprint": info.fingerprint,
-        "model_fingerprint": model_fingerprint(model),
+        "model_fingerprint": fingerprint if model is None else model_fingerprint(model),
         "images": str(images),
         "triplets": str(triplets),
         "n_triplets": int(len(d_pos)),

@@ -13,7 +13,9 @@ Everything a run produces lives in its **run directory**::
 
 :class:`TrainConfig` lives here, not in :mod:`mildnet.training`, because it is what ``config.json`` holds:
 reading a run must not import the training loop (which itself reads runs). JSON and CSV writes are atomic
-(temp file + rename). The model is loaded only through :func:`load_run_model` / :func:`open_run`.
+(temp file + rename). The model is loaded only through :func:`load_run_model` / :meth:`RunInfo.load_model` /
+:func:`open_run`. What ``config.json`` holds is built here too (:func:`write_run_config`,
+:func:`write_resume_record`), not by the training loop.
 """
 
 from __future__ import annotations
@@ -195,8 +197,18 @@ class RunInfo:
     def fingerprint(self) -> str:
         return self.meta.get("fingerprint") or self.config.fingerprint()
 
+    @property
+    def resumed(self) -> list[dict]:
+        """When the run was resumed: ``{"after_epoch", "at"}`` per resume (:func:`write_resume_record`)."""
+        return read_resume_record(self.meta)
+
     def model_path(self, which: str = "best") -> Path:
         return model_path(self.run_dir, which)
+
+    def load_model(self, which: str = "best"):
+        """The run's ``best`` (default) or ``last`` model, checked to be the architecture it trained; for a caller
+        that has read the run already (:func:`load_run_model` reads it first)."""
+        return _load_checked(self, which)
 
 
 def model_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
@@ -413,6 +425,40 @@ def new_run_dir(runs_root: str | os.PathLike, name: str) -> Path:
         candidate = runs_root / f"{name}-{stamp}-{n}"
         n += 1
     return candidate
+
+
+def write_run_config(run_dir: Path, config: TrainConfig, *, parent: RunInfo | None, data: dict) -> dict:
+    """Writes a new run's ``config.json`` and returns what it holds: the settings, their fingerprint, the lineage
+    (``parent``, the ``init_from`` run, and its own ancestors), ``data`` (what was trained on: counts, where
+    the validation triplets came from), the creation time and an empty resume record."""
+    meta = {
+        "format": RUN_FORMAT,
+        "config": config.to_dict(),
+        "fingerprint": config.fingerprint(),
+        "lineage": ([lineage_entry(parent)] + parent.lineage) if parent else [],
+        "data": data,
+        "created": now(),
+        "resumed": [],
+    }
+    write_json(run_dir / CONFIG_FILE, meta)
+    return meta
+
+
+def write_resume_record(info: RunInfo, config: TrainConfig, after_epoch: int) -> dict:
+    """Rewrites the ``config.json`` of a run being resumed after ``after_epoch`` finished epochs: ``config`` (its
+    settings, ``epochs`` possibly raised) and one more entry in its resume record; returns what it holds."""
+    meta = dict(info.meta)
+    meta["config"] = config.to_dict()
+    meta["resumed"] = list(meta.get("resumed", [])) + [{"after_epoch": after_epoch, "at": now()}]
+    write_json(info.run_dir / CONFIG_FILE, meta)
+    return meta
+
+
+def read_resume_record(meta: dict) -> list[dict]:
+    """The resume record of a ``config.json`` dict (:func:`write_resume_record`); lenient, as the app's run list
+    reads hand-edited folders too: ``[]`` when missing or not a list, entries that are not objects left out."""
+    resumed = meta.get("resumed") if isinstance(meta, dict) else None
+    return [entry for entry in resumed if isinstance(entry, dict)] if isinstance(resumed, list) else []
 
 
 def lineage_entry(parent: RunInfo) -> dict:

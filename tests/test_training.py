@@ -380,8 +380,15 @@ _MIRRORED_SCRIPT = """
 import json, sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from mildnet.training import TrainConfig, train
+from mildnet.embeddings import model_fingerprint
+from mildnet.runs import load_run_model
+from mildnet.training import TrainConfig, loop, train
 sample, out = sys.argv[1], sys.argv[2]
+hashed, calibrate_run = [], loop.calibrate_run
+def recording_calibrate_run(run_dir, **kwargs):  # these runs are too short to rank: calibration may refuse
+    hashed.append(kwargs["fingerprint"])
+    return calibrate_run(run_dir, **kwargs)
+loop.calibrate_run = recording_calibrate_run
 losses = {}
 for name, strategy in (("one", tf.distribute.get_strategy()),
                        ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
@@ -390,6 +397,8 @@ for name, strategy in (("one", tf.distribute.get_strategy()),
                          augment=False, learning_rate=0.05, verify_images=False, out=out + "/" + name)
     result = train(config, strategy=strategy)
     losses[name] = [row[key] for row in result.history for key in ("loss", "val_loss")]
+    # Hashed by training from the (mirrored) model in memory, it must be the saved best model's fingerprint.
+    losses["same_fingerprint_" + name] = hashed[-1] == model_fingerprint(load_run_model(result.run_dir))
 print(json.dumps(losses))
 """
 
@@ -409,6 +418,7 @@ def test_mirrored_strategy_matches_a_single_device(sample, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     losses = json.loads(proc.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(losses["two"], losses["one"], rtol=1e-4)
+    assert losses["same_fingerprint_one"] is True and losses["same_fingerprint_two"] is True
 
 
 def test_incremental_training_records_lineage(sample, base_run, tmp_path):
@@ -470,6 +480,91 @@ def test_a_resumed_run_is_calibrated_even_when_its_best_epoch_came_before(base_r
     result = resume(run, stop_event=stop, epochs=3)
     assert result.status == "stopped" and result.best_epoch == base_run[0].best_epoch
     assert (run / "calibration.json").is_file()
+
+
+def test_run_folder_content_is_written_and_read_back_by_runs(base_run, tmp_path):
+    from mildnet import runs
+
+    parent = read_run(base_run[0].run_dir)
+    child = tmp_path / "child"
+    child.mkdir()
+    config = dataclasses.replace(parent.config, out=str(child), init_from=str(parent.run_dir), epochs=3)
+    data = {"n_train": 5, "n_val": 2, "val_source": "heldout"}
+    meta = runs.write_run_config(child, config, parent=parent, data=data)
+    info = read_run(child)
+    assert info.meta == meta and info.config == config and info.fingerprint == config.fingerprint()
+    assert meta["format"] == runs.RUN_FORMAT and meta["data"] == data and meta["created"]
+    assert info.lineage == [runs.lineage_entry(parent)] + parent.lineage and info.lineage[0]["run_dir"]
+    assert info.resumed == []
+
+    longer = dataclasses.replace(config, epochs=5)
+    runs.write_resume_record(info, longer, after_epoch=2)
+    runs.write_resume_record(read_run(child), longer, after_epoch=4)
+    again = read_run(child)
+    assert again.config == longer and [r["after_epoch"] for r in again.resumed] == [2, 4]
+    assert all(r["at"] for r in again.resumed)
+    unchanged = ("format", "fingerprint", "lineage", "data", "created")
+    assert {k: again.meta[k] for k in unchanged} == {k: meta[k] for k in unchanged}
+    # Hand-edited folders: the app lists them, so the record is read leniently.
+    assert runs.read_resume_record({"resumed": "yesterday"}) == []
+    assert runs.read_resume_record({"resumed": [3, {"after_epoch": 1}]}) == [{"after_epoch": 1}]
+
+
+def _counting(monkeypatch, module, name, *also):
+    calls = []
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args[0] if args else None)
+        return real(*args, **kwargs)
+
+    for where in (module, *also):
+        monkeypatch.setattr(where, name, counted)
+    return calls
+
+
+def test_calibrating_a_run_reads_it_once_and_loads_its_model_at_most_once(base_run, tmp_path, monkeypatch):
+    from mildnet import calibration, runs
+    from mildnet.embeddings import model_fingerprint
+    from mildnet.models import io
+
+    run = tmp_path / "run"
+    shutil.copytree(base_run[0].run_dir, run)
+    recorded = calibration.load(run).source["model_fingerprint"]
+    assert recorded == model_fingerprint(runs.load_run_model(run))  # what training hashed is the best model's
+    reads = _counting(monkeypatch, runs, "read_run", calibration)
+    loads = _counting(monkeypatch, io, "load_model")
+
+    assert calibration.calibrate_run(run).source["model_fingerprint"] == recorded
+    assert len(reads) == 1 and len(loads) == 1  # config.json read once; best.keras loaded once, to embed and hash
+    reads.clear(), loads.clear()
+    distances = (np.linspace(0.05, 0.5, 20), np.linspace(1.0, 2.0, 20))
+    calibration.calibrate_run(run, distances=distances, fingerprint=recorded)
+    assert len(reads) == 1 and loads == []  # nothing to embed, and the hash is known
+    assert calibration.load(run).source["model_fingerprint"] == recorded
+    calibration.calibrate_run(run, distances=distances)  # without it, the model is loaded to hash
+    assert len(loads) == 1 and calibration.load(run).source["model_fingerprint"] == recorded
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    # the whole backbone frozen: the head trains on cached features
+    {"model": "squeezenet_colour", "weights": "none", "freeze": "features"},
+    {"model": "mildnet_squeezenet", "image_size": 64, "weights": "none", "freeze": "none"},  # dropout
+], ids=["tiny_cnn", "cached_features", "dropout"])
+def test_training_calibrates_without_loading_its_best_model_again(sample, tmp_path, monkeypatch, settings):
+    from mildnet import calibration
+    from mildnet.embeddings import model_fingerprint
+    from mildnet.models import io
+    from mildnet.runs import load_run_model
+
+    loads = _counting(monkeypatch, io, "load_model")
+    result = train(tiny_config(sample, tmp_path / "run", epochs=2, steps_per_epoch=1, **settings))
+    assert loads == []
+    monkeypatch.undo()
+    # The fingerprint training hashed from the model in memory is the saved best model's, as if loaded to hash it.
+    best = load_run_model(result.run_dir)
+    assert calibration.load(result.run_dir).source["model_fingerprint"] == model_fingerprint(best)
 
 
 def test_hand_damaged_run_files_are_one_line_errors(base_run, tmp_path, capsys):

@@ -35,7 +35,7 @@ import pandas as pd
 from mildnet.calibration import calibrate_run
 from mildnet.data.images import ImageCache, pipeline_error_reason
 from mildnet.data.triplets import write_triplets
-from mildnet.embeddings import embed_paths, normalize_rows
+from mildnet.embeddings import embed_paths, model_fingerprint, normalize_rows
 from mildnet.errors import DataError, MildnetError, ModelError
 from mildnet.evaluation import triplet_accuracy, triplet_distances
 from mildnet.home import data_home
@@ -49,18 +49,17 @@ from mildnet.runs import (
     LOCK_FILE,
     METRICS_FILE,
     OPTIMIZER_FILE,
-    RUN_FORMAT,
     RunInfo,
     TrainConfig,
     TrainConfigError,
     jsonable,
-    lineage_entry,
     new_run_dir,
-    now,
     read_run,
     run_lock,
     write_history,
     write_json,
+    write_resume_record,
+    write_run_config,
 )
 from mildnet.store import EmbeddingSet
 from mildnet.training.config import check_model_settings, resolve_dataset, resolve_model_settings
@@ -224,18 +223,9 @@ def train(
     config = dataclasses.replace(config, embedding_dim=int(model.outputs[0].shape[-1]))
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": RUN_FORMAT,
-        "config": config.to_dict(),
-        "fingerprint": config.fingerprint(),
-        "lineage": ([lineage_entry(parent)] + parent.lineage) if parent else [],
-        "data": data["summary"],
-        "created": now(),
-        "resumed": [],
-    }
     if data["heldout"]:
         write_triplets(run_dir / HELDOUT_FILE, data["val"])
-    write_json(run_dir / CONFIG_FILE, meta)
+    write_run_config(run_dir, config, parent=parent, data=data["summary"])
     try:
         with run_lock(run_dir):
             return _fit(model, strategy, config, run_dir, data, [], callbacks, stop_event)
@@ -304,10 +294,7 @@ def _resume_locked(run_dir: Path, callbacks, stop_event, epochs, strategy) -> Tr
             model = _initial_model(config, parent)
     _check_model_input(model, config)
     models.freeze_layers(model, config.freeze)
-    meta = dict(info.meta)
-    meta["config"] = config.to_dict()
-    meta["resumed"] = list(meta.get("resumed", [])) + [{"after_epoch": done, "at": now()}]
-    write_json(run_dir / CONFIG_FILE, meta)
+    write_resume_record(info, config, after_epoch=done)
     rows = info.history.to_dict("records")
     return _fit(model, strategy, config, run_dir, data, rows, callbacks, stop_event)
 
@@ -448,6 +435,7 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
 
     best = None
     best_distances = None  # the best epoch's validation distances: what the match strength is fitted on
+    best_fingerprint = None  # model_fingerprint of the best.keras this session wrote: calibration records it
     for row in rows:
         if _is_better(row, best, monitor):
             best = row
@@ -482,6 +470,11 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
             best, best_distances = row, distances
         rows.append(row)
         _commit_epoch(model, optimizer, run_dir, rows)
+        if row["best"] and distances is not None:
+            # Hashed now, from the weights just saved: the model in memory moves on with the next epoch, and
+            # calibrating would otherwise load best.keras again only to hash it (a model and its .keras reload
+            # hash the same).
+            best_fingerprint = model_fingerprint(model)
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(row))
     result = TrainResult(
@@ -499,11 +492,11 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
     )
     write_json(run_dir / METRICS_FILE, result.to_dict())
     if best_distances is not None:
-        _calibrate(run_dir, best_distances)
+        _calibrate(run_dir, best_distances, best_fingerprint)
     elif best is not None and len(inputs.val):
         # Resumed after its best epoch: this session has no distances of it, and the session that found it may
         # have been interrupted before calibrating. Measured again from best.keras (one pass over validation).
-        _calibrate(run_dir, None)
+        _calibrate(run_dir, None, None)
     for cb in callbacks:
         cb.on_train_end(result)
     return result
@@ -639,11 +632,11 @@ def _commit_epoch(model, optimizer, run_dir: Path, rows: list[dict]) -> None:
     _publish_staged(run_dir)
 
 
-def _calibrate(run_dir: Path, distances: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """Fits the run's match strength (calibration.json) on the validation distances of its best epoch. A
-    failure costs the run its calibrated scores, not its model, so it is a warning (``python -m mildnet
-    calibrate`` redoes it)."""
+def _calibrate(run_dir: Path, distances: tuple[np.ndarray, np.ndarray] | None, fingerprint: str | None) -> None:
+    """Fits the run's match strength (calibration.json) on the validation distances of its best epoch
+    (``fingerprint``: its best model's). A failure costs the run its calibrated scores, not its model, so it is a
+    warning (``python -m mildnet calibrate`` redoes it)."""
     try:
-        calibrate_run(run_dir, distances=distances)
+        calibrate_run(run_dir, distances=distances, fingerprint=fingerprint)
     except MildnetError as exc:
         log.warning("could not calibrate the run's match strength: %s", exc)
