@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -15,6 +15,7 @@ from mildnet.data.sample import is_sample_complete
 from mildnet.data.triplets import check_triplets, read_triplets
 from mildnet.errors import DataError
 from mildnet.search.catalogue import Catalogue
+from mildnet.ui import items
 
 SPLITS = ("train", "val", "test")
 
@@ -66,9 +67,10 @@ def dataset_names() -> list[str]:
     return manifest.datasets()
 
 
-def is_ready(name: str) -> bool:
-    """Cheap check (files exist) so a page need not call ``prepare`` on every rerun."""
-    splits = manifest.dataset_splits(name)
+def is_ready(name: str, splits=None) -> bool:
+    """Cheap check (files exist) so a page need not call ``prepare`` on every rerun; ``splits``: the registry
+    rows when the caller has them (parsing the registry again costs more than the check)."""
+    splits = splits if splits is not None else manifest.dataset_splits(name)
     if splits[0].source == "generated":
         return is_sample_complete(manifest.dataset_home(splits))
     return not manifest.missing_files(splits)
@@ -155,3 +157,42 @@ def shuffled(frame: pd.DataFrame, seed: int | None) -> pd.DataFrame:
     order = list(range(len(frame)))
     random.Random(seed).shuffle(order)
     return frame.iloc[order].reset_index(drop=True)
+
+
+PICKER_LIMIT = 5000  # a select box with 100k options freezes the browser
+
+
+@dataclass(frozen=True)
+class PickerChoices:
+    """The Search page's product picker: the categories and colours of the searchable products, the ids offered
+    for the chosen ones (at most ``PICKER_LIMIT``: a stable sample) out of ``total``, and each id's label."""
+
+    categories: list[str]
+    colours: list[str]
+    colour_column: str | None
+    ids: list[str]
+    labels: dict[str, str]
+    total: int
+
+
+def picker_choices(gallery: pd.DataFrame, present, category: str = "All", colour: str = "All",
+                   limit: int = PICKER_LIMIT) -> PickerChoices:
+    """The picker's choices among the ``gallery`` rows whose image is in ``present`` (the embedded ids)."""
+    rows = gallery[gallery["image"].isin(list(present))]
+    categories = sorted(c for c in rows.get("category", pd.Series(dtype=str)).unique() if c)
+    colour_column = next((c for c in ("colour", "color") if c in rows.columns), None)
+    colours = sorted(c for c in rows[colour_column].unique() if c and c != "nan") if colour_column else []
+    pool = rows if category == "All" else rows[rows["category"] == category]
+    pool = pool if colour == "All" or colour_column is None else pool[pool[colour_column] == colour]
+    ids = list(pool["image"])
+    total = len(ids)
+    if total > limit:
+        ids = sorted(random.Random(0).sample(ids, limit))
+        pool = pool[pool["image"].isin(ids)]
+    labels = {}
+    for record in pool.astype(str).to_dict("records"):
+        # The title, then what tells photos of one title apart (its file name), so 3,781 photos of class folders
+        # do not all read "dress"; the box is searchable by typing any of it.
+        bits = (items.title(record), items.details(record), PurePosixPath(record["image"]).name, record.get("view"))
+        labels[record["image"]] = " · ".join(b for b in dict.fromkeys(bits) if b and b != "nan") or record["image"]
+    return PickerChoices(categories, colours, colour_column, ids, labels, total)

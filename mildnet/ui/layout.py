@@ -117,7 +117,7 @@ def progress_to(bar, min_interval: float = 0.1):
 
 def ensure_dataset(name: str) -> uidata.Dataset:
     """The dataset, prepared first if needed (the sample is rendered on first use) with visible progress."""
-    if uidata.is_ready(name):
+    if uidata.is_ready(name, resources.splits(name)):
         return resources.dataset(name)
     slot = st.empty()  # the box goes once the dataset is ready: a one-off step, not part of the page
     with slot.status(f"Preparing dataset **{name}** (first use)…", expanded=True) as status:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import random
-from pathlib import PurePosixPath
 
 import pandas as pd
 import streamlit as st
@@ -23,7 +22,6 @@ K_KEY = "mn_k"
 K_WANTED_KEY = "mn_k_wanted"  # the k the user chose, whatever the catalogue
 COLUMNS = 5
 THUMB_PX = 512
-PICKER_LIMIT = 5000
 
 
 # Drawn by layout.run_page before anything slow (the sidebar, preparing the data): the first thing on screen.
@@ -36,7 +34,7 @@ def render(ctx: Context) -> None:
         layout.no_model_message(ctx)
         return
     engine = layout.ensure_engine(ctx)
-    info = resources.gallery(ctx.dataset).drop_duplicates("image").set_index("image")
+    info = resources.gallery_rows(ctx.dataset)
 
     pick_upload, pick_catalog = st.tabs([":material/upload: Upload a photo", ":material/apparel: Pick a product"])
     with pick_upload:
@@ -53,7 +51,7 @@ def render(ctx: Context) -> None:
             st.button("Search with this photo again", icon=":material/search:",
                       on_click=_set_query, args=({"kind": "upload"},))
     with pick_catalog:
-        _catalog_picker(resources.gallery(ctx.dataset), engine)
+        _catalog_picker(ctx, engine)
 
     query = st.session_state.get(QUERY_KEY)
     if query and query["kind"] == "catalog" and query.get("dataset") not in (None, ctx.dataset.name):
@@ -195,35 +193,23 @@ def _results_grid(found, info: pd.DataFrame, ctx: Context, query_product: str | 
                               help="Search with this product")
 
 
-def _catalog_picker(gallery: pd.DataFrame, engine) -> None:
-    present = gallery[gallery["image"].isin(engine.embeddings.index)]
-    categories = sorted(c for c in present.get("category", pd.Series(dtype=str)).unique() if c)
-    colour_column = next((c for c in ("colour", "color") if c in present.columns), None)
-    colours = sorted(c for c in present[colour_column].unique() if c and c != "nan") if colour_column else []
+def _catalog_picker(ctx: Context, engine) -> None:
+    everything = resources.picker(ctx.dataset, engine)
     c1, c0, c2, c3 = st.columns([2, 1.6, 4, 1.4], vertical_alignment="bottom")
-    category = c1.selectbox("Category", ["All"] + categories, key="mn_pick_category") if categories else "All"
-    colour = c0.selectbox("Colour", ["All"] + colours, key="mn_pick_colour") if colours else "All"
-    pool = present if category == "All" else present[present["category"] == category]
-    pool = pool if colour == "All" else pool[pool[colour_column] == colour]
-    ids = list(pool["image"])
+    category = (c1.selectbox("Category", ["All"] + everything.categories, key="mn_pick_category")
+                if everything.categories else "All")
+    colour = (c0.selectbox("Colour", ["All"] + everything.colours, key="mn_pick_colour")
+              if everything.colours else "All")
+    choices = resources.picker(ctx.dataset, engine, category, colour)
+    ids = choices.ids
     if not ids:
         st.caption("No products of this category and colour.")
         return
-    if len(ids) > PICKER_LIMIT:
-        # A select box with 100k options freezes the browser; a stable subset keeps the picker usable.
-        ids = sorted(random.Random(0).sample(ids, PICKER_LIMIT))
-        st.caption(f"Showing {PICKER_LIMIT:,} of {len(pool):,} images; upload a photo to search from any image.")
+    if choices.total > len(ids):
+        st.caption(f"Showing {len(ids):,} of {choices.total:,} images; upload a photo to search from any image.")
     current = st.session_state.get(QUERY_KEY) or {}
     index = ids.index(current["id"]) if current.get("kind") == "catalog" and current.get("id") in ids else 0
-    # Every option's label is built on every run: one pass over plain dicts, not a pandas lookup an option
-    # (that took ~0.1 s a run at 1,200 products, a tenth of the upload-to-results time).
-    labels = {}
-    for record in pool.astype(str).to_dict("records"):
-        # The title, then what tells photos of one title apart (its file name), so 3,781 photos of class
-        # folders do not all read "dress"; the box is searchable by typing any of it.
-        bits = (items.title(record), items.details(record), PurePosixPath(record["image"]).name, record.get("view"))
-        labels[record["image"]] = " · ".join(b for b in dict.fromkeys(bits) if b and b != "nan") or record["image"]
-
+    labels = choices.labels
     choice = c2.selectbox("Product", ids, index=index, format_func=lambda i: labels.get(i, i), key="mn_pick_product")
     c3.button("Search", icon=":material/search:", key="mn_pick_go", width="stretch", type="primary",
               on_click=_set_query, args=({"kind": "catalog", "id": choice},))
