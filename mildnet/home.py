@@ -6,7 +6,8 @@
   ``$MILDNET_REDIS_URL`` names another, so `embed`/`search` find what the app embedded and the reverse;
 - ``runs/``: training runs started from the app (``$MILDNET_RUNS`` overrides);
 - ``thumbnails/``: the app's grid thumbnails;
-- ``shop.json``: what the owner published (:mod:`mildnet.shop`).
+- ``shop.json``: what the owner published (:mod:`mildnet.shop`);
+- ``milvus.db``: the embedded Milvus index (milvus-lite) when ``$MILDNET_INDEX`` chooses it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 HOME_ENV = "MILDNET_HOME"
 STORE_ENV = "MILDNET_STORE"
 REDIS_ENV = "MILDNET_REDIS_URL"
+INDEX_ENV = "MILDNET_INDEX"
 
 
 def data_home() -> Path:
@@ -32,3 +34,9 @@ def store_spec() -> str:
         if value:
             return value
     return str(data_home() / "embeddings")
+
+
+def index_spec() -> str:
+    """The index back end everyone uses by default: ``$MILDNET_INDEX`` (``exact``, ``faiss``, ``milvus`` or
+    ``milvus://host:port``; see :mod:`mildnet.search.index`), else exact search."""
+    return os.environ.get(INDEX_ENV, "").strip() or "exact"

@@ -19,7 +19,9 @@ from mildnet.errors import DataError
 from mildnet.search.searcher import Hit
 from mildnet.store import EmbeddingSet
 
-__all__ = ["INDEXES", "Index", "build_index", "index_names"]
+__all__ = ["DEFAULT_INDEX", "INDEXES", "Index", "build_index", "index_names", "parse_index_spec"]
+
+DEFAULT_INDEX = "exact"
 
 # name -> "module:class"; the class is called with the stored set and the back end's options.
 INDEXES: dict[str, str] = {
@@ -55,3 +57,19 @@ def build_index(name: str, embeddings: EmbeddingSet, **options) -> Index:
     except ImportError as exc:
         raise DataError(f"the {name!r} index needs a package that is not installed: {exc}") from None
     return factory(embeddings, **options)
+
+
+def parse_index_spec(spec: str | None) -> tuple[str, dict]:
+    """``(back end name, its options)`` from what a user writes: a name (``exact``, ``faiss``, ``milvus``), or
+    ``milvus://host:port`` for a Milvus server (the same back end, pointed at it); empty: the default."""
+    text = (spec or "").strip()
+    if not text:
+        return DEFAULT_INDEX, {}
+    if "://" in text:
+        scheme, _, address = text.partition("://")
+        if scheme.lower() != "milvus" or not address.strip("/"):
+            raise DataError(f"unknown index address {text!r}: a server index is written milvus://HOST:PORT")
+        return "milvus", {"uri": "http://" + address.strip("/")}
+    if text not in INDEXES:
+        raise DataError(f"unknown index {text!r}; choose one of: {', '.join(INDEXES)} (or milvus://HOST:PORT)")
+    return text, {}
