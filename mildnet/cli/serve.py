@@ -44,6 +44,10 @@ def register(subparsers) -> None:
     parser.add_argument("--no-embed", action="store_true",
                         help="serve what the store holds; a catalogue not embedded yet answers 503 until reloaded")
     parser.add_argument("--batch-size", type=int, default=64, help="photos per model call when embedding")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="threads one query's matrix product may use (default 1: concurrent requests run on "
+                        "the other cores; OpenBLAS's own threads spinning against them cut id-query throughput "
+                        "~30x at 8 clients on 2 cores, bench/bench_api.py)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info: one access line a request)")
     parser.set_defaults(func=cmd_serve)
@@ -94,6 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--max-k must be at least 1")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.blas_threads < 1:
+        raise UsageError("--blas-threads must be at least 1")
     # Checked before the model loads: a missing web stack or key file is said at once.
     try:
         import uvicorn
@@ -132,6 +138,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         **({"max_upload_bytes": int(args.max_upload_mb * 2**20)} if args.max_upload_mb is not None else {}),
         **({"max_k": args.max_k} if args.max_k is not None else {}))
     app = create_app(engines, settings)
+    # After the start-up embedding and calibration (one job, all cores), before the requests (many jobs at once).
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=args.blas_threads, user_api="blas")
     writes = f"{len(api_keys)} API key(s)" if api_keys else "none (no API key configured)"
     print(f"model: {model.label}\nstore: {store.describe()}\nwrites: {writes}\n"
           f"serving on http://{args.host}:{args.port} (docs: /docs)", file=sys.stderr)
