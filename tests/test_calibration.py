@@ -323,7 +323,7 @@ def test_sample_catalogue_image_is_a_close_match_and_a_real_photo_is_not(capsys,
 
 @pytest.mark.slow  # the module's sample_catalogue fixture embeds the sample catalogue (~15 s); every user is slow
 def test_most_real_photos_are_flagged_and_catalogue_photos_are_not(sample_catalogue, clothing_dir):
-    from mildnet.evaluation import embed_paths
+    from mildnet.embeddings import embed_paths
     from mildnet.runs import load_run_model
     from mildnet.store import LocalStore
 
