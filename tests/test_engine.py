@@ -127,3 +127,21 @@ def test_searcher_mask_is_checked(model, shop, tmp_path):
     engine.update()
     with pytest.raises(DataError, match="boolean mask"):
         engine.searcher.query(engine.embeddings.vectors[0], k=3, allowed=np.ones(3, bool))
+
+
+def test_index_spec_as_users_write_it(capsys, monkeypatch):
+    from mildnet.cli import main
+    from mildnet.search.index import parse_index_spec
+
+    assert parse_index_spec("") == ("exact", {}) and parse_index_spec(" exact ") == ("exact", {})
+    assert parse_index_spec("milvus://db.shop:19530/") == ("milvus", {"uri": "http://db.shop:19530"})
+    for bad, said in (("annoy", "unknown index 'annoy'"), ("redis://x:1", "milvus://HOST:PORT"),
+                      ("milvus://", "milvus://HOST:PORT")):
+        with pytest.raises(DataError, match=said):
+            parse_index_spec(bad)
+    # The CLI refuses an unknown back end as a usage error before loading anything; $MILDNET_INDEX is its default.
+    assert main(["search", "--index", "annoy", "--id", "x", "--dataset", "sample"]) == 2
+    assert "unknown index 'annoy'" in capsys.readouterr().err
+    monkeypatch.setenv("MILDNET_INDEX", "annoy")
+    assert main(["embed", "--images", "/nowhere"]) == 2
+    assert "unknown index 'annoy'" in capsys.readouterr().err

@@ -61,6 +61,26 @@ def _zoo_model(args: argparse.Namespace):
     return model, {"model": args.model, "image_size": size, "weights": args.weights or "none"}
 
 
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    from mildnet.search.index import index_names
+
+    parser.add_argument("--index", metavar="INDEX",
+                        help=f"index back end that finds the nearest products: {', '.join(index_names())}, or "
+                        "milvus://HOST:PORT for a Milvus server (default: $MILDNET_INDEX, else exact)")
+
+
+def index_from_args(args: argparse.Namespace) -> tuple[str, dict]:
+    """``(back end name, options)`` for ``SearchEngine.open`` from --index (usage error for an unknown one)."""
+    from mildnet.errors import DataError
+    from mildnet.home import index_spec
+    from mildnet.search.index import parse_index_spec
+
+    try:
+        return parse_index_spec(getattr(args, "index", None) or index_spec())
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def loaded_model_from_args(args: argparse.Namespace):
     """The :class:`~mildnet.search.model.LoadedModel` of --run, or of --model/--weights/--image-size/
     --embedding-dim; neither: the shipped default run."""

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from mildnet.cli.common import (
     UsageError,
+    add_index_arguments,
     add_model_arguments,
     add_store_arguments,
     catalogue_from_args,
+    index_from_args,
     loaded_model_from_args,
     open_store_from_args,
 )
@@ -33,6 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset", help="a registered dataset (`data list`): its images and catalogue when --images "
                         "is not given; always the name in the store key (default: the image folder's name)")
     add_store_arguments(parser)
+    add_index_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     parser.add_argument("--shard", metavar="I/N", help="embed only slice I of N (0-based) under a shard key")
     parser.add_argument("--merge-shards", type=int, metavar="N", help="merge the N stored shards into the full set")
@@ -75,6 +78,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             raise UsageError("--merge-shards needs the number of shards (at least 1)")
 
     # The catalogue is resolved before the model loads, so a wrong name fails at once.
+    index, index_options = index_from_args(args)
     catalogue = catalogue_from_args(args)
     model = loaded_model_from_args(args)
     store = open_store_from_args(args)
@@ -87,7 +91,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             print(f"images: {len(merged)}  dim: {merged.dim}")
             print(f"cache: merged {args.merge_shards} shard(s)")
             print_skipped(merged.meta.get("skipped", []))
-            _describe_calibration(SearchEngine.open(model, catalogue, store))
+            _describe_calibration(SearchEngine.open(model, catalogue, store, index=index, index_options=index_options))
             return 0
         if shard is not None:
             # A slice of a job spread over machines: only its vectors, merged (and calibrated) later.
@@ -100,7 +104,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
             _print_result(result)
             print(f"shard {shard[0]}/{shard[1]} stored; merge with --merge-shards {shard[1]} once all are done")
             return 0
-        engine = SearchEngine.open(model, catalogue, store, calibrate=False)
+        # The index back end is built (or brought in step: a Milvus collection) over the new set by update().
+        engine = SearchEngine.open(model, catalogue, store, calibrate=False, index=index, index_options=index_options)
         with ProgressBar("embedding") as bar:
             result = engine.update(bar.update, batch_size=args.batch_size, rebuild=args.rebuild)
         _print_result(result)

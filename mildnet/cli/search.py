@@ -10,9 +10,11 @@ from pathlib import Path
 from mildnet.cli.common import (
     EmbeddingsMissing,
     UsageError,
+    add_index_arguments,
     add_model_arguments,
     add_store_arguments,
     catalogue_from_args,
+    index_from_args,
     loaded_model_from_args,
     open_store_from_args,
 )
@@ -28,6 +30,7 @@ def register(subparsers) -> None:
     )
     add_model_arguments(parser)
     add_store_arguments(parser)
+    add_index_arguments(parser)
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", type=Path, help="query image file")
     query.add_argument("--id", dest="item_id", help="query catalog id (its path relative to the image folder)")
@@ -52,12 +55,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ImageError(f"query image not found: {args.image}")
     if args.images is None and args.dataset:
         catalogue_from_args(args)  # a registered dataset that is not ready fails before the model loads
+    index, index_options = index_from_args(args)
     model = loaded_model_from_args(args)
     run_hint = f"--run {args.run}" if args.run is not None else f"--model {args.model}"
     store = open_store_from_args(args)
     try:
         catalogue = catalogue_from_args(args, store, model.fingerprint, run_hint)
-        engine = SearchEngine.open(model, catalogue, store)
+        engine = SearchEngine.open(model, catalogue, store, index=index, index_options=index_options)
         if not engine.ready:
             raise EmbeddingsMissing(
                 f"no embeddings of {catalogue.name} for this model in {store.describe()}; "

@@ -20,6 +20,7 @@ from mildnet.data.manifest import dataset_splits, manifest_path, user_manifest_p
 from mildnet.pretrained import REAL_PHOTOS
 from mildnet.runs import CALIBRATION_FILE, METRICS_FILE, model_path
 from mildnet.search.engine import Catalogue, LoadedModel, SearchEngine
+from mildnet.search.index import parse_index_spec
 from mildnet.store import open_store
 from mildnet.ui import catalogue, settings
 from mildnet.ui import data as uidata
@@ -233,10 +234,11 @@ def _store(spec: str):
 
 @st.cache_resource(show_spinner="Loading the catalogue…", max_entries=8)
 def _engine(run_dir: str, stamp: float, calibration_stamp: float, dataset_name: str, catalogue_stamp: tuple,
-            store_spec: str) -> SearchEngine:
+            store_spec: str, index_spec: str) -> SearchEngine:
     # store_spec is part of the key: an engine reading one store must not answer for another.
+    index, options = parse_index_spec(index_spec)
     return SearchEngine.open(_model(run_dir, stamp, calibration_stamp), Catalogue.registered(dataset_name),
-                             _store(store_spec))
+                             _store(store_spec), index=index, index_options=options)
 
 
 def _catalogue_stamp(ds: uidata.Dataset) -> tuple:
@@ -248,7 +250,7 @@ def engine(run: uiruns.Run, ds: uidata.Dataset) -> SearchEngine:
     """The search engine of this run's model over this catalogue, opened once (it never embeds: see
     :func:`pending` and ``layout.build_embeddings``)."""
     return _engine(run.key, run.stamp, _mtime(run.path / CALIBRATION_FILE), ds.name, _catalogue_stamp(ds),
-                   settings.store_spec())
+                   settings.store_spec(), settings.index_spec())
 
 
 # Whether the photos changed since they were embedded costs one stat a photo (1.7 s at 100k photos): asked at most

@@ -6,6 +6,8 @@ their own folders so nothing touches the project's ``data/``, ``runs/`` or embed
 - ``MILDNET_RUNS``: training runs (default ``runs/`` in the data home).
 - ``MILDNET_STORE``: the embedding cache, a folder or a ``redis://`` URL (default ``embeddings/`` in the data
   home; ``MILDNET_REDIS_URL`` is honoured when this is unset).
+- ``MILDNET_INDEX``: the index back end searches use (``exact`` by default; ``faiss``, ``milvus`` for an embedded
+  milvus-lite file in the data home, or ``milvus://host:port``; see :mod:`mildnet.search.index`).
 - ``MILDNET_PRETRAINED``: the folder of committed default runs, one per dataset (default ``mildnet/pretrained``).
 - ``MILDNET_DATASET``: the dataset selected when a session starts (default: ``sample`` if listed, else the first).
 - ``MILDNET_ADD_ROOTS``: folders (separated by ``os.pathsep``) under which "Add a catalogue" may read a folder or
@@ -24,6 +26,7 @@ import os
 from pathlib import Path
 
 from mildnet.home import data_home
+from mildnet.home import index_spec as home_index_spec
 from mildnet.home import store_spec as home_store_spec
 from mildnet.pretrained import pretrained_root
 
@@ -46,6 +49,11 @@ def pretrained_dir() -> Path:
 def store_spec() -> str:
     """The embedding store the app opens, the CLI's default too (:func:`mildnet.home.store_spec`)."""
     return home_store_spec()
+
+
+def index_spec() -> str:
+    """The index back end (:func:`mildnet.home.index_spec`), the CLI's default too."""
+    return home_index_spec()
 
 
 def thumbnails_dir() -> Path:
