@@ -365,7 +365,7 @@ def embed_files(
     """The model's raw float32 outputs for image files at ``size`` px, in order, and ``{path: reason}`` for the
     files that did not decode (left out of the outputs). ``strict``: raise :class:`ImageError` naming the first
     such file instead. ``progress(done, total)`` follows the batches. The one loop behind catalogue embedding,
-    :func:`embed_images` and :func:`~mildnet.evaluation.embed_paths`."""
+    :func:`embed_images` and :func:`embed_paths`."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     chunks: list[np.ndarray] = []

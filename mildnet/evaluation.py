@@ -32,12 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mildnet.data.images import map_images
-
-# embed_paths and model_image_size live in mildnet.embeddings; named here as well because cli/evaluate.py
-# imports them from this module.
-from mildnet.embeddings import embed_paths as embed_paths
-from mildnet.embeddings import model_image_size as model_image_size
-from mildnet.embeddings import normalize_rows, run_model
+from mildnet.embeddings import embed_paths, normalize_rows, run_model
 from mildnet.errors import DataError, MildnetError, ModelError
 from mildnet.store import EmbeddingSet
 

@@ -226,8 +226,7 @@ def _score_baselines(args, names, image_root, triplets, catalog, report) -> dict
 def _close_match(args: argparse.Namespace) -> int:
     from mildnet import catalogue_calibration as cc
     from mildnet.data.catalog import gallery
-    from mildnet.embeddings import catalog_ids
-    from mildnet.evaluation import embed_paths, model_image_size
+    from mildnet.embeddings import catalog_ids, embed_paths, model_image_size
     from mildnet.store import EmbeddingSet
 
     if args.baseline or not args.images:

@@ -138,8 +138,8 @@ def describe_time(run: Run) -> str:
     """When the run was trained: its own record (``created``, or its last resume), not the model file's time,
     which for a shipped model is when the project was cloned."""
     meta = run.config if isinstance(run.config, dict) else {}
-    resumed = meta.get("resumed")
-    last = resumed[-1] if isinstance(resumed, list) and resumed and isinstance(resumed[-1], dict) else {}
+    resumed = runs.read_resume_record(meta)
+    last = resumed[-1] if resumed else {}
     recorded = last.get("at") or meta.get("created")
     if isinstance(recorded, str):
         try:
