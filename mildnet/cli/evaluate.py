@@ -152,14 +152,8 @@ def _baseline_names(args: argparse.Namespace) -> tuple[str, ...]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mildnet.data.catalog import read_catalog_for
-    from mildnet.evaluation import (
-        FeatureExtractor,
-        embed_paths,
-        evaluate_embeddings,
-        format_baseline_table,
-        model_image_size,
-        unavailable_reason,
-    )
+    from mildnet.embeddings import embed_paths, model_image_size
+    from mildnet.evaluation import FeatureExtractor, evaluate_embeddings, format_baseline_table, unavailable_reason
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
