@@ -190,7 +190,10 @@ class SearchEngine:
             except cal.CalibrationError as exc:
                 own, note = None, str(exc)
         rows = self.catalogue.rows()
-        return _State(stored, build_index(self.index, stored, **self.index_options), own, note, rows)
+        options = dict(self.index_options)
+        if self.index == "milvus":
+            options.setdefault("rows", rows)  # the table's columns go into the collection: filters run in Milvus
+        return _State(stored, build_index(self.index, stored, **options), own, note, rows)
 
     @property
     def ready(self) -> bool:
@@ -295,7 +298,9 @@ class SearchEngine:
         own, own_note = state.own, state.own_note
         # The close-match score may average more results than are shown: ask for enough, show what was asked.
         wanted = max(k, own.rule.k) if own is not None else k
-        hits = state.searcher.query(vector, k=wanted, exclude_ids=exclude, allowed=allowed)[0]
+        # Milvus runs the filter itself (an expression on the columns it was given); the mask stays the check.
+        pushed = {"filters": filters} if filters and self.index == "milvus" else {}
+        hits = state.searcher.query(vector, k=wanted, exclude_ids=exclude, allowed=allowed, **pushed)[0]
         matches, close, reason, kind, note = self._assess(hits, own, own_note)
         results = [Result(h.id, h.score, m, state.rows.get(h.id, {})) for h, m in zip(hits[:k], matches[:k])]
         return SearchResult(results, close, reason, kind, note, dict(query or {}), len(state.embeddings), self.key,
