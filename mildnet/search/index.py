@@ -26,6 +26,8 @@ DEFAULT_INDEX = "exact"
 # name -> "module:class"; the class is called with the stored set and the back end's options.
 INDEXES: dict[str, str] = {
     "exact": "mildnet.search.searcher:Searcher",
+    "faiss": "mildnet.search.faiss_index:FaissIndex",
+    "milvus": "mildnet.search.milvus_index:MilvusIndex",
 }
 
 
