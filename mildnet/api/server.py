@@ -113,7 +113,8 @@ class CataloguesResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
-    catalogues: dict[str, bool]
+    catalogues: dict[str, bool] = Field(description="each catalogue's readiness")
+    error: str | None = Field(None, description="which catalogues are not ready (with status 503)")
 
 
 class ReloadResponse(BaseModel):
@@ -357,7 +358,7 @@ def create_app(engines: Iterable[SearchEngine] | Mapping[str, SearchEngine],
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], summary="Every catalogue can be searched", response_model=ReadyResponse,
-             responses=_errors(503))
+             response_model_exclude_none=True, responses={503: {"model": ReadyResponse}})
     def readyz():
         states = {name: engine.ready for name, engine in catalogues.all()}
         if all(states.values()):

@@ -15,6 +15,7 @@ from mildnet.cli.common import (
     open_store_from_args,
     use_default_run,
 )
+from mildnet.data.images import MAX_FILE_BYTES
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
     parser.add_argument("--api-key-file", type=Path, metavar="FILE",
                         help="API keys for writes, one a line (added to $MILDNET_API_KEYS)")
     parser.add_argument("--max-upload-mb", type=float, default=None,
-                        help="largest photo accepted, in MB (default 20, the app's limit)")
+                        help="largest photo accepted, in MB (default and most: 20, the app's limit)")
     parser.add_argument("--max-k", type=int, default=None, help="most results one query may ask for (default 100)")
     parser.add_argument("--no-embed", action="store_true",
                         help="serve what the store holds; a catalogue not embedded yet answers 503 until reloaded")
@@ -92,8 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("name what to serve: --dataset NAME or --images DIR (repeatable)")
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be from 0 to 65535")
-    if args.max_upload_mb is not None and args.max_upload_mb <= 0:
-        raise UsageError("--max-upload-mb must be positive")
+    if args.max_upload_mb is not None and not 0 < args.max_upload_mb <= MAX_FILE_BYTES / 2**20:
+        raise UsageError(f"--max-upload-mb must be above 0 and at most {MAX_FILE_BYTES >> 20} (what the photo "
+                         "decoder accepts)")
     if args.max_k is not None and args.max_k < 1:
         raise UsageError("--max-k must be at least 1")
     if args.batch_size < 1:
