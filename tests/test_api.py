@@ -1,8 +1,9 @@
 """The HTTP API as a client sees it: real ``python -m mildnet serve`` processes on free ports, real HTTP requests.
 
-Two servers run for the whole module: one embeds a 12-product sample (32 px, a tiny_cnn run) at start; the other
-starts with ``--no-embed`` on an empty store (not ready until an API-key reload embeds it). The last test asks
-the CLI, the API and the engine in this process the same questions and compares their answers.
+Two servers run for the whole module: one embeds a registered 12-product sample (32 px, a tiny_cnn run) at start;
+the other serves a plain folder with ``--no-embed`` on an empty store (not ready until an API-key reload embeds
+it; later reloads follow the folder). The last test asks the CLI, the API and the engine in this process the same
+questions and compares their answers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import requests
 
 from mildnet.cli import main
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, make_labelled_folder
 from tests.test_embeddings import make_run
 
 SIZE = 32
@@ -106,7 +107,9 @@ def servers(shop):
     root, run, env = shop
     ready = Server(root, "ready", env, "--dataset", "tiny", "--run", str(run), "--store", str(root / "store"),
                    "--max-upload-mb", str(UPLOAD_MB))
-    cold = Server(root, "cold", {**env, "MILDNET_API_KEYS": f"other-key,{KEY}"}, "--dataset", "tiny",
+    # A plain folder (--images), so that the reload test may add and remove photos without touching `tiny`.
+    make_labelled_folder(root / "shop", per_class=4, size=SIZE)
+    cold = Server(root, "cold", {**env, "MILDNET_API_KEYS": f"other-key,{KEY}"}, "--images", str(root / "shop"),
                   "--run", str(run), "--store", str(root / "cold-store"), "--no-embed")
     try:
         ready.wait_up(ready=True)
@@ -246,28 +249,39 @@ def test_unknown_ids_catalogues_and_routes(server, catalogue):
                                            403)
 
 
-def test_not_ready_until_a_reload_with_an_api_key(servers, shop, catalogue):
+def test_not_ready_until_a_reload_with_an_api_key_then_reload_follows_the_folder(servers, shop):
     cold = servers[1]
-    photo = catalogue["image"][0]
+    root = shop[0] / "shop"
+    (name,) = (c["name"] for c in cold.get("/v1/catalogues").json()["catalogues"])
+    assert name.startswith("shop-")  # as `embed --images DIR` names it
+    reload = f"/v1/catalogues/{name}/reload"
     readiness = cold.get("/readyz")
     assert readiness.status_code == 503 and readiness.json()["ready"] is False
-    assert "not embedded yet: tiny" in readiness.json()["error"]
-    error = one_line_error(cold.get(f"/v1/products/{photo}/similar"), 503)
+    assert f"not embedded yet: {name}" in readiness.json()["error"]
+    error = one_line_error(cold.get("/v1/products/red/red_0.jpg/similar"), 503)
     assert "has no embeddings" in error and "embed" in error
 
-    assert "needs an API key" in one_line_error(cold.post("/v1/catalogues/tiny/reload"), 401)
-    wrong = cold.post("/v1/catalogues/tiny/reload", headers={"X-API-Key": "guess"})
+    assert "needs an API key" in one_line_error(cold.post(reload), 401)
+    wrong = cold.post(reload, headers={"X-API-Key": "guess"})
     assert one_line_error(wrong, 401) == "the API key is not valid"
     assert wrong.headers["www-authenticate"] == "Bearer"
     assert cold.get("/readyz").status_code == 503
 
-    done = cold.post("/v1/catalogues/tiny/reload", headers={"Authorization": f"Bearer {KEY}"})
+    done = cold.post(reload, headers={"Authorization": f"Bearer {KEY}"})
     assert done.status_code == 200, done.text
-    assert done.json()["status"] == "built" and done.json()["embedded"] == done.json()["n_catalog"] > 12
-    assert cold.get("/readyz").json() == {"ready": True, "catalogues": {"tiny": True}}
-    assert len(cold.get(f"/v1/products/{photo}/similar").json()["results"]) == 5
-    again = cold.post("/v1/catalogues/tiny/reload", headers={"X-API-Key": KEY}).json()
-    assert again["status"] == "reused" and again["embedded"] == 0
+    assert (done.json()["status"], done.json()["embedded"], done.json()["n_catalog"]) == ("built", 12, 12)
+    assert cold.get("/readyz").json() == {"ready": True, "catalogues": {name: True}}
+    assert len(cold.get("/v1/products/red/red_0.jpg/similar").json()["results"]) == 5
+    assert cold.post(reload, headers={"X-API-Key": KEY}).json()["status"] == "reused"
+
+    # The folder changes: a reload re-reads it, embeds the new photo and drops the removed one.
+    make_labelled_folder(root, classes=("yellow",), per_class=1, size=SIZE, seed=5)
+    (root / "blue" / "blue_3.jpg").unlink()
+    done = cold.post(reload, headers={"X-API-Key": KEY}).json()
+    assert (done["status"], done["embedded"], done["removed"], done["n_catalog"]) == ("updated", 1, 1, 12)
+    found = cold.post("/v1/search", files={"image": ("y.jpg", (root / "yellow" / "yellow_0.jpg").read_bytes())})
+    assert found.json()["results"][0]["id"] == "yellow/yellow_0.jpg"
+    assert "blue/blue_3.jpg" in one_line_error(cold.get("/v1/products/blue/blue_3.jpg/similar"), 404)
 
     # SIGTERM (docker stop, systemd) ends the server cleanly.
     assert cold.stop() == 0
