@@ -273,6 +273,48 @@ def streamlit_imports(path: Path) -> list[str]:
     return found
 
 
+# --- layers -------------------------------------------------------------------------------------------------------
+
+# The callers (the app, the CLI, the HTTP API) sit on one search engine, which sits on the core; nothing below
+# may reach up. Keys and values are "components": the second part of a module's name (``mildnet.data.images`` ->
+# ``data``), or for the search package its module (``mildnet.search.engine`` -> ``search.engine``).
+CALLERS = {"api", "cli", "ui", "__main__"}
+ENGINE = {"search.engine", "search.model", "search.catalogue"}
+BACK_ENDS = {"search.searcher", "search.index", "search.plot", "search.faiss_index", "search.milvus_index"}
+FORBIDDEN = {
+    **{c: CALLERS for c in ("data", "store", "errors", "embeddings", "evaluation", "calibration",
+                            "catalogue_calibration", "runs", "models", "training", "pretrained", "shop", "home")},
+    # The core never depends on the engine built over it, nor on training or the callers.
+    **{c: CALLERS | ENGINE | {"training"} for c in ("data", "store", "embeddings", "models", "runs", "evaluation",
+                                                     "calibration", "catalogue_calibration")},
+    # Index back ends find top-k among vectors: no models, calibration or catalogue logic.
+    **{c: CALLERS | ENGINE | {"training", "calibration", "catalogue_calibration", "models", "evaluation"}
+       for c in BACK_ENDS},
+    **{c: CALLERS | {"training"} for c in ENGINE},
+    "api": {"cli", "ui", "training"},
+    "ui": {"cli", "api"},
+}
+
+
+def component(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return PACKAGE
+    if parts[1] == "search" and len(parts) > 2:
+        return f"search.{parts[2]}"
+    return parts[1]
+
+
+def layer_violations(graph: dict[str, dict[str, Import]], modules: dict[str, Path]) -> list[str]:
+    found = []
+    for name, edges in sorted(graph.items()):
+        banned = FORBIDDEN.get(component(name), set())
+        for target, imp in sorted(edges.items()):
+            if component(target) in banned:
+                found.append(f"{imp.describe(modules[name])}: {name} imports {target}")
+    return found
+
+
 # --- the tests ----------------------------------------------------------------------------------------------------
 
 
@@ -282,6 +324,26 @@ def test_no_import_circles_among_mildnet_modules():
         pytest.fail(f"{len(circles)} group(s) of mildnet modules import each other in a circle (imports inside "
                     "functions count too); a shortest circle per group, then all imports inside the group:\n"
                     + "\n".join(circles), pytrace=False)
+
+
+def test_layers_only_import_downwards():
+    graph, modules = import_graph()
+    found = layer_violations(graph, modules)
+    if found:
+        pytest.fail("imports that reach up a layer (callers > engine > core; index back ends know only vectors):\n  "
+                    + "\n  ".join(found), pytrace=False)
+
+
+def test_layer_check_sees_an_import_that_reaches_up(tmp_path):
+    package = tmp_path / PACKAGE
+    (package / "search").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "search" / "__init__.py").write_text("")
+    (package / "search" / "searcher.py").write_text("def f():\n    from mildnet.search import engine\n")
+    (package / "search" / "engine.py").write_text("from mildnet.search import searcher\n")
+    graph, modules = import_graph(package)
+    found = layer_violations(graph, modules)
+    assert len(found) == 1 and "mildnet.search.searcher imports mildnet.search.engine" in found[0]
 
 
 def test_only_runs_module_spells_run_folder_file_names():
