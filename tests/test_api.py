@@ -289,6 +289,32 @@ def test_not_ready_until_a_reload_with_an_api_key_then_reload_follows_the_folder
     assert log.rstrip().endswith("stopped") and "Traceback" not in log
 
 
+def test_several_catalogues_on_one_server(server, shop):
+    root, run, env = shop
+    make_labelled_folder(root / "more", classes=("red", "blue"), per_class=3, size=SIZE)
+    both = Server(root, "both", env, "--dataset", "tiny", "--images", str(root / "more"), "--run", str(run),
+                  "--store", str(root / "store"), "--max-k", "3")
+    try:
+        both.wait_up(ready=True)
+        names = [c["name"] for c in both.get("/v1/catalogues").json()["catalogues"]]
+        assert names[0] == "tiny" and names[1].startswith("more-") and len(names) == 2
+        assert both.get("/readyz").json()["catalogues"] == {names[0]: True, names[1]: True}
+
+        error = one_line_error(both.get("/v1/products/red/red_0.jpg/similar"), 400)
+        assert error == f"several catalogues are served ({names[0]}, {names[1]}); name one with ?catalogue=NAME"
+        found = both.get("/v1/products/red/red_0.jpg/similar", params={"catalogue": names[1], "k": 3}).json()
+        assert found["catalogue"] == names[1] and found["n_catalog"] == 6
+        assert {r["id"].split("/")[0] for r in found["results"]} <= {"red", "blue"}
+        with open(root / "more" / "blue" / "blue_1.jpg", "rb") as f:
+            found = both.post("/v1/search", params={"catalogue": "tiny", "k": 2}, files={"image": ("b.jpg", f)})
+        assert found.json()["catalogue"] == "tiny" and found.json()["results"][0]["id"].startswith("images/")
+        # --max-k 3
+        assert one_line_error(both.get("/v1/products/red/red_0.jpg/similar", params={"catalogue": names[1], "k": 4}),
+                              422) == "query parameter k: Input should be less than or equal to 3"
+    finally:
+        assert both.stop() == 0
+
+
 def test_cli_api_and_engine_give_identical_results(server, shop, catalogue, capsys):
     from mildnet.search.engine import Catalogue, LoadedModel, SearchEngine
     from mildnet.store import open_store
