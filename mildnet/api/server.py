@@ -218,9 +218,6 @@ class _Catalogues:
         self._reopen = reopen
         self._reloading = {name: threading.Lock() for name in self._engines}
 
-    def names(self) -> list[str]:
-        return list(self._engines)
-
     def all(self) -> list[tuple[str, SearchEngine]]:
         return list(self._engines.items())
 
@@ -284,8 +281,9 @@ of each catalogue are listed by `GET /v1/catalogues`.
 
 **Limits**: `k` from 1 to {max_k}; a photo of at most {max_upload}.
 
-**Errors**: JSON `{{"error": "one line"}}`: 400 bad photo or filter, 401 missing or wrong API key, 404 unknown
-product id or catalogue, 413 photo too large, 422 bad parameter, 503 catalogue not embedded yet.
+**Errors**: JSON `{{"error": "one line"}}`: 400 bad photo or filter, 401 missing or wrong API key, 403 a write to a
+server without API keys, 404 unknown product id or catalogue, 409 a reload already running, 413 photo too large,
+422 bad parameter, 503 catalogue not embedded yet.
 
 **Writes** (reload) need an API key: header `X-API-Key: KEY` or `Authorization: Bearer KEY`.
 """
