@@ -240,7 +240,8 @@ class _Catalogues:
         try:
             start = time.perf_counter()
             catalogue = self._reopen(name) if self._reopen is not None else old.catalogue
-            engine = SearchEngine.open(old.model, catalogue, old.store)
+            engine = SearchEngine.open(old.model, catalogue, old.store, index=old.index,
+                                       index_options=old.index_options)
             pending = engine.pending()
             embedded = removed = 0
             if not pending.up_to_date:

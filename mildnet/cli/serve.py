@@ -9,11 +9,12 @@ from pathlib import Path
 
 from mildnet.cli.common import (
     UsageError,
+    add_index_arguments,
     add_model_arguments,
     add_store_arguments,
-    check_model_arguments,
+    index_from_args,
+    loaded_model_from_args,
     open_store_from_args,
-    use_default_run,
 )
 from mildnet.data.images import MAX_FILE_BYTES
 
@@ -34,6 +35,7 @@ def register(subparsers) -> None:
                         "`embed --images DIR` names it; repeatable")
     add_model_arguments(parser)
     add_store_arguments(parser)
+    add_index_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                         "machine only; 0.0.0.0 for every interface, behind an HTTPS proxy)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -52,22 +54,6 @@ def register(subparsers) -> None:
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info: one access line a request)")
     parser.set_defaults(func=cmd_serve)
-
-
-def _loaded_model(args: argparse.Namespace):
-    from mildnet.search.model import LoadedModel
-
-    if args.run is not None and args.model is not None:
-        raise UsageError("give one of --run RUN_DIR or --model NAME, not both")
-    zoo_options = args.weights or args.image_size or args.embedding_dim
-    if args.model is None:
-        if zoo_options:
-            raise UsageError("--weights/--image-size/--embedding-dim go with --model NAME")
-        return LoadedModel.from_run(args.run if args.run is not None else use_default_run(args))
-    size = check_model_arguments(args)
-    # seed 0, as `embed --model` draws it: the same untrained layers, so the same stored set.
-    return LoadedModel.from_zoo(args.model, weights=args.weights, image_size=size,
-                                embedding_dim=args.embedding_dim, seed=0)
 
 
 def _openers(args: argparse.Namespace) -> dict:
@@ -111,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"the HTTP API needs FastAPI and uvicorn ({exc}); pip install -r requirements.txt") \
             from None
     api_keys = load_api_keys(args.api_key_file)
+    index, index_options = index_from_args(args)
 
     from mildnet.cli import _import_tensorflow_quietly
     from mildnet.cli.progress import ProgressBar
@@ -118,12 +105,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _import_tensorflow_quietly()
-    model = _loaded_model(args)
+    model = loaded_model_from_args(args)
     store = open_store_from_args(args)
     openers = _openers(args)
     engines = []
     for name, (catalogue, _) in openers.items():
-        engine = SearchEngine.open(model, catalogue, store)
+        engine = SearchEngine.open(model, catalogue, store, index=index, index_options=index_options)
         if not args.no_embed:
             pending = engine.pending()
             if not pending.up_to_date:
@@ -145,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     threadpool_limits(limits=args.blas_threads, user_api="blas")
     writes = f"{len(api_keys)} API key(s)" if api_keys else "none (no API key configured)"
-    print(f"model: {model.label}\nstore: {store.describe()}\nwrites: {writes}\n"
+    print(f"model: {model.label}\nstore: {store.describe()}\nindex: {index}\nwrites: {writes}\n"
           f"serving on http://{args.host}:{args.port} (docs: /docs)", file=sys.stderr)
     # uvicorn takes SIGINT/SIGTERM while it runs: requests in flight finish, then run() returns.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
