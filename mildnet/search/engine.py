@@ -224,8 +224,12 @@ class SearchEngine:
                 dataset=self.catalogue.name, image_size=self.model.image_size, model_fp=self.model.fingerprint,
                 model_name=self.model.name, progress=progress, batch_size=batch_size, rebuild=rebuild,
                 extra_meta=meta)
-            # Served as the store gives it back (a float16 store halves it), exactly as a later open() would.
-            stored = self.store.get(self.key) or result.embeddings
+            # Served as the store keeps it (a float16 store halves it), exactly as a later open() reads it back,
+            # without reading it back: a big catalogue's set from Redis is ~100 MB at 100k photos.
+            wanted = getattr(self.store, "dtype", None)
+            stored = result.embeddings
+            if wanted not in (None, stored.dtype):
+                stored = stored.astype(wanted)
             self._reference = None
             self._state = self._state_of(stored, calibrate=True)
         return result
