@@ -145,3 +145,14 @@ def test_index_spec_as_users_write_it(capsys, monkeypatch):
     monkeypatch.setenv("MILDNET_INDEX", "annoy")
     assert main(["embed", "--images", "/nowhere"]) == 2
     assert "unknown index 'annoy'" in capsys.readouterr().err
+
+
+def test_a_float16_store_serves_after_update_what_it_serves_after_a_restart(model, shop, tmp_path):
+    store = LocalStore(tmp_path / "store", dtype="float16")
+    engine = SearchEngine.open(model, Catalogue.folder(shop), store)
+    engine.update()
+    assert engine.embeddings.dtype == "float16"
+    reopened = SearchEngine.open(model, Catalogue.folder(shop), LocalStore(tmp_path / "store", dtype="float16"))
+    assert reopened.embeddings.equals(engine.embeddings)
+    a, b = engine.query_id("blue/blue_2.jpg", k=5), reopened.query_id("blue/blue_2.jpg", k=5)
+    assert [(r.id, r.score) for r in a.results] == [(r.id, r.score) for r in b.results]
