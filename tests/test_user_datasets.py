@@ -668,3 +668,25 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(small_disk, tmp
     code, _, err = run(capsys, "data", "add", "big", "--images", photos)
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: ") and "Read-only" in err, err
     assert "Traceback" not in err
+
+
+def test_data_refresh_follows_the_folder_then_embed_adds_only_the_new_photos(registry, tmp_path, capsys,
+                                                                              monkeypatch):
+    # A deployment's catalogue job (deploy/compose.yaml's `embed`): refresh, then embed what is new.
+    monkeypatch.setenv("MILDNET_STORE", str(tmp_path / "store"))
+    photos = make_flat(tmp_path / "photos", n=12)
+    assert run(capsys, "data", "add", "shop", "--images", photos)[0] == 0
+    code, out, _ = run(capsys, "data", "refresh", "shop")
+    assert code == 0 and "has not changed" in out
+    assert run(capsys, "embed", "--model", "tiny_cnn", "--image-size", "32", "--dataset", "shop")[0] == 0
+    make_flat(tmp_path / "more", n=3, seed=5)
+    for path in (tmp_path / "more").iterdir():
+        path.rename(photos / f"new_{path.name}")
+    (photos / sorted(p.name for p in photos.iterdir() if not p.name.startswith("new_"))[0]).unlink()
+    code, out, err = run(capsys, "data", "refresh", "shop")
+    assert code == 0, err
+    assert "3 new, 1 removed" in out and "14 images" in out
+    code, out, err = run(capsys, "embed", "--model", "tiny_cnn", "--image-size", "32", "--dataset", "shop")
+    assert code == 0 and "updated (3 embedded, 1 removed)" in out, out + err
+    code, _, err = run(capsys, "data", "refresh", "nowhere")
+    assert code == 1 and "was not added from a folder" in err

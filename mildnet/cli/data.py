@@ -65,6 +65,13 @@ def register(subparsers) -> None:
     listing.add_argument("--json", action="store_true", help="print one JSON object")
     listing.set_defaults(func=cmd_list)
 
+    refresh = commands.add_parser(
+        "refresh", help="follow the folder a dataset was added from: new photos in, removed ones out",
+        description="For a dataset added with `data add` (or from the app): views and links for new or replaced "
+        "photos only, removed photos dropped, existing photos keep their split, triplets regenerated. Then "
+        "`embed --dataset NAME` embeds just the new photos (a job to run after each catalogue upload).")
+    refresh.add_argument("name", help="the dataset's name")
+    refresh.set_defaults(func=cmd_refresh)
     remove = commands.add_parser("remove", help="unregister a dataset added with `data add` (your images stay)")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_remove)
@@ -204,6 +211,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         print("  ".join(value.ljust(width) for value, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from mildnet.data.user_datasets import folder_changes, refresh_dataset
+
+    changes = folder_changes(args.name)
+    if not changes:
+        print(f"{args.name}: the folder has not changed")
+        return 0
+    with ProgressBar("refreshing") as bar:
+        result = refresh_dataset(args.name, progress=lambda done, total, message="": bar.update(done, total, message))
+    counts = ", ".join(f"{split} {n}" for split, n in result.triplets.items())
+    print(f"refreshed {result.name} ({result.changes.describe()}): {result.photos} images; triplets: {counts} "
+          f"({result.seconds:.1f} s)")
+    if result.left_out:
+        first = next(iter(result.left_out.items()))
+        print(f"warning: {len(result.left_out)} new image(s) left out, e.g. {first[0]!r}: {first[1]}", file=sys.stderr)
+    print(f"embed the new photos: python -m mildnet embed --dataset {result.name}")
     return 0
 
 
