@@ -66,8 +66,10 @@ def milvus_ok(tmp_path_factory):
     return True
 
 
-BACK_ENDS = [("faiss", {}), ("faiss", {"kind": "ivfpq"}), ("milvus", {})]
-NAMES = ["faiss-hnsw", "faiss-ivfpq", "milvus-lite"]
+# exact_below=0: filters go through faiss' ID selector however few rows they leave (else those are scanned).
+BACK_ENDS = [("faiss", {}), ("faiss", {"exact_below": 0}), ("faiss", {"kind": "ivfpq", "exact_below": 0}),
+             ("milvus", {})]
+NAMES = ["faiss-hnsw", "faiss-hnsw-selector", "faiss-ivfpq-selector", "milvus-lite"]
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +250,24 @@ def test_engine_on_real_photos_agrees_with_exact_search(luma_shop, index, reques
         photo = engine.query_image(root / item, k=5)
         assert photo.results[0].id == item and [r.id for r in photo.results] == \
             [r.id for r in exact.query_image(root / item, k=5).results]
+
+
+def test_faiss_keeps_its_index_for_the_next_process(tmp_path):
+    from mildnet.search.faiss_index import FaissIndex
+
+    es = clustered(n=500, dim=16, clusters=5, seed=5)
+    q = queries(es, count=5)
+    built = FaissIndex(es, M=8, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.faiss"))
+    assert built.loaded_from is None and len(files) == 1 and files[0].name.startswith("clustered_m5_hnsw-")
+    read = FaissIndex(es, M=8, cache_dir=tmp_path)
+    assert read.loaded_from == files[0] and read.query(q, k=5) == built.query(q, k=5)
+    # Other settings or other vectors: another file; the catalogue's older one goes.
+    changed = FaissIndex(EmbeddingSet(es.ids, es.paths, es.vectors[::-1].copy(), es.meta), M=8, cache_dir=tmp_path)
+    assert changed.loaded_from is None and [p.name for p in tmp_path.glob("*.faiss")] != [files[0].name]
+    files[0].write_bytes(b"damaged")
+    assert FaissIndex(es, M=8, cache_dir=tmp_path).loaded_from is None  # rebuilt, not an error
+    FaissIndex(es, M=8, cache=False, cache_dir=tmp_path / "off")
+    assert not (tmp_path / "off").exists()
+    with pytest.raises(ValueError, match="cache must be True or False"):
+        FaissIndex(es, cache="yes")

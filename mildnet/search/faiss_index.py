@@ -11,13 +11,19 @@ through a sparse filter is both slower and less complete than the scan).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mildnet import home
 from mildnet.errors import DataError
 from mildnet.search.searcher import Hit, Searcher, check_positive_int
 from mildnet.store import EmbeddingSet
@@ -100,6 +106,20 @@ class RescoredIndex(Searcher):
                 out[r] = hits
         return out
 
+    def _digest(self, settings: Mapping[str, Any], *extra: bytes) -> str:
+        """sha256 of the index settings, the set's ids and vector bytes (and ``extra``): what a kept index (a
+        file, a collection) must match to be reused for this set."""
+        h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode())
+        h.update(json.dumps(self.embeddings.ids).encode())
+        x = self.embeddings.vectors
+        h.update(str(x.dtype).encode())
+        step = max(1, (16 << 20) // max(1, x.strides[0]))
+        for a in range(0, len(x), step):
+            h.update(memoryview(x[a:a + step]).cast("B"))
+        for part in extra:
+            h.update(part)
+        return h.hexdigest()
+
     def _filter_mask(self, filters: Mapping[str, Any]) -> np.ndarray:
         raise DataError(f"filters on {', '.join(filters)} need an allowed mask (the catalogue's filter of the rows)")
 
@@ -145,17 +165,23 @@ class FaissIndex(RescoredIndex):
     ``pq_m`` sub-quantisers of ``nbits`` bits (default nbits 8, fewer for sets under 10k rows, and D bits a
     row: 32 bytes at 256-d),
     ``nprobe`` cells visited a query (default 16), ``rerank`` candidates a hit re-scored exactly (default
-    8: PQ scores are coarse); trained on at most ``train_size`` rows picked with ``seed``.
+    32: PQ scores are coarse); trained on at most ``train_size`` rows picked with ``seed``.
 
     ``exact_below``: a filter (``allowed``) leaving at most this many rows is answered by an exact scan of those
-    rows. ``threads``: faiss' OpenMP threads (default: faiss' own, all cores). Results, exclusions, ``allowed``
-    and ``k`` larger than the set behave as :meth:`Searcher.query` documents; scores are exact cosines.
+    rows. ``threads``: faiss' OpenMP threads (default: faiss' own, all cores). ``cache``: keep the built index
+    in ``cache_dir`` (default ``faiss/`` in the data home; faiss' own file format), named after a fingerprint of
+    the set and the build settings, so the next process opening the same set reads it instead of building
+    (a 1M-row HNSW graph takes minutes); older files of the same catalogue, model and kind are removed.
+
+    Results, exclusions, ``allowed`` and ``k`` larger than the set behave as :meth:`Searcher.query` documents;
+    scores are exact cosines.
     """
 
     def __init__(self, embeddings: EmbeddingSet, kind: str = "hnsw", *, M: int = 32, ef_construction: int = 80,
                  ef_search: int = 64, nlist: int | None = None, pq_m: int | None = None, nbits: int | None = None,
                  nprobe: int | None = None, rerank: int | None = None, train_size: int = 100_000, seed: int = 0,
-                 exact_below: int = 20_000, threads: int | None = None) -> None:
+                 exact_below: int = 20_000, threads: int | None = None, cache: bool = True,
+                 cache_dir: str | os.PathLike | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
         ivf_only = {"nlist": nlist, "pq_m": pq_m, "nbits": nbits, "nprobe": nprobe, "rerank": rerank}
@@ -173,6 +199,9 @@ class FaissIndex(RescoredIndex):
             raise ValueError(f"exact_below must be a non-negative integer, got {exact_below!r}")
         self.exact_below = int(exact_below)
         self.threads = _positive("threads", threads, allow_none=True)
+        if not isinstance(cache, bool):
+            raise ValueError(f"cache must be True or False, got {cache!r}")
+        self.cache_dir = (Path(cache_dir) if cache_dir is not None else home.data_home() / "faiss") if cache else None
         super().__init__(embeddings)
         try:
             import faiss
@@ -201,8 +230,10 @@ class FaissIndex(RescoredIndex):
             if dim % self.pq_m:
                 raise ValueError(f"pq_m must divide the embedding dimension {dim}, got {self.pq_m}")
             self.nprobe = min(self.nlist, _positive("nprobe", nprobe, allow_none=True) or 16)
-            self.rerank = _positive("rerank", rerank, allow_none=True) or 8
-        self._index = self._build(seed)
+            # PQ scores are coarse; re-scoring a few hundred rows exactly costs tens of microseconds.
+            self.rerank = _positive("rerank", rerank, allow_none=True) or 32
+        self.seed = int(seed)
+        self._index, self.loaded_from = self._load_or_build()
 
     def __repr__(self) -> str:
         if self.kind == "hnsw":
@@ -223,6 +254,41 @@ class FaissIndex(RescoredIndex):
             block = x[r].astype(np.float32)
             block *= self._inv_norms[r, None].astype(np.float32)
             yield block
+
+    def _settings(self) -> dict:
+        if self.kind == "hnsw":
+            return {"kind": "hnsw", "M": self.M, "ef_construction": self.ef_construction, "version": 1}
+        return {"kind": "ivfpq", "nlist": self.nlist, "pq_m": self.pq_m, "nbits": self.nbits, "seed": self.seed,
+                "train_size": self.train_size, "version": 1}
+
+    def _load_or_build(self):
+        """``(faiss index, the file it was read from or None)``."""
+        if self.cache_dir is None:
+            return self._build(self.seed), None
+        faiss = self._faiss
+        meta = self.embeddings.meta
+        stem = "_".join(re.sub(r"\W", "_", str(part))[:60] for part in
+                        (meta.get("dataset") or "set", self.embeddings.model_fingerprint[:16] or "nomodel", self.kind))
+        path = self.cache_dir / f"{stem}-{self._digest(self._settings())[:24]}.faiss"
+        if path.is_file():
+            try:
+                index = faiss.read_index(str(path))
+            except RuntimeError:
+                index = None  # a damaged file: built again and replaced below
+            if index is not None and index.ntotal == len(self) and index.d == self.dim:
+                return index, path
+        index = self._build(self.seed)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            faiss.write_index(index, str(temporary))
+            os.replace(temporary, path)
+            for old in self.cache_dir.glob(f"{stem}-*.faiss"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+        except (OSError, RuntimeError):
+            pass  # an unwritable cache costs the next process a build, not this one its index
+        return index, None
 
     def _build(self, seed: int):
         faiss = self._faiss
@@ -254,7 +320,8 @@ class FaissIndex(RescoredIndex):
     # -- queries --------------------------------------------------------------------------------------------
 
     def _candidates(self, q32, k, keep, n_keep, excluded, context):
-        if keep is not None and n_keep <= self.exact_below:
+        # A filter (more rows left out than the query's excluded ids) that leaves few rows: scan them.
+        if keep is not None and n_keep <= self.exact_below and len(self) - n_keep > len(excluded):
             return self._scan(q32, np.flatnonzero(keep), k)
         return self._search(q32, k, keep, n_keep)
 
@@ -265,10 +332,13 @@ class FaissIndex(RescoredIndex):
         want = min(want, n_keep)
         bits = None if keep is None else np.packbits(keep, bitorder="little")
         selector = None if bits is None else faiss.IDSelectorBitmap(bits)
+        # A filter passing a share s of the rows leaves ~s of what the walk visits: widen it by 1/s (bounded;
+        # filters narrower than exact_below rows never get here unless asked to).
+        widen = 1.0 if keep is None else min(32.0, len(self) / n_keep)
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, want))
+            params = faiss.SearchParametersHNSW(efSearch=int(max(self.ef_search, want) * widen))
         else:
-            params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+            params = faiss.SearchParametersIVF(nprobe=min(self.nlist, math.ceil(self.nprobe * widen)))
         if selector is not None:
             params.sel = selector
         _, labels = self._index.search(q32, want, params=params)

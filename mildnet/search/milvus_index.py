@@ -15,7 +15,6 @@ margin and are re-scored exactly as :class:`~mildnet.search.searcher.Searcher` d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -156,19 +155,12 @@ class MilvusIndex(RescoredIndex):
         return fields, codes
 
     def _fingerprint(self) -> str:
-        h = hashlib.sha256()
         settings = {"M": self.M, "ef_construction": self.ef_construction, "fields": self._fields, "version": 1}
-        h.update(json.dumps(settings, sort_keys=True).encode())
-        h.update(json.dumps(self.embeddings.ids).encode())
-        x = self.embeddings.vectors
-        step = max(1, (16 << 20) // max(1, x.strides[0]))
-        for a in range(0, len(x), step):
-            h.update(memoryview(x[a:a + step]).cast("B"))
+        extra = []
         for column in self._fields:
             distinct, number = self._codes[column]
-            h.update(json.dumps(distinct.tolist(), ensure_ascii=False).encode())
-            h.update(number.tobytes())
-        return h.hexdigest()
+            extra += [json.dumps(distinct.tolist(), ensure_ascii=False).encode(), number.tobytes()]
+        return self._digest(settings, *extra)
 
     def _default_name(self) -> str:
         meta = self.embeddings.meta
