@@ -169,7 +169,7 @@ def test_milvus_keeps_a_filled_collection_and_refills_a_changed_one(milvus_ok, t
     rows = {i: {"category": ("dress", "shirt", "Hat ")[r % 3], "colour": ("red", "blue")[r % 2]}
             for r, i in enumerate(es.ids)}
     first = MilvusIndex(es, uri, rows=rows)
-    assert first.inserted and first.collection == "mildnet_clustered_m4"
+    assert first.inserted and first.collection.startswith("mildnet_clustered_m4_v")
     again = MilvusIndex(es, uri, rows=rows)
     assert not again.inserted  # another process (or a restart) finds the collection as it left it
     q = queries(es, count=6)
@@ -184,13 +184,22 @@ def test_milvus_keeps_a_filled_collection_and_refills_a_changed_one(milvus_ok, t
     assert_agrees(expected, again.query(q, k=5, allowed=allowed, filters=filters, exclude_ids=[es.ids[0]]))
     assert_agrees(expected, again.query(q, k=5, filters=filters, exclude_ids=[es.ids[0]]))
     with pytest.raises(DataError, match="need an allowed mask"):
-        MilvusIndex(es, uri).query(q, k=5, filters={"category": "dress"})
+        MilvusIndex(es, str(tmp_path / "bare.db")).query(q, k=5, filters={"category": "dress"})
+    # An updated catalogue fills a new version; the one before it stays readable, older ones go.
     changed = EmbeddingSet(es.ids, es.paths, es.vectors[::-1].copy(), es.meta)
     refilled = MilvusIndex(changed, uri, rows=rows)
-    assert refilled.inserted
+    assert refilled.inserted and refilled.collection != first.collection
     assert_agrees(Searcher(changed).query(q, k=5), refilled.query(q, k=5))
+    assert_agrees(expected, again.query(q, k=5, allowed=allowed, exclude_ids=[es.ids[0]]))
+    third = MilvusIndex(EmbeddingSet(es.ids, es.paths, es.vectors[:, ::-1].copy(), es.meta), uri, rows=rows)
+    kept = sorted(c for c in third._client.list_collections() if c.startswith("mildnet_clustered_m4_v"))
+    assert kept == sorted([refilled.collection, third.collection])
+    named = MilvusIndex(es, uri, collection="shop_index")
+    assert named.collection == "shop_index" and MilvusIndex(changed, uri, collection="shop_index").inserted
     with pytest.raises(ValueError, match="uri must be"):
         MilvusIndex(es, "shop.sqlite")
+    with pytest.raises(DataError, match=r"Milvus at http://127.0.0.1:9 failed: .*Fail connecting"):
+        MilvusIndex(es, "milvus://127.0.0.1:9", timeout=2)
     with pytest.raises(ValueError, match="collection must be"):
         MilvusIndex(es, uri, collection="1 bad")
     with pytest.raises(ValueError, match="not in rows"):

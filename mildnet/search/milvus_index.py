@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ _MAX_LISTED = 4_096
 _MAX_VARCHAR = 65_535
 _FINGERPRINT = "mildnet.fingerprint"
 _COLUMNS = "mildnet.columns"
+_CREATED = "mildnet.created"
 
 
 def default_uri() -> str:
@@ -74,8 +76,9 @@ class MilvusIndex(RescoredIndex):
 
     ``uri``: a milvus-lite ``.db`` file (default: ``milvus.db`` in the data home), ``http://host:port`` or
     ``milvus://host:port`` (a server); ``token``/``db_name``: the server's credentials and database.
-    ``collection``: its name (default: derived from the set's dataset and model fingerprint, so each catalogue
-    and model has its own). ``rows``: id -> {column: value} (the catalogue's table, as
+    ``collection``: its name (default: the set's dataset and model fingerprint, and a version named after
+    the set's content, so each catalogue and model has its own and an update never changes rows under a
+    reader). ``rows``: id -> {column: value} (the catalogue's table, as
     :meth:`Catalogue.rows` gives it) for filters run inside Milvus; ``columns``: which of its columns to keep
     (default all). ``M``/``ef_construction``: the HNSW graph, ``ef_search``: the query's width (raised to
     the candidates asked when larger); ``batch_size``: rows a single insert. Results, exclusions,
@@ -105,6 +108,7 @@ class MilvusIndex(RescoredIndex):
         self._errors = (MilvusException,)
         self.uri = _client_uri(uri)
         self._fields, self._codes = self._table(rows, columns)
+        self._named = collection is not None
         self.collection = collection or self._default_name()
         options = {"uri": self.uri, "timeout": timeout}
         if token:
@@ -169,12 +173,20 @@ class MilvusIndex(RescoredIndex):
         return f"mildnet_{dataset}_{model}"
 
     def _sync(self, DataType) -> bool:
-        """Make the collection hold this set; True when it had to be (re)filled."""
-        client, name = self._client, self.collection
+        """Make the collection hold this set; True when it had to be (re)filled.
+
+        Default names carry the set's fingerprint (``<catalogue>_<model>_v<fingerprint>``): an updated catalogue
+        fills a new collection while queries (this process's previous state, other servers) still read the
+        old one with the row numbers of the set they hold; once the new one is filled, versions older than the
+        one it replaces are dropped. A name given as ``collection`` is refilled in place."""
+        client = self._client
         fingerprint = self._fingerprint()
+        base = self.collection
+        name = base if self._named else f"{base}_v{fingerprint[:16]}"
         if client.has_collection(name):
             properties = client.describe_collection(name).get("properties") or {}
             if properties.get(_FINGERPRINT) == fingerprint:
+                self.collection = name
                 client.load_collection(name)
                 return False
             client.drop_collection(name)
@@ -189,7 +201,7 @@ class MilvusIndex(RescoredIndex):
                         params={"M": self.M, "efConstruction": self.ef_construction})
         # The fingerprint is written last: a collection filled half-way (a crash) is refilled next time.
         client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
-                                 properties={_COLUMNS: json.dumps(self._fields)})
+                                 properties={_COLUMNS: json.dumps(self._fields), _CREATED: repr(time.time())})
         x = self.embeddings.vectors
         for a in range(0, len(x), self.batch_size):
             block = x[a:a + self.batch_size].astype(np.float32)
@@ -203,7 +215,21 @@ class MilvusIndex(RescoredIndex):
         client.flush(name)
         client.alter_collection_properties(name, properties={_FINGERPRINT: fingerprint})
         client.load_collection(name)
+        self.collection = name
+        if not self._named:
+            self._drop_old_versions(base, keep=name)
         return True
+
+    def _drop_old_versions(self, base: str, keep: str) -> None:
+        """Drops versions of ``base`` older than the newest one besides ``keep`` (which may still be read)."""
+        client = self._client
+        versions = []
+        for other in client.list_collections():
+            if other != keep and re.fullmatch(re.escape(base) + r"_v[0-9a-f]{16}", other):
+                properties = client.describe_collection(other).get("properties") or {}
+                versions.append((float(properties.get(_CREATED, 0) or 0), other))
+        for _, other in sorted(versions)[:-1]:
+            client.drop_collection(other)
 
     # -- queries --------------------------------------------------------------------------------------------
 
