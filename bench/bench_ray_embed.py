@@ -67,7 +67,9 @@ def main() -> int:
     floor = embed_images(loaded.model, paths, loaded.image_size, args.batch_size)
     single = time.perf_counter() - t0
 
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    # The workers import the checkout's mildnet, as this process does.
+    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(C.REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}})
     try:
         t0 = time.perf_counter()
         ds = ray.data.from_items([{"path": p} for p in paths])
