@@ -236,6 +236,39 @@ def test_the_app_the_cli_and_the_engine_give_the_same_results(tiny_env, capsys):
     assert found.close_match == payload["close_match"] and found.reason == payload["close_match_reason"]
 
 
+def test_results_can_be_limited_to_a_category_and_a_colour(tiny_env):
+    # Issue 21: filters pushed into the search (the top k among the products that pass), offered in the app.
+    import re
+
+    import pandas as pd
+
+    catalog = pd.read_csv(tiny_env / "tiny" / "catalog.csv", dtype=str).set_index("image")
+    at = _app("search")
+    query = "images/p0005/catalog.jpg"
+    at.selectbox(key="mn_pick_product").set_value(query).run()
+    at.button(key="mn_pick_go").click().run()
+
+    def shown() -> list[str]:
+        return [re.search(r'mn-card-title" title="([^"]+)"', h.proto.body).group(1) for h in at.get("html")
+                if 'class="mn-rank"' in h.proto.body]
+
+    unfiltered = shown()
+    wanted = next(c for c in sorted(catalog["category"].unique()) if c != catalog.loc[query, "category"])
+    at.selectbox(key="mn_only_category").set_value(wanted).run()
+    _no_failure(at)
+    ids = shown()
+    available = (catalog["category"] == wanted).sum()
+    assert len(ids) == min(5, available) and all(catalog.loc[i, "category"] == wanted for i in ids)
+    assert set(ids) != set(unfiltered)
+    colour = catalog.loc[ids[0], "colour"]
+    at.selectbox(key="mn_only_colour").set_value(colour).run()
+    ids = shown()
+    assert ids and all((catalog.loc[i, "category"], catalog.loc[i, "colour"]) == (wanted, colour) for i in ids)
+    at.selectbox(key="mn_only_category").set_value("All").run()
+    at.selectbox(key="mn_only_colour").set_value("All").run()
+    assert shown() == unfiltered
+
+
 def test_the_product_picker_filters_by_category_and_colour_and_reads_as_titles(tiny_env):
     # Issue 19 (5): on clothing-small the picker listed 3,781 entries that all read "dress".
     import pandas as pd

@@ -93,13 +93,18 @@ def render(ctx: Context) -> None:
         if k != shown:
             # A small catalogue clamps what is shown; the wish is kept, so a larger one shows it again.
             st.session_state[K_WANTED_KEY] = int(k)
+        filters = _result_filters(ctx, engine)
     with right:
         if query["kind"] == "upload":
-            found = engine.query_vector(vector, k=int(k), query={"image": uploaded.name})
+            found = engine.query_vector(vector, k=int(k), filters=filters, query={"image": uploaded.name})
         else:
-            found = engine.query_id(query["id"], k=int(k))
-        st.html(f'<div class="mn-role">Top {len(found.results)} similar products · {found.n_catalog:,} in the '
-                f'catalog · {html.escape(ctx.run.label)}</div>')
+            found = engine.query_id(query["id"], k=int(k), filters=filters)
+        only = f" · only {', '.join(filters.values())}" if filters else ""
+        st.html(f'<div class="mn-role">Top {len(found.results)} similar products{html.escape(only)} · '
+                f'{found.n_catalog:,} in the catalog · {html.escape(ctx.run.label)}</div>')
+        if not found.results:
+            st.info("No product of this catalogue passes the filter.", icon=":material/filter_alt_off:")
+            return
         if found.close_match is False:
             st.warning("**No close match in this catalogue.** The photo probably shows something this catalogue "
                        "does not sell. The nearest products are listed below anyway, marked as weak.",
@@ -109,6 +114,22 @@ def render(ctx: Context) -> None:
             st.caption(found.note)
         query_product = _row(info, query["id"]).get("product_id") if query["kind"] == "catalog" else None
         _results_grid(found, info, ctx, query_product)
+
+
+def _result_filters(ctx: Context, engine) -> dict[str, str]:
+    """Only results of one category and/or colour (pushed into the search: the top k among those products, not
+    the top k filtered afterwards); the choices are the catalogue's own."""
+    choices = resources.picker(ctx.dataset, engine)
+    filters = {}
+    if len(choices.categories) > 1:
+        category = st.selectbox("Only category", ["All"] + choices.categories, key="mn_only_category")
+        if category != "All":
+            filters["category"] = category
+    if len(choices.colours) > 1 and choices.colour_column:
+        colour = st.selectbox("Only colour", ["All"] + choices.colours, key="mn_only_colour")
+        if colour != "All":
+            filters[choices.colour_column] = colour
+    return filters
 
 
 def _set_query(query: dict) -> None:
