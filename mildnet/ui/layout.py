@@ -47,6 +47,19 @@ def keep_keras_session() -> None:
 keep_keras_session()
 
 
+def one_blas_thread_per_query() -> None:
+    """Each search's matrix product on one BLAS thread: sessions are answered from threads at once, and OpenBLAS's
+    own threads per call then spin against each other. Measured in-process (2 cores, other jobs running): 10k x
+    256, one query 8.2 ms -> 1.2 ms, 8 threads at once 37 -> 1,450 queries/s; 100k, 17 -> 15 ms and 14 -> 86 q/s
+    (`serve --blas-threads`, bench/bench_api.py). TensorFlow (embedding, training) keeps its own thread pools."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
+one_blas_thread_per_query()  # once per server process: this module is imported once
+
+
 @dataclass
 class Context:
     dataset: uidata.Dataset
