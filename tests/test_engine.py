@@ -156,3 +156,47 @@ def test_a_float16_store_serves_after_update_what_it_serves_after_a_restart(mode
     assert reopened.embeddings.equals(engine.embeddings)
     a, b = engine.query_id("blue/blue_2.jpg", k=5), reopened.query_id("blue/blue_2.jpg", k=5)
     assert [(r.id, r.score) for r in a.results] == [(r.id, r.score) for r in b.results]
+
+
+def test_concurrent_queries_are_batched_and_answer_as_one_at_a_time():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mildnet.search.batching import QueryBatcher
+    from mildnet.search.searcher import Searcher
+    from mildnet.store import EmbeddingSet
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    ids = [f"p{i:04d}" for i in range(len(x))]
+    searcher = Searcher(EmbeddingSet(ids, ids, x))
+    calls = []
+    lock = threading.Lock()
+
+    class Counting:
+        """The exact searcher, counting the queries of each pass (a real index, not a stand-in)."""
+
+        embeddings = searcher.embeddings
+
+        def query(self, vectors, k=5, exclude_ids=None, **options):
+            with lock:
+                calls.append(len(np.atleast_2d(vectors)))
+            return searcher.query(vectors, k=k, exclude_ids=exclude_ids, **options)
+
+    index, batcher = Counting(), QueryBatcher(max_batch=8, passes=2)
+    jobs = [(x[i] + 0.01 * rng.standard_normal(16).astype(np.float32), 1 + i % 7, [ids[i]] if i % 2 else None)
+            for i in range(200)]
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda job: batcher.query(index, *job), jobs))
+    want = [searcher.query(v, k=k, exclude_ids=ex)[0] for v, k, ex in jobs]
+    assert got == want  # same ids, scores and order as one query at a time, each with its own k and exclusions
+    assert sum(calls) == 200 and max(calls) > 1 and max(calls) <= 8  # batched under load, never above the cap
+    # Alone, a query is answered at once, in a pass of its own; a bad vector fails alone with the index's message.
+    calls.clear()
+    assert batcher.query(index, x[5], 3) == searcher.query(x[5], k=3)[0] and calls == [1]
+    with pytest.raises(DataError, match="dimension 3"):
+        batcher.query(index, np.ones(3, np.float32), 3)
+    with pytest.raises(ValueError, match="max_batch"):
+        QueryBatcher(0)
+    with pytest.raises(ValueError, match="passes"):
+        QueryBatcher(4, passes=0)

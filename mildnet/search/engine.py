@@ -28,6 +28,7 @@ from mildnet import calibration as cal
 from mildnet import catalogue_calibration as cc
 from mildnet import embeddings
 from mildnet.errors import DataError, MildnetError
+from mildnet.search.batching import QueryBatcher
 from mildnet.search.catalogue import Catalogue, FilterError
 from mildnet.search.index import Index, build_index
 from mildnet.search.model import LoadedModel
@@ -153,6 +154,7 @@ class SearchEngine:
         self._state = state
         self._reference: np.ndarray | None = None
         self._lock = threading.Lock()
+        self._batcher = QueryBatcher()
 
     # -- opening and updating -------------------------------------------------------------------------------------
 
@@ -304,7 +306,11 @@ class SearchEngine:
         wanted = max(k, own.rule.k) if own is not None else k
         # Milvus runs the filter itself (an expression on the columns it was given); the mask stays the check.
         pushed = {"filters": filters} if filters and self.index == "milvus" else {}
-        hits = state.searcher.query(vector, k=wanted, exclude_ids=exclude, allowed=allowed, **pushed)[0]
+        if allowed is None and not pushed:
+            # Concurrent queries (API workers, app sessions) share one pass over the vectors.
+            hits = self._batcher.query(state.searcher, vector, wanted, exclude)
+        else:
+            hits = state.searcher.query(vector, k=wanted, exclude_ids=exclude, allowed=allowed, **pushed)[0]
         matches, close, reason, kind, note = self._assess(hits, own, own_note)
         results = [Result(h.id, h.score, m, state.rows.get(h.id, {})) for h, m in zip(hits[:k], matches[:k])]
         return SearchResult(results, close, reason, kind, note, dict(query or {}), len(state.embeddings), self.key,

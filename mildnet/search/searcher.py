@@ -44,6 +44,8 @@ _UNIT_NORM_SLACK = 1e-4
 # Extra candidates taken beyond k from the float32 scores: with them the k-th/candidate boundary is usually
 # clear of float32 rounding, so the exact check below rarely needs a full row scan.
 _MARGIN = 4
+# Up to this many queries at once, the scores are computed catalog-major (see Searcher._scores).
+_FEW_QUERIES = 64
 
 
 class Searcher:
@@ -223,8 +225,15 @@ class Searcher:
         """float32 cosine scores (Qc, N) of unit queries against every catalog row."""
         x = self.embeddings.vectors
         if x.dtype == np.float32:
-            # One query: a matrix-vector product (what the floor does), not a 1-row GEMM.
-            s = (x @ q32[0])[None, :] if len(q32) == 1 else q32 @ x.T
+            # One query: a matrix-vector product (what the floor does), not a 1-row GEMM. A few queries (concurrent
+            # requests batched together): the catalog-major product, read as its transpose, ran 25-35% faster on
+            # one BLAS thread at 100k x 256 (8 queries 36 -> 26 ms) than the query-major one.
+            if len(q32) == 1:
+                s = (x @ q32[0])[None, :]
+            elif len(q32) <= _FEW_QUERIES:
+                s = (x @ q32.T).T
+            else:
+                s = q32 @ x.T
         else:
             s = np.empty((len(q32), len(x)), dtype=np.float32)
             step = self._upcast_rows
