@@ -200,3 +200,35 @@ def test_concurrent_queries_are_batched_and_answer_as_one_at_a_time():
         QueryBatcher(0)
     with pytest.raises(ValueError, match="passes"):
         QueryBatcher(4, passes=0)
+
+
+def test_a_big_catalogue_batches_concurrent_queries_through_the_engine(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mildnet.embeddings import EMBEDDING_VERSION, cache_key
+    from mildnet.search import engine as engine_module
+    from mildnet.store import EmbeddingSet
+
+    rng = np.random.default_rng(4)
+    n = engine_module.BATCH_FROM_ROWS + 100
+    x = rng.standard_normal((n, 32)).astype(np.float32)
+    ids = [f"p{i:05d}.jpg" for i in range(n)]
+    store = LocalStore(tmp_path / "store", fsync=False)
+    store.put(cache_key("big", "f" * 64), EmbeddingSet(ids, ids, x, {
+        "model_fingerprint": "f" * 64, "catalog_fingerprint": "c", "image_size": 8,
+        "embedding_version": EMBEDDING_VERSION}))
+    model = LoadedModel(None, {}, "vectors", 8, "f" * 64)
+    engine = SearchEngine.open(model, Catalogue("big", tmp_path, tuple(ids)), store, calibrate=False)
+    passes = []
+    real = engine.searcher.query
+
+    def counting(vectors, *args, **kwargs):
+        passes.append(len(np.atleast_2d(vectors)))
+        return real(vectors, *args, **kwargs)
+
+    engine.searcher.query = counting  # the real searcher, counted: how many queries each pass answered
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: engine.query_id(ids[i], k=4), range(64)))
+    assert [[r.id for r in g.results] for g in got] == [[h.id for h in real(x[i], k=4, exclude_ids=[ids[i]])[0]]
+                                                         for i in range(64)]
+    assert sum(passes) == 64 and max(passes) > 1
