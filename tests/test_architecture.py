@@ -280,7 +280,8 @@ def streamlit_imports(path: Path) -> list[str]:
 # ``data``), or for the search package its module (``mildnet.search.engine`` -> ``search.engine``).
 CALLERS = {"api", "cli", "ui", "__main__"}
 ENGINE = {"search.engine", "search.model", "search.catalogue"}
-BACK_ENDS = {"search.searcher", "search.index", "search.plot", "search.faiss_index", "search.milvus_index"}
+BACK_ENDS = {"search.searcher", "search.index", "search.plot", "search.batching", "search.faiss_index",
+             "search.milvus_index"}
 FORBIDDEN = {
     **{c: CALLERS for c in ("data", "store", "errors", "embeddings", "evaluation", "calibration",
                             "catalogue_calibration", "runs", "models", "training", "pretrained", "shop", "home")},
