@@ -168,10 +168,11 @@ class FaissIndex(RescoredIndex):
     32: PQ scores are coarse); trained on at most ``train_size`` rows picked with ``seed``.
 
     ``exact_below``: a filter (``allowed``) leaving at most this many rows is answered by an exact scan of those
-    rows. ``threads``: faiss' OpenMP threads (default: faiss' own, all cores). ``cache``: keep the built index
-    in ``cache_dir`` (default ``faiss/`` in the data home; faiss' own file format), named after a fingerprint of
-    the set and the build settings, so the next process opening the same set reads it instead of building
-    (a 1M-row HNSW graph takes minutes); older files of the same catalogue, model and kind are removed.
+    rows. ``threads``: faiss' OpenMP threads, a process-wide setting (default: faiss' own, all cores).
+    ``cache``: keep the built index in ``cache_dir`` (default ``faiss/`` in the data home; faiss' own file
+    format), named after a fingerprint of the set and the build settings, so the next process opening the same
+    set reads it instead of building (a 1M-row HNSW graph takes minutes); older files of the same catalogue,
+    model and kind are removed.
 
     Results, exclusions, ``allowed`` and ``k`` larger than the set behave as :meth:`Searcher.query` documents;
     scores are exact cosines.
