@@ -218,10 +218,11 @@ def test_milvus_default_file_is_in_the_data_home(milvus_ok, monkeypatch, tmp_pat
 # -- the engine on real shop photos ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def luma_shop(tmp_path_factory, request):
+def luma_shop(tmp_path_factory, luma_dir):
     """48 Magento Luma photos (bags, tops, bottoms... in several colours) with their table, and the shipped model."""
-    luma = request.getfixturevalue("luma_dir")
     from mildnet.pretrained import default_run_dir
+
+    luma = luma_dir
 
     labels = pd.read_csv(luma / "labels.csv")
     labels = labels[labels["view"] == "main"].drop_duplicates("product_id")
