@@ -34,6 +34,8 @@ KINDS = ("hnsw", "ivfpq")
 # Candidates taken beyond k before the exact re-scoring: neighbours that faiss ranks just below the k-th
 # (rounding in its float32 or PQ scores) still get their exact score.
 _MARGIN = 8
+# Queries with their own excluded ids, up to this many each, share one index call (over-fetching by that many).
+_BATCHED_EXCLUSIONS = 64
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> int | None:
@@ -79,13 +81,18 @@ class RescoredIndex(Searcher):
         q64 *= np.divide(1.0, qn, out=np.zeros_like(qn), where=qn > 0)[:, None]
         q32 = q64.astype(np.float32)
 
-        # One exclusion list for every query (a product page, the engine's case): one batched index call.
+        # One exclusion list for every query (a product page): one index call that leaves it out. A few ids per
+        # query (a batch of product pages): one call asking for that many more, each query's own dropped after.
+        empty = np.zeros(0, dtype=np.intp)
+        longest = max(len(ex) for ex in excluded)
         if all(ex is excluded[0] for ex in excluded):
-            groups = [(np.arange(len(q)), excluded[0])]
+            groups = [(np.arange(len(q)), excluded[0], 0)]
+        elif mask is None and longest <= _BATCHED_EXCLUSIONS:
+            groups = [(np.arange(len(q)), empty, longest)]
         else:
-            groups = [(np.array([r]), ex) for r, ex in enumerate(excluded)]
+            groups = [(np.array([r]), ex, 0) for r, ex in enumerate(excluded)]
         out: list[list[Hit]] = [[] for _ in range(len(q))]
-        for rows, ex in groups:
+        for rows, ex, extra in groups:
             keep = None
             if mask is not None or len(ex):
                 keep = np.ones(n, bool) if mask is None else mask.copy()
@@ -94,14 +101,21 @@ class RescoredIndex(Searcher):
             if n_keep == 0:
                 continue
             # Asked for everything: a scan is both exact and no slower.
-            if k >= n_keep:
-                candidates = self._scan(q32[rows], np.arange(n) if keep is None else np.flatnonzero(keep), k)
+            if k + extra >= n_keep:
+                candidates = self._scan(q32[rows], np.arange(n) if keep is None else np.flatnonzero(keep),
+                                        k + extra)
             else:
-                candidates = self._candidates(q32[rows], k, keep, n_keep, ex, context)
+                candidates = self._candidates(q32[rows], k + extra, keep, n_keep, ex, context)
             for i, r in enumerate(rows):
-                hits = self._rank(q64, r, candidates[i], k)
-                if len(hits) < min(k, n_keep):
-                    allowed_rows = np.arange(n) if keep is None else np.flatnonzero(keep)
+                own_keep, cand = keep, candidates[i]
+                if extra:
+                    own_keep = np.ones(n, bool)
+                    own_keep[excluded[r]] = False
+                    cand = cand[own_keep[cand]]
+                n_own = n if own_keep is None else int(np.count_nonzero(own_keep))
+                hits = self._rank(q64, r, cand, k)
+                if len(hits) < min(k, n_own):
+                    allowed_rows = np.arange(n) if own_keep is None else np.flatnonzero(own_keep)
                     hits = self._rank(q64, r, self._scan(q32[r:r + 1], allowed_rows, k)[0], k)
                 out[r] = hits
         return out
