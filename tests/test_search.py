@@ -360,3 +360,29 @@ def test_memory_stays_bounded_however_many_queries():
         tracemalloc.stop()
     # One block for all 3000 queries would be 3000 x 100000 x 12 bytes = 3.4 GiB.
     assert len(hits) == 3000 and peak < 0.75 * emb.vectors.nbytes
+
+
+@pytest.mark.parametrize("share", [0.9, 0.5, 0.1, 0.002])
+def test_allowed_rows_match_a_brute_force_whatever_the_share(share):
+    # A filter keeps few rows or many (the search takes two paths): the same results as a float64 brute force
+    # over the allowed rows, exclusions applied, k beyond what is allowed included, and as the sklearn back end.
+    rng = np.random.default_rng(11)
+    n = 3000
+    x = rng.standard_normal((n, 24)).astype(np.float32)
+    ids = [f"i{i:04d}" for i in range(n)]
+    blas = Searcher(EmbeddingSet(ids, ids, x))
+    sklearn = Searcher(EmbeddingSet(ids, ids, x), backend="sklearn")
+    mask = rng.random(n) < share
+    x64 = x.astype(np.float64)
+    unit = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
+    for i in range(0, 40, 3):
+        exclude = [ids[i], ids[i + 1]] if i % 2 else None
+        scores = unit @ unit[i]
+        ok = mask.copy()
+        if exclude:
+            ok[[i, i + 1]] = False
+        order = [j for j in np.lexsort((np.arange(n), -scores)) if ok[j]]
+        for k in (1, 5, 40):
+            got = blas.query(x[i], k=k, exclude_ids=exclude, allowed=mask)[0]
+            assert [h.id for h in got] == [ids[j] for j in order[:k]]
+            assert got == sklearn.query(x[i], k=k, exclude_ids=exclude, allowed=mask)[0]

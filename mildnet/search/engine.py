@@ -312,7 +312,8 @@ class SearchEngine:
         wanted = max(k, own.rule.k) if own is not None else k
         # Milvus runs the filter itself (an expression on the columns it was given); the mask stays the check.
         pushed = {"filters": filters} if filters and self.index == "milvus" else {}
-        if allowed is None and not pushed and len(state.embeddings) >= BATCH_FROM_ROWS:
+        # Only the exact back end's answers do not depend on the batch (an HNSW search's width follows its k).
+        if allowed is None and not pushed and self.index == "exact" and len(state.embeddings) >= BATCH_FROM_ROWS:
             # Concurrent queries (API workers, app sessions) share one pass over the vectors.
             hits = self._batcher.query(state.searcher, vector, wanted, exclude)
         else:

@@ -138,17 +138,25 @@ class Searcher:
         k = check_positive_int("k", k)
         q = self._check_vectors(vectors)
         excluded_rows = self._exclusions(exclude_ids, len(q))
+        blocked = None
         if allowed is not None:
             mask = np.asarray(allowed)
             if mask.dtype != bool or mask.shape != (len(self),):
                 raise DataError(f"allowed must be a boolean mask of the {len(self)} catalog rows, got "
                                 f"{mask.dtype} {mask.shape}")
-            blocked = np.flatnonzero(~mask)
-            excluded_rows = [np.union1d(ex, blocked) for ex in excluded_rows]
+            if not mask.any():
+                return [[] for _ in range(len(q))]  # a filter nothing passes
+            if self.backend == "sklearn":
+                rows = np.flatnonzero(~mask)
+                excluded_rows = [np.union1d(ex, rows) for ex in excluded_rows]
+            else:
+                # One masked assignment a chunk: merging the blocked rows into every query's exclusions sorted
+                # half the catalogue per query (289 ms a query at 1M with a 50% filter, against 60 ms unfiltered).
+                blocked = ~mask
         out: list[list[Hit]] = []
         for start in range(0, len(q), self.chunk_size):
             stop = min(start + self.chunk_size, len(q))
-            out.extend(self._query_chunk(q[start:stop], k, excluded_rows[start:stop]))
+            out.extend(self._query_chunk(q[start:stop], k, excluded_rows[start:stop], blocked))
         return out
 
     def query_id(self, item_id: str, k: int = 5, exclude_self: bool = True) -> list[Hit]:
@@ -244,20 +252,45 @@ class Searcher:
             s *= self._scale
         return s
 
-    def _candidates_blas(self, q32: np.ndarray, k: int, excluded: list[np.ndarray]):
+    def _candidates_blas(self, q32: np.ndarray, k: int, excluded: list[np.ndarray], blocked: np.ndarray | None = None):
         n = len(self)
         s = self._scores(q32)
+        cols = None
+        if blocked is not None:
+            if 2 * int(blocked.sum()) > n:
+                # Few rows allowed: partition only those. argpartition over a row that is mostly -inf (equal
+                # values) ran ~15x slower than over real scores (47 ms a query at 300k with a 10% filter).
+                cols = np.flatnonzero(~blocked)
+                s = s[:, cols]
+            else:
+                s[:, blocked] = -np.inf
         for r, ex in enumerate(excluded):
-            if len(ex):
+            if len(ex) and cols is None:
                 s[r, ex] = -np.inf
-        m = min(n, k + _MARGIN)
-        if m == n:
-            part = np.broadcast_to(np.arange(n), s.shape)
-            return part, s, None, lambda r: s[r]
-        part = np.argpartition(s, n - m, axis=1)[:, n - m:]
+            elif len(ex):
+                pos = np.searchsorted(cols, ex)
+                hit = pos < len(cols)
+                hit[hit] = cols[pos[hit]] == ex[hit]
+                s[r, pos[hit]] = -np.inf
+        width = s.shape[1]
+
+        def full_row(r: int) -> np.ndarray:
+            if cols is None:
+                return s[r]
+            row = np.full(n, -np.inf, dtype=s.dtype)
+            row[cols] = s[r]
+            return row
+
+        m = min(width, k + _MARGIN)
+        if m == width:
+            part = np.broadcast_to(np.arange(width) if cols is None else cols, s.shape)
+            return part, s, None, full_row
+        part = np.argpartition(s, width - m, axis=1)[:, width - m:]
         top = np.take_along_axis(s, part, axis=1)
+        if cols is not None:
+            part = cols[part]
         # Every row outside the partition scores at most the partition's minimum.
-        return part, top, top.min(axis=1), lambda r: s[r]
+        return part, top, top.min(axis=1), full_row
 
     def _candidates_sklearn(self, q32: np.ndarray, k: int, excluded: list[np.ndarray]):
         n = len(self)
@@ -277,7 +310,8 @@ class Searcher:
 
         return part, top, low, full_row
 
-    def _query_chunk(self, q: np.ndarray, k: int, excluded: list[np.ndarray]) -> list[list[Hit]]:
+    def _query_chunk(self, q: np.ndarray, k: int, excluded: list[np.ndarray],
+                     blocked: np.ndarray | None = None) -> list[list[Hit]]:
         q64 = q.astype(np.float64)
         qn = np.linalg.norm(q64, axis=1)
         q64 *= np.divide(1.0, qn, out=np.zeros_like(qn), where=qn > 0)[:, None]
@@ -285,7 +319,7 @@ class Searcher:
         if self.backend == "sklearn":
             part, top, low, full_row = self._candidates_sklearn(q32, k, excluded)
         else:
-            part, top, low, full_row = self._candidates_blas(q32, k, excluded)
+            part, top, low, full_row = self._candidates_blas(q32, k, excluded, blocked)
 
         # Only candidates within twice the float32 error bound of the k-th float32 score can be in the exact
         # top k. If a row outside the partition could be too (its bound reaches that far), scan the full row.
