@@ -7,7 +7,8 @@
 - ``runs/``: training runs started from the app (``$MILDNET_RUNS`` overrides);
 - ``thumbnails/``: the app's grid thumbnails;
 - ``shop.json``: what the owner published (:mod:`mildnet.shop`);
-- ``milvus.db``: the embedded Milvus index (milvus-lite) when ``$MILDNET_INDEX`` chooses it.
+- ``milvus.db``: the embedded Milvus index (milvus-lite) when ``$MILDNET_INDEX`` chooses it; ``faiss/``: built
+  faiss indexes, named by the set's and settings' fingerprint, so the next process reads them instead of rebuilding.
 """
 
 from __future__ import annotations
