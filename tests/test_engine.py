@@ -140,7 +140,7 @@ def test_index_spec_as_users_write_it(capsys, monkeypatch):
         with pytest.raises(DataError, match=said):
             parse_index_spec(bad)
     # The CLI refuses an unknown back end as a usage error before loading anything; $MILDNET_INDEX is its default.
-    assert main(["search", "--index", "annoy", "--id", "x", "--dataset", "sample"]) == 2
+    assert main(["search", "--index", "annoy", "--id", "x", "--dataset", "not-registered"]) == 2
     assert "unknown index 'annoy'" in capsys.readouterr().err
     monkeypatch.setenv("MILDNET_INDEX", "annoy")
     assert main(["embed", "--images", "/nowhere"]) == 2

@@ -53,9 +53,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError("-k must be at least 1")
     if args.image is not None and not args.image.is_file():
         raise ImageError(f"query image not found: {args.image}")
+    index, index_options = index_from_args(args)
     if args.images is None and args.dataset:
         catalogue_from_args(args)  # a registered dataset that is not ready fails before the model loads
-    index, index_options = index_from_args(args)
     model = loaded_model_from_args(args)
     run_hint = f"--run {args.run}" if args.run is not None else f"--model {args.model}"
     store = open_store_from_args(args)
