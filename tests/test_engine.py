@@ -232,3 +232,22 @@ def test_a_big_catalogue_batches_concurrent_queries_through_the_engine(tmp_path)
     assert [[r.id for r in g.results] for g in got] == [[h.id for h in real(x[i], k=4, exclude_ids=[ids[i]])[0]]
                                                          for i in range(64)]
     assert sum(passes) == 64 and max(passes) > 1
+
+
+def test_filter_masks_are_coded_once_per_set_and_match_the_table(tmp_path):
+    import pandas as pd
+
+    ids = tuple(f"p{i:03d}.jpg" for i in range(300))
+    rng = np.random.default_rng(2)
+    table = pd.DataFrame({"image": ids, "category": rng.choice(["Dress ", "shirt"], 300),
+                          "colour": rng.choice(["red", "Blue", "black"], 300)}).iloc[:-5]  # 5 photos without a row
+    catalogue = Catalogue("c", tmp_path, ids, table)
+    cache = {}
+    got = catalogue.mask(ids, {"category": "dress", "colour": ["RED", "blue "]}, cache)
+    want = np.zeros(300, bool)
+    want[:295] = (table["category"].str.strip().str.casefold().eq("dress")
+                  & table["colour"].str.casefold().isin(["red", "blue"])).to_numpy()
+    assert (got == want).all() and not got[-5:].any() and set(cache) == {"category", "colour"}
+    assert (catalogue.mask(ids, {"category": "dress", "colour": ["RED", "blue "]}, cache) == got).all()
+    assert (catalogue.mask(ids, {"category": "dress", "colour": ["RED", "blue "]}) == got).all()  # no cache
+    assert not catalogue.mask(ids, {"colour": "green"}, cache).any()

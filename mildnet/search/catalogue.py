@@ -123,25 +123,39 @@ class Catalogue:
             out[record["image"]] = {k: v for k, v in record.items() if k != "image" and v not in ("", "nan", "None")}
         return out
 
-    def mask(self, ids: Sequence[str], filters: Mapping[str, str | Sequence[str]] | None) -> np.ndarray | None:
+    def mask(self, ids: Sequence[str], filters: Mapping[str, str | Sequence[str]] | None,
+             cache: dict | None = None) -> np.ndarray | None:
         """Boolean mask over ``ids`` (a stored set's rows) of the photos whose table values pass ``filters``
-        (column -> a value or a list of accepted values, compared as text, case-insensitively); None without
-        filters. FilterError for a column the table does not have."""
+        (column -> a value or a list of accepted values, compared as text, trimmed and case-insensitively); None
+        without filters. FilterError for a column the table does not have. ``cache``: a dict kept with those
+        ``ids`` (the engine keeps one per stored set): each column is coded against them once, after which a
+        filter costs one ``isin`` over integer codes (a pandas pass over the table per query took ~90 ms at 100k)."""
         if not filters:
             return None
         if self.table is None:
             raise FilterError(f"catalogue {self.name} has no table, so it cannot be filtered by "
                               f"{', '.join(filters)}")
-        keep = pd.Series(True, index=self.table.index)
+        cache = {} if cache is None else cache
+        keep = np.ones(len(ids), dtype=bool)
         for column, wanted in filters.items():
             if column not in self.table.columns or column == "image":
                 raise FilterError(f"catalogue {self.name} has no column {column!r} to filter on (it has: "
                                   f"{', '.join(self.columns) or 'none'})")
+            if column not in cache:
+                cache[column] = self._codes(ids, column)
+            codes, lookup = cache[column]
             values = [wanted] if isinstance(wanted, str) else list(wanted)
-            accepted = {str(v).strip().casefold() for v in values}
-            keep &= self.table[column].astype(str).str.strip().str.casefold().isin(accepted)
-        passing = set(self.table.loc[keep, "image"])
-        return np.fromiter((i in passing for i in ids), dtype=bool, count=len(ids))
+            accepted = [lookup[v] for v in {str(v).strip().casefold() for v in values} if v in lookup]
+            keep &= np.isin(codes, np.asarray(accepted, dtype=codes.dtype))
+        return keep
+
+    def _codes(self, ids: Sequence[str], column: str) -> tuple[np.ndarray, dict[str, int]]:
+        """Each of ``ids``' value in ``column`` as an integer code (-1: the photo has no row), and value -> code."""
+        normalised = pd.Series(self.table[column].astype(str).str.strip().str.casefold().to_numpy(),
+                               index=self.table["image"].to_numpy())
+        aligned = normalised[~normalised.index.duplicated()].reindex(pd.Index(list(ids)))
+        codes, uniques = pd.factorize(aligned, use_na_sentinel=True)
+        return codes.astype(np.int64), {str(u): k for k, u in enumerate(uniques)}
 
 
 def _triplet_images(splits) -> pd.DataFrame | None:

@@ -143,6 +143,8 @@ class _State:
     own: cc.CatalogueCalibration | None
     own_note: str | None
     rows: dict[str, dict[str, str]]
+    # Catalogue columns coded against this set's rows, filled by the first filter on each (Catalogue.mask).
+    filter_codes: dict = dataclasses.field(default_factory=dict)
 
 
 class SearchEngine:
@@ -306,7 +308,7 @@ class SearchEngine:
         """Products like an embedding (the model's unit vector of a photo)."""
         k = check_positive_int("k", k)
         state = state or self._current()
-        allowed = self.catalogue.mask(state.embeddings.ids, filters)
+        allowed = self.catalogue.mask(state.embeddings.ids, filters, state.filter_codes)
         own, own_note = state.own, state.own_note
         # The close-match score may average more results than are shown: ask for enough, show what was asked.
         wanted = max(k, own.rule.k) if own is not None else k
