@@ -145,6 +145,7 @@ class _State:
     rows: dict[str, dict[str, str]]
     # Catalogue columns coded against this set's rows, filled by the first filter on each (Catalogue.mask).
     filter_codes: dict = dataclasses.field(default_factory=dict)
+    cache: dict = dataclasses.field(default_factory=dict)  # what is computed once per set (reference)
 
 
 class SearchEngine:
@@ -160,7 +161,6 @@ class SearchEngine:
         self.index = index
         self.index_options = dict(index_options or {})
         self._state = state
-        self._reference: np.ndarray | None = None
         self._lock = threading.Lock()
         self._batcher = QueryBatcher()
 
@@ -240,7 +240,6 @@ class SearchEngine:
             stored = result.embeddings
             if wanted not in (None, stored.dtype):
                 stored = stored.astype(wanted)
-            self._reference = None
             self._state = self._state_of(stored, calibrate=True)
         return result
 
@@ -273,12 +272,13 @@ class SearchEngine:
         state = self._current()
         return state.own, state.own_note
 
-    def reference(self) -> np.ndarray:
-        """Leave-one-out nearest-neighbour cosines of the catalogue (for the run calibration's verdict)."""
-        state = self._current()
-        if self._reference is None or len(self._reference) == 0:
-            self._reference = cal.catalogue_reference(state.embeddings.vectors)
-        return self._reference
+    def reference(self, state: _State | None = None) -> np.ndarray:
+        """Leave-one-out nearest-neighbour cosines of the catalogue (for the run calibration's verdict), computed
+        once per stored set (kept with it, so a query running across an update never mixes two sets)."""
+        state = state or self._current()
+        if "reference" not in state.cache:
+            state.cache["reference"] = cal.catalogue_reference(state.embeddings.vectors)
+        return state.cache["reference"]
 
     # -- queries ------------------------------------------------------------------------------------------------
 
@@ -309,7 +309,7 @@ class SearchEngine:
         k = check_positive_int("k", k)
         state = state or self._current()
         allowed = self.catalogue.mask(state.embeddings.ids, filters, state.filter_codes)
-        own, own_note = state.own, state.own_note
+        own = state.own
         # The close-match score may average more results than are shown: ask for enough, show what was asked.
         wanted = max(k, own.rule.k) if own is not None else k
         # Milvus runs the filter itself (an expression on the columns it was given); the mask stays the check.
@@ -320,13 +320,14 @@ class SearchEngine:
             hits = self._batcher.query(state.searcher, vector, wanted, exclude)
         else:
             hits = state.searcher.query(vector, k=wanted, exclude_ids=exclude, allowed=allowed, **pushed)[0]
-        matches, close, reason, kind, note = self._assess(hits, own, own_note)
+        matches, close, reason, kind, note = self._assess(hits, state)
         results = [Result(h.id, h.score, m, state.rows.get(h.id, {})) for h, m in zip(hits[:k], matches[:k])]
         return SearchResult(results, close, reason, kind, note, dict(query or {}), len(state.embeddings), self.key,
                             self.model.name)
 
-    def _assess(self, hits: list[Hit], own, own_note):
+    def _assess(self, hits: list[Hit], state: _State):
         """``(match strengths, close match, reason, calibration kind, note)`` of a result list."""
+        own, own_note = state.own, state.own_note
         scores = [h.score for h in hits]
         if own is not None:
             verdict = cal.assess(scores, own.match, rule=own.rule, ids=[h.id for h in hits])
@@ -337,5 +338,5 @@ class SearchEngine:
             return [None] * len(hits), None, None, None, note
         # The run's calibration was fitted on its own validation photos, not this catalogue's: good enough to say
         # "no close match", not to put a percentage on each result. Those show their plain similarity.
-        verdict = cal.assess(scores, run_calibration, self.reference())
+        verdict = cal.assess(scores, run_calibration, self.reference(state))
         return [None] * len(hits), verdict.close_match, verdict.reason, "run", own_note or RUN_CALIBRATION_NOTE
