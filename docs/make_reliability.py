@@ -43,8 +43,10 @@ What a running app exposes, and what keeps it safe when others can reach it:
   that leave it, dangle or loop is refused without naming where they lead
   (`test_unsafe_links_lists_links_leaving_the_root_dangling_or_looping`).
 - **Uploads.** The server accepts requests up to `server.maxUploadSize` (300 MB, sized for catalogue zips). A
-  search photo over 20 MB is refused from its size before its bytes are copied and is dropped from memory; a
-  zip's bytes are dropped once it is unpacked and added; other uploads live until the session ends (two
+  search photo over 20 MB is refused from its size before its bytes are copied and is dropped from memory
+  (`test_a_refused_oversized_upload_leaves_the_servers_memory_at_once`); a zip's bytes are dropped once it is
+  unpacked and added (`test_an_added_zip_leaves_the_servers_memory_once_unpacked`); other uploads live until the
+  session ends (two
   minutes after its tab closes). A zip unpacks at most 200,000 files and 4 GB, 64 MB a photo, each member
   judged on its own (compression ratio, name); images other than JPEG over 16 Mpx, and any over 50 Mpx, are
   refused before decoding (the Images table above; `test_bad_upload_shows_a_clear_error`).

@@ -302,6 +302,32 @@ def test_bad_upload_shows_a_clear_error(tiny_env, name, payload, reason):
     assert not [b for b in at.button if b.key and b.key.startswith("mn_similar_")]
 
 
+def test_a_refused_oversized_upload_leaves_the_servers_memory_at_once(tiny_env, monkeypatch):
+    # Issue 18 F12: Streamlit keeps a session's uploads until the browser drops them or the session ends (minutes
+    # after its tab closes); a photo refused for its size must not stay there. The runtime's own file manager
+    # is watched (its real remove_file runs), and after the refusal it no longer holds the bytes.
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+
+    released = []
+    remove = MemoryUploadedFileManager.remove_file
+
+    def watched(self, session_id, file_id):
+        remove(self, session_id, file_id)
+        released.append((file_id, self.get_files(session_id, [file_id])))
+
+    monkeypatch.setattr(MemoryUploadedFileManager, "remove_file", watched)
+    at = _app("search")
+    at.file_uploader(key="mn_upload").set_value(("huge.jpg", b"\xff\xd8" + bytes(21 << 20), "image/jpeg")).run()
+    assert len(at.error) == 1 and "too large" in at.error[0].value
+    assert len(released) == 1 and released[0][1] == []  # released during the run that refused it, and gone
+    # A photo that is searched stays (the page reruns with it as the query).
+    released.clear()
+    photo = _jpeg(tiny_env / "tiny" / "images" / "p0003" / "wild-1.jpg")
+    at.file_uploader(key="mn_upload").set_value(("photo.jpg", photo, "image/jpeg")).run()
+    _no_failure(at)
+    assert released == []
+
+
 def test_upload_handler_decodes_formats_and_rejects_bad_bytes(tiny_env):
     from mildnet.search.model import LoadedModel
     from mildnet.ui.search_page import THUMB_PX

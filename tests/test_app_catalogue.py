@@ -284,6 +284,24 @@ def test_add_a_zip_keeps_only_photos_and_reports_the_rest(env):
         assert reason in report, reason
 
 
+def test_an_added_zip_leaves_the_servers_memory_once_unpacked(env, monkeypatch):
+    # Issue 18 F12: three sessions holding 250 MB zips kept +580 MB until their sessions ended. Once unpacked and
+    # registered, the zip's bytes are dropped from the runtime's file manager (its real remove_file, watched).
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+
+    released = []
+    remove = MemoryUploadedFileManager.remove_file
+
+    def watched(self, session_id, file_id):
+        remove(self, session_id, file_id)
+        released.append(self.get_files(session_id, [file_id]))
+
+    monkeypatch.setattr(MemoryUploadedFileManager, "remove_file", watched)
+    at = _add_zip(_add_page(), _zip([(f"shop/p{i}.jpg", _jpeg_bytes(i)) for i in range(4)]), "released")
+    assert not at.error and at.session_state["mn_dataset"] == "released"
+    assert released == [[]]
+
+
 @pytest.mark.parametrize("case,expected", [
     ("empty zip", "the zip is empty"),
     ("only traversal", "no usable photos"),
