@@ -69,17 +69,11 @@ class RescoredIndex(Searcher):
         excluded = self._exclusions(exclude_ids, len(q))
         mask = None
         if allowed is not None:
-            mask = np.asarray(allowed)
-            if mask.dtype != bool or mask.shape != (n,):
-                raise DataError(f"allowed must be a boolean mask of the {n} catalog rows, got {mask.dtype} "
-                                f"{mask.shape}")
+            mask = self._check_mask(allowed)
         elif filters:
             mask = self._filter_mask(filters)
         context = self._prepare(filters, mask)
-        q64 = q.astype(np.float64)
-        qn = np.linalg.norm(q64, axis=1)
-        q64 *= np.divide(1.0, qn, out=np.zeros_like(qn), where=qn > 0)[:, None]
-        q32 = q64.astype(np.float32)
+        q64, q32 = self._unit_queries(q)
 
         # One exclusion list for every query (a product page): one index call that leaves it out. A few ids per
         # query (a batch of product pages): one call asking for that many more, each query's own dropped after.

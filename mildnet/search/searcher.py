@@ -140,10 +140,7 @@ class Searcher:
         excluded_rows = self._exclusions(exclude_ids, len(q))
         blocked = None
         if allowed is not None:
-            mask = np.asarray(allowed)
-            if mask.dtype != bool or mask.shape != (len(self),):
-                raise DataError(f"allowed must be a boolean mask of the {len(self)} catalog rows, got "
-                                f"{mask.dtype} {mask.shape}")
+            mask = self._check_mask(allowed)
             if not mask.any():
                 return [[] for _ in range(len(q))]  # a filter nothing passes
             if self.backend == "sklearn":
@@ -184,6 +181,21 @@ class Searcher:
                 + (" ..." if len(missing) > 5 else "")
             )
         return np.array([index[i] for i in ids], dtype=np.int64)
+
+    def _check_mask(self, allowed: Any) -> np.ndarray:
+        mask = np.asarray(allowed)
+        if mask.dtype != bool or mask.shape != (len(self),):
+            raise DataError(f"allowed must be a boolean mask of the {len(self)} catalog rows, got "
+                            f"{mask.dtype} {mask.shape}")
+        return mask
+
+    @staticmethod
+    def _unit_queries(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(float64 unit queries, their float32 copy)``: zero queries stay zero (score 0 against everything)."""
+        q64 = q.astype(np.float64)
+        qn = np.linalg.norm(q64, axis=1)
+        q64 *= np.divide(1.0, qn, out=np.zeros_like(qn), where=qn > 0)[:, None]
+        return q64, q64.astype(np.float32)
 
     def _check_vectors(self, vectors: Any) -> np.ndarray:
         try:
@@ -312,10 +324,7 @@ class Searcher:
 
     def _query_chunk(self, q: np.ndarray, k: int, excluded: list[np.ndarray],
                      blocked: np.ndarray | None = None) -> list[list[Hit]]:
-        q64 = q.astype(np.float64)
-        qn = np.linalg.norm(q64, axis=1)
-        q64 *= np.divide(1.0, qn, out=np.zeros_like(qn), where=qn > 0)[:, None]
-        q32 = q64.astype(np.float32)
+        q64, q32 = self._unit_queries(q)
         if self.backend == "sklearn":
             part, top, low, full_row = self._candidates_sklearn(q32, k, excluded)
         else:
