@@ -46,10 +46,12 @@ class Catalogue:
     @classmethod
     def registered(cls, name: str, include: Sequence[str] | None = None) -> Catalogue:
         """A dataset of the registry (`data list`); DataError when it is unknown or its files are missing."""
-        if name not in manifest.datasets():
-            raise DataError(f"{name!r} is not a registered dataset (registered: {', '.join(manifest.datasets())}); "
+        registry = manifest.load_manifest()  # read once: the name check and the rows come from the same read
+        known = manifest.datasets(registry)
+        if name not in known:
+            raise DataError(f"{name!r} is not a registered dataset (registered: {', '.join(known)}); "
                             f"register a folder with `python -m mildnet data add {name} --images DIR`")
-        splits = manifest.dataset_splits(name)
+        splits = manifest.dataset_splits(name, registry)
         missing = manifest.missing_files(splits)
         if missing:
             raise DataError(f"dataset {name} is not ready (missing {missing[0]}); "

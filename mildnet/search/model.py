@@ -48,22 +48,8 @@ class LoadedModel:
                    found, note)
 
     @classmethod
-    def from_zoo(cls, name: str, *, weights: str | None = None, image_size: int | None = None,
-                 embedding_dim: int | None = None, seed: int = 0) -> LoadedModel:
-        """A zoo model built now; a fixed ``seed`` draws the same untrained layers in every process, so its
-        fingerprint (and the stored embeddings it names) is the same for the CLI, the app and the API."""
-        import keras
-
-        from mildnet.models import build_model
-
-        size = 224 if image_size is None else int(image_size)
-        keras.utils.set_random_seed(seed)
-        model = build_model(name, input_size=size, embedding_dim=embedding_dim, weights=weights)
-        return cls.from_keras(model, {"model": name, "image_size": size, "weights": weights or "none"})
-
-    @classmethod
     def from_keras(cls, model, config: dict | None = None) -> LoadedModel:
-        """An in-memory model (tests, notebooks); no calibration."""
+        """An in-memory model: a zoo model the CLI built (``--model``), a test's, a notebook's; no calibration."""
         config = dict(config or {})
         size = config.get("image_size") or embeddings.model_image_size(model) or 224
         return cls(model, config, str(config.get("model") or model.name), int(size),

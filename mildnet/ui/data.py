@@ -101,10 +101,9 @@ def read_catalog(dataset: Dataset) -> pd.DataFrame | None:
     return read_catalog_for(dataset.image_root, path)
 
 
-def gallery(dataset: Dataset) -> pd.DataFrame:
+def gallery(found: Catalogue) -> pd.DataFrame:
     """Every image the app can search, one row each (the search engine's :class:`Catalogue`: the catalog's real
     photos, else the distinct images of the triplet files, else the folder's photos)."""
-    found = Catalogue.registered(dataset.name)
     if found.table is not None:
         return found.table
     return pd.DataFrame({"image": list(found.ids), "split": "", "product_id": "", "category": ""})

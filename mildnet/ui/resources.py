@@ -97,18 +97,25 @@ def triplets(ds: uidata.Dataset, split: str):
     return split_triplets(ds.name, split, _mtime(ds.split(split).triplets))
 
 
+# The catalogue is read once per change and serves both the pages' tables and the search engine.
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _catalogue(name: str, stamp: tuple) -> Catalogue:
+    return Catalogue.registered(name)
+
+
+def _catalogue_stamp(ds: uidata.Dataset) -> tuple:
+    """What the searchable ids are read from: the registry, the catalogue table and the triplet files."""
+    return (manifest_stamp(), _mtime(ds.catalog_path), *(_mtime(s.triplets) for s in ds.splits))
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def _gallery(name: str, stamp: tuple):
-    return uidata.gallery(dataset(name))
-
-
-def _gallery_stamp(ds: uidata.Dataset) -> tuple:
-    return (_mtime(ds.catalog_path), *(_mtime(s.triplets) for s in ds.splits))
+    return uidata.gallery(_catalogue(name, stamp))
 
 
 def gallery(ds: uidata.Dataset):
     """The searchable images (catalog rows) of a dataset."""
-    return _gallery(ds.name, _gallery_stamp(ds))
+    return _gallery(ds.name, _catalogue_stamp(ds))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -118,7 +125,7 @@ def _gallery_rows(name: str, stamp: tuple):
 
 def gallery_rows(ds: uidata.Dataset):
     """The gallery indexed by image id (a card's row), built once per catalogue change, not on every rerun."""
-    return _gallery_rows(ds.name, _gallery_stamp(ds))
+    return _gallery_rows(ds.name, _catalogue_stamp(ds))
 
 
 # The product picker's choices over a large catalogue (labels for 100k rows take ~0.3 s): built once per catalogue,
@@ -131,7 +138,7 @@ def _picker(name: str, stamp: tuple, set_key: str, category: str, colour: str, _
 def picker(ds: uidata.Dataset, found: SearchEngine, category: str = "All", colour: str = "All"):
     """``uidata.PickerChoices`` of the products that are searchable now, filtered by category and colour."""
     emb = found.embeddings
-    return _picker(ds.name, _gallery_stamp(ds), f"{found.key}/{emb.catalog_fingerprint}/{id(emb)}", category,
+    return _picker(ds.name, _catalogue_stamp(ds), f"{found.key}/{emb.catalog_fingerprint}/{id(emb)}", category,
                    colour, found)
 
 
@@ -215,11 +222,6 @@ def _model(run_dir: str, stamp: float, calibration_stamp: float) -> LoadedModel:
     return LoadedModel.from_run(run_dir)
 
 
-def model(run: uiruns.Run) -> LoadedModel:
-    """The run's model, re-loaded when its model file or its calibration (`calibrate`) changes."""
-    return _model(run.key, run.stamp, _mtime(run.path / CALIBRATION_FILE))
-
-
 # --- the search engine ---------------------------------------------------------------------------
 
 
@@ -237,13 +239,8 @@ def _engine(run_dir: str, stamp: float, calibration_stamp: float, dataset_name: 
             store_spec: str, index_spec: str) -> SearchEngine:
     # store_spec is part of the key: an engine reading one store must not answer for another.
     index, options = parse_index_spec(index_spec)
-    return SearchEngine.open(_model(run_dir, stamp, calibration_stamp), Catalogue.registered(dataset_name),
+    return SearchEngine.open(_model(run_dir, stamp, calibration_stamp), _catalogue(dataset_name, catalogue_stamp),
                              _store(store_spec), index=index, index_options=options)
-
-
-def _catalogue_stamp(ds: uidata.Dataset) -> tuple:
-    """What the searchable ids are read from: the registry, the catalogue table and the triplet files."""
-    return (manifest_stamp(), _mtime(ds.catalog_path), *(_mtime(s.triplets) for s in ds.splits))
 
 
 def engine(run: uiruns.Run, ds: uidata.Dataset) -> SearchEngine:

@@ -84,7 +84,7 @@ def _browse(ds: uidata.Dataset) -> None:
     header = st.columns([1, 1, 1, 2.4])
     for column, role in zip(header, ("Query", "Positive", "Negative", "")):
         column.html(f'<div class="mn-role">{role}</div>')
-    catalog = resources.gallery(ds).drop_duplicates("image").set_index("image")
+    catalog = resources.gallery_rows(ds)
     for offset, row in enumerate(shown.iloc[start:start + PAGE_SIZE].itertuples(index=False)):
         _triplet_row(ds, row, start + offset + 1, catalog)
 
