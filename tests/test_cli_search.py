@@ -188,3 +188,18 @@ def test_two_folders_with_the_same_name_keep_their_own_sets(capsys, run_dir, tmp
     assert code == 0, err
     ids = [r["id"] for r in json.loads(out.strip().splitlines()[-1])["results"]]
     assert len(ids) == 6 and all(i.split("/")[0] in ("red", "green") for i in ids)
+
+
+def test_search_by_the_name_embed_stored_without_registering_it(capsys, run_dir, tmp_path):
+    # `embed --images DIR --dataset NAME` names the set; `search --dataset NAME` finds it from the store alone
+    # (NAME is not a registered dataset), the folder being the one recorded at embed time.
+    images = make_labelled_folder(tmp_path / "photos", classes=("red", "green"), per_class=3, size=SIZE)
+    store = tmp_path / "store"
+    assert embed(capsys, run_dir, images, store, "--dataset", "my-shop")[0] == 0
+    code, out, err = run(capsys, "search", "--run", run_dir, "--store", store, "--dataset", "my-shop",
+                         "--id", "red/red_0.jpg", "-k", 2, "--json")
+    assert code == 0, err
+    payload = json.loads(out.strip().splitlines()[-1])
+    assert payload["key"].startswith("my-shop/") and [r["id"].split("/")[0] for r in payload["results"]] == ["red"] * 2
+    code, _, err = run(capsys, "search", "--run", run_dir, "--store", store, "--dataset", "nobody", "--id", "x.jpg")
+    assert code == 1 and "no embeddings under" in err

@@ -47,6 +47,7 @@ def register(subparsers) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from mildnet.data import manifest
     from mildnet.search.engine import SearchEngine, UnknownId
 
     if args.k < 1:
@@ -54,13 +55,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.image is not None and not args.image.is_file():
         raise ImageError(f"query image not found: {args.image}")
     index, index_options = index_from_args(args)
-    if args.images is None and args.dataset:
-        catalogue_from_args(args)  # a registered dataset that is not ready fails before the model loads
+    # A folder or a registered dataset is read before the model loads (one that is not ready fails at once); a
+    # name that is neither is the one an earlier `embed` stored, found in the store below.
+    named = args.images is not None or (bool(args.dataset) and args.dataset in manifest.datasets())
+    catalogue = catalogue_from_args(args) if named else None
     model = loaded_model_from_args(args)
     run_hint = f"--run {args.run}" if args.run is not None else f"--model {args.model}"
     store = open_store_from_args(args)
     try:
-        catalogue = catalogue_from_args(args, store, model.fingerprint, run_hint)
+        catalogue = catalogue or catalogue_from_args(args, store, model.fingerprint, run_hint)
         engine = SearchEngine.open(model, catalogue, store, index=index, index_options=index_options)
         if not engine.ready:
             raise EmbeddingsMissing(
