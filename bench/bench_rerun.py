@@ -66,8 +66,11 @@ def make_catalogue(root: Path, n: int) -> None:
 
 def child_env(root: Path) -> dict:
     env = dict(os.environ)
+    # Its own registry too: `data add` would otherwise register "big" in the checkout's data_manifest.user.csv,
+    # left pointing at this temporary folder after the run.
     env.update(MILDNET_HOME=str(root / "home"), MILDNET_STORE=str(root / "store"), MILDNET_DATASET="big",
-               MILDNET_RUNS=str(root / "runs"), TF_CPP_MIN_LOG_LEVEL="3")
+               MILDNET_RUNS=str(root / "runs"), MILDNET_USER_MANIFEST=str(root / "registry" / "user.csv"),
+               TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("MILDNET_REDIS_URL", None)
     return env
 
