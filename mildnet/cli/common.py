@@ -54,13 +54,6 @@ def _check_model_choice(args: argparse.Namespace) -> None:
         raise UsageError("--weights/--image-size/--embedding-dim go with --model, not --run (the run has its own)")
 
 
-def _zoo_model(args: argparse.Namespace):
-    # A fixed seed makes a randomly initialised network (and so its fingerprint and cache key) the same in
-    # every invocation, so `search --model NAME` finds what `embed --model NAME` stored.
-    model, size = build_model_from_args(args, seed=0)
-    return model, {"model": args.model, "image_size": size, "weights": args.weights or "none"}
-
-
 def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     from mildnet.search.index import index_names
 
@@ -90,7 +83,10 @@ def loaded_model_from_args(args: argparse.Namespace):
     _check_model_choice(args)
     if args.run is not None:
         return LoadedModel.from_run(args.run)
-    return LoadedModel.from_keras(*_zoo_model(args))
+    # A fixed seed makes a randomly initialised network (and so its fingerprint and cache key) the same in
+    # every invocation, so `search --model NAME` finds what `embed --model NAME` stored.
+    model, size = build_model_from_args(args, seed=0)
+    return LoadedModel.from_keras(model, {"model": args.model, "image_size": size, "weights": args.weights or "none"})
 
 
 def build_model_from_args(args: argparse.Namespace, seed: int):
@@ -168,7 +164,7 @@ def catalogue_from_args(args: argparse.Namespace, store=None, model_fp: str | No
     catalogue an earlier `embed` stored for this model, found by its key."""
     from mildnet.data import manifest
     from mildnet.embeddings import cache_key
-    from mildnet.search.catalogue import Catalogue
+    from mildnet.search.catalogue import Catalogue, catalogue_name
 
     registered = bool(args.dataset) and args.dataset in manifest.datasets()
     if args.images is not None:
@@ -185,8 +181,7 @@ def catalogue_from_args(args: argparse.Namespace, store=None, model_fp: str | No
                          "`python -m mildnet data list`)")
     # Not registered here: the folder recorded when it was embedded.
     if args.dataset:
-        name = args.dataset + ("+" + "+".join(p.strip("/") for p in args.include) if args.include else "")
-        key = cache_key(name, model_fp)
+        key = cache_key(catalogue_name(args.dataset, args.include), model_fp)
     else:
         key = _find_key(store, model_fp, run_hint)
     stored = store.get(key)

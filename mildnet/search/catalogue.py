@@ -20,7 +20,7 @@ from mildnet.data.catalog import gallery, read_catalog_for
 from mildnet.data.triplets import read_triplets
 from mildnet.errors import DataError
 
-__all__ = ["Catalogue", "FilterError"]
+__all__ = ["Catalogue", "FilterError", "catalogue_name", "include_prefixes"]
 
 
 class FilterError(DataError):
@@ -91,14 +91,14 @@ class Catalogue:
 
     @classmethod
     def _make(cls, name, root, ids, table, catalog_path, include) -> Catalogue:
-        include = tuple(p.replace("\\", "/").strip() for p in include or () if p.strip())
+        include = include_prefixes(include)
         if include:
             ids = [i for i in ids if i.startswith(include)]
             if not ids:
                 raise DataError(f"no photos of {name} match --include {', '.join(include)}")
             if table is not None:
                 table = table[table["image"].isin(set(ids))].reset_index(drop=True)
-            name = name + "+" + "+".join(p.strip("/") for p in include)
+            name = catalogue_name(name, include)
         if not ids:
             raise DataError(f"no photos to search under {root}: add photos to it")
         return cls(name, Path(root), tuple(ids), table, Path(catalog_path) if catalog_path else None, include)
@@ -158,6 +158,17 @@ class Catalogue:
         aligned = normalised[~normalised.index.duplicated()].reindex(pd.Index(list(ids)))
         codes, uniques = pd.factorize(aligned, use_na_sentinel=True)
         return codes.astype(np.int64), {str(u): k for k, u in enumerate(uniques)}
+
+
+def include_prefixes(include: Sequence[str] | None) -> tuple[str, ...]:
+    """``--include`` prefixes as photo ids spell them (forward slashes, no surrounding spaces; empty ones dropped)."""
+    return tuple(p.replace("\\", "/").strip() for p in include or () if p.strip())
+
+
+def catalogue_name(name: str, include: Sequence[str] | None) -> str:
+    """The name a catalogue's set is stored under: ``name``, plus ``+prefix`` for each ``--include`` prefix."""
+    prefixes = include_prefixes(include)
+    return name + "".join("+" + p.strip("/") for p in prefixes)
 
 
 def _triplet_images(splits) -> pd.DataFrame | None:
