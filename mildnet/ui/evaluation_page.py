@@ -181,9 +181,7 @@ def _close_match(ctx: Context, runs: list[Run], names: dict[str, str]) -> None:
 def _evaluate(ctx: Context, runs: list[Run], splits: list[str]) -> dict:
     reports = {}
     for run in runs:
-        found = resources.engine(run, ctx.dataset)
-        if not found.ready:
-            found = layout.build_embeddings(run, ctx.dataset)
+        found = layout.ensure_engine(run, ctx.dataset)
         with st.spinner(f"Scoring {run.label}…"):
             reports[run.key] = {s: resources.evaluation(run, ctx.dataset, s, found) for s in splits}
     return reports

@@ -64,7 +64,7 @@ def render(ctx: Context) -> None:
         found = resources.engine(ctx.run, ctx.dataset)
         if not found.ready:
             cache_slot.metric("Embedding cache", "building…", border=True)
-        found = layout.ensure_engine(ctx)
+        found = layout.ensure_engine(ctx.run, ctx.dataset)
         cache_slot.metric("Embedding cache", "ready", border=True,
                           help=f"{len(found):,} vectors of dimension {found.embeddings.dim} "
                                f"in {resources.store().describe()}")

@@ -149,16 +149,16 @@ def ensure_dataset(name: str) -> uidata.Dataset:
     return resources.dataset(name)
 
 
-def ensure_engine(ctx: Context):
-    """The search engine of the selected run over the selected catalogue, its embeddings brought up to date
-    first (progress shown) when the catalogue changed or was never embedded with this model."""
-    if ctx.run is None:
+def ensure_engine(run: Run | None, ds: uidata.Dataset):
+    """The search engine of ``run`` over catalogue ``ds``, its embeddings brought up to date first (progress
+    shown) when the catalogue changed or was never embedded with this model; None without a run."""
+    if run is None:
         return None
-    found = resources.engine(ctx.run, ctx.dataset)
+    found = resources.engine(run, ds)
     changes = resources.pending(found)
     if changes is not None and changes.up_to_date:
         return found
-    return build_embeddings(ctx.run, ctx.dataset)
+    return build_embeddings(run, ds)
 
 
 def build_embeddings(run: Run, ds: uidata.Dataset):

@@ -33,7 +33,7 @@ def render(ctx: Context) -> None:
     if ctx.run is None:
         layout.no_model_message(ctx)
         return
-    engine = layout.ensure_engine(ctx)
+    engine = layout.ensure_engine(ctx.run, ctx.dataset)
     info = resources.gallery_rows(ctx.dataset)
 
     pick_upload, pick_catalog = st.tabs([":material/upload: Upload a photo", ":material/apparel: Pick a product"])
