@@ -42,14 +42,24 @@ What a running app exposes, and what keeps it safe when others can reach it:
   (`test_a_labels_file_that_is_not_a_csv_is_refused_without_showing_its_content`); a folder holding links
   that leave it, dangle or loop is refused without naming where they lead
   (`test_unsafe_links_lists_links_leaving_the_root_dangling_or_looping`).
-- **Uploads.** The server accepts requests up to `server.maxUploadSize` (300 MB, sized for catalogue zips). A
-  search photo over 20 MB is refused from its size before its bytes are copied and is dropped from memory
-  (`test_a_refused_oversized_upload_leaves_the_servers_memory_at_once`); a zip's bytes are dropped once it is
-  unpacked and added (`test_an_added_zip_leaves_the_servers_memory_once_unpacked`); other uploads live until the
-  session ends (two
-  minutes after its tab closes). A zip unpacks at most 200,000 files and 4 GB, 64 MB a photo, each member
-  judged on its own (compression ratio, name); images other than JPEG over 16 Mpx, and any over 50 Mpx, are
-  refused before decoding (the Images table above; `test_bad_upload_shows_a_clear_error`).
+- **Uploads.** The server accepts requests up to `server.maxUploadSize` (300 MB, sized for catalogue zips). A search
+  photo over 20 MB is refused from its size before its bytes are copied and is dropped from memory
+  (`test_a_refused_oversized_upload_leaves_the_servers_memory_at_once`). A zip uploaded on "Add a catalogue" leaves
+  the server's memory in the run that receives it, added or not: it is held on disk instead, as
+  `data/uploads/.SESSION.held-PID-HEX.zip`
+  (`test_a_zip_uploaded_but_never_added_leaves_memory_at_once_and_is_held_on_disk`,
+  `test_a_real_server_holds_an_upload_on_disk_not_in_memory_and_adds_it`), deleted once Add has read it, added or
+  not (`test_add_reads_the_held_zip_and_deletes_it`, `test_bad_zip_is_one_clear_error_and_leaves_nothing`) or when
+  the owner empties the uploader, replaced by the session's next upload
+  (`test_a_second_upload_replaces_the_sessions_held_zip`), and otherwise swept by the next upload or add once the
+  server process that held it is gone, or once Streamlit no longer has its session connected and the page has not
+  shown it for `server.disconnectedSessionTTL` (120 s)
+  (`test_held_zips_of_ended_sessions_or_processes_are_swept_by_the_next_upload_or_add`); a disk that cannot take it
+  is one line and leaves nothing (`test_a_full_disk_while_holding_an_upload_is_one_line_and_leaves_nothing`). The
+  photo being searched lives until the session ends (two minutes after its tab closes). A zip unpacks at most
+  200,000 files and 4 GB, 64 MB a photo, each member judged on its own (compression ratio, name); images other than
+  JPEG over 16 Mpx, and any over 50 Mpx, are refused before decoding (the Images table above;
+  `test_bad_upload_shows_a_clear_error`).
 - **Removing.** `data remove` (and the page) deletes only the dataset's own files and the folder the app
   unpacked for it, never a folder of the user's, even under `data/uploads/`
   (`test_remove_leaves_photos_under_uploads_that_the_app_did_not_unpack_for_this_dataset`).

@@ -284,22 +284,295 @@ def test_add_a_zip_keeps_only_photos_and_reports_the_rest(env):
         assert reason in report, reason
 
 
-def test_an_added_zip_leaves_the_servers_memory_once_unpacked(env, monkeypatch):
-    # Issue 18 F12: three sessions holding 250 MB zips kept +580 MB until their sessions ended. Once unpacked and
-    # registered, the zip's bytes are dropped from the runtime's file manager (its real remove_file, watched).
+@pytest.fixture
+def released(monkeypatch) -> list:
+    """What the runtime's file manager still holds of each upload the app releases (its real remove_file runs,
+    watched): ``[]`` per release once the bytes are gone."""
     from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
 
-    released = []
+    calls = []
     remove = MemoryUploadedFileManager.remove_file
 
     def watched(self, session_id, file_id):
         remove(self, session_id, file_id)
-        released.append(self.get_files(session_id, [file_id]))
+        calls.append(self.get_files(session_id, [file_id]))
 
     monkeypatch.setattr(MemoryUploadedFileManager, "remove_file", watched)
+    return calls
+
+
+def _held() -> list[Path]:
+    """The zips the app holds on disk for its sessions (uploaded, not added yet)."""
+    from mildnet.ui import catalogue
+
+    return sorted(catalogue.uploads_dir().glob(".*.held-*.zip"))
+
+
+def _upload(at: AppTest, payload: bytes, name: str = "shop.zip") -> AppTest:
+    at.file_uploader(key="mn_add_zip").set_value((name, payload, "application/zip")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _shown(at: AppTest) -> str:
+    return " ".join(c.value for c in at.caption if "ready to add" in c.value)
+
+
+def test_an_added_zip_leaves_the_servers_memory_once_unpacked(env, released):
+    # Issue 18 F12: three sessions holding 250 MB zips kept +580 MB until their sessions ended. The zip's bytes are
+    # dropped from the runtime's file manager as soon as they are on disk (before Add), and never taken back.
     at = _add_zip(_add_page(), _zip([(f"shop/p{i}.jpg", _jpeg_bytes(i)) for i in range(4)]), "released")
     assert not at.error and at.session_state["mn_dataset"] == "released"
     assert released == [[]]
+
+
+def test_a_zip_uploaded_but_never_added_leaves_memory_at_once_and_is_held_on_disk(env, released):
+    # Issue 18 F12: an upload the owner never adds stayed in the server's memory until its session ended.
+    from mildnet.data import staging
+
+    payload = _zip([(f"shop/p{i}.jpg", _jpeg_bytes(i)) for i in range(3)])
+    at = _upload(_add_page(), payload)
+    assert not at.error, [e.value for e in at.error]
+    assert released == [[]]  # in the run that received it
+    # The session's own copy of the uploader's value is emptied too (the widget keeps it until the next message).
+    assert at.session_state["mn_add_zip"].getvalue() == b""
+    held = _held()
+    assert len(held) == 1 and held[0].read_bytes() == payload
+    assert staging.held_session(held[0]) == (staging.session_tag("test session id"), os.getpid())
+    assert "shop.zip" in _shown(at) and f"{len(payload) / 1e3:,.0f} kB" in _shown(at)
+    assert not at.button(key="mn_add_zip_go").disabled
+    at.text_input(key="mn_add_zip_name").set_value("later").run()  # reruns: still shown, still addable, no copy
+    at.run()
+    assert "shop.zip" in _shown(at) and not at.button(key="mn_add_zip_go").disabled
+    assert _held() == held and released == [[]]
+    at.file_uploader(key="mn_add_zip").clear().run()  # the owner removes it from the uploader: gone from disk
+    assert not at.exception and not _held() and not _shown(at)
+    assert at.button(key="mn_add_zip_go").disabled
+
+
+def test_add_reads_the_held_zip_and_deletes_it(env, released, monkeypatch):
+    from mildnet.ui import catalogue
+
+    given = []
+    add_zip = catalogue.add_zip
+    monkeypatch.setattr(catalogue, "add_zip", lambda name, upload, **kw: given.append(upload)
+                        or add_zip(name, upload, **kw))
+    at = _upload(_add_page(), _zip([(f"p{i}.jpg", _jpeg_bytes(i)) for i in range(4)]))
+    held = _held()
+    at.text_input(key="mn_add_zip_name").set_value("tiny")  # taken: refused before the zip is read, so it stays
+    at.button(key="mn_add_zip_go").click().run()
+    assert len(at.error) == 1 and "already exists" in at.error[0].value
+    assert _held() == held and not given and not at.button(key="mn_add_zip_go").disabled
+    at.text_input(key="mn_add_zip_name").set_value("fromdisk")
+    at.button(key="mn_add_zip_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["mn_dataset"] == "fromdisk"
+    assert given == held and not _held()  # the file on disk was added, then deleted
+    assert len(list((catalogue.uploads_dir() / "fromdisk").glob("*.jpg"))) == 4
+    assert released == [[]]
+    ud.remove_dataset("fromdisk")
+
+
+def test_a_held_zip_that_vanished_asks_for_the_upload_again(env):
+    at = _upload(_add_page(), _zip([("p.jpg", _jpeg_bytes())]))
+    _held()[0].unlink()
+    at.run()
+    assert not at.exception and not at.error
+    assert [w.value for w in at.warning] == ["**shop.zip** is no longer on the server; upload it again."]
+    assert at.button(key="mn_add_zip_go").disabled
+
+
+def test_a_second_upload_replaces_the_sessions_held_zip(env, released):
+    first, second = _zip([("a.jpg", _jpeg_bytes(1))]), _zip([("b.jpg", _jpeg_bytes(2)), ("c.jpg", _jpeg_bytes(3))])
+    at = _upload(_add_page(), first, "first.zip")
+    assert [p.read_bytes() for p in _held()] == [first]
+    at = _upload(at, second, "second.zip")
+    assert [p.read_bytes() for p in _held()] == [second]
+    assert "second.zip" in _shown(at) and "first.zip" not in _shown(at)
+    assert released == [[], []]
+    at.file_uploader(key="mn_add_zip").clear().run()
+
+
+def test_held_zips_of_ended_sessions_or_processes_are_swept_by_the_next_upload_or_add(env, monkeypatch):
+    # A session that ends without adding or emptying the uploader (its tab closed) leaves its held zip: the next
+    # upload or add deletes it once Streamlit no longer has that session and it went unseen for longer than
+    # server.disconnectedSessionTTL, or at once when the server process that held it is gone.
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from mildnet.ui import catalogue, widgets
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live, ended, recent, other = (str(uuid.uuid4()) for _ in range(4))
+    monkeypatch.setattr(widgets, "session_active", lambda session: session == live, raising=False)
+    uploads = catalogue.uploads_dir()
+    uploads.mkdir(parents=True, exist_ok=True)
+    old = time.time() - 3600
+
+    def leave(session, pid, age=old):
+        path = uploads / f".{session}.held-{pid}-{uuid.uuid4().hex[:8]}.zip"
+        path.write_bytes(b"PK left")
+        os.utime(path, (age, age))
+        return path
+
+    dead_process = leave(str(uuid.uuid4()), gone.pid)
+    ended_session = leave(ended, os.getpid())
+    kept = [leave(live, os.getpid()), leave(recent, os.getpid(), age=time.time()), leave(other, 1)]
+    try:
+        at = _upload(_add_page(), _zip([("p.jpg", _jpeg_bytes())]))
+        assert not dead_process.exists() and not ended_session.exists()
+        assert all(p.exists() for p in kept)
+        assert len(_held()) == len(kept) + 1  # and this session's own
+        later = leave(ended, os.getpid())  # swept by an add too
+        at.text_input(key="mn_add_zip_name").set_value("sweeper")
+        at.button(key="mn_add_zip_go").click().run()
+        assert not at.error and at.session_state["mn_dataset"] == "sweeper"
+        assert not later.exists() and _held() == sorted(kept)
+        ud.remove_dataset("sweeper")
+    finally:
+        for path in kept:
+            path.unlink(missing_ok=True)
+
+
+def test_a_full_disk_while_holding_an_upload_is_one_line_and_leaves_nothing(env, released, monkeypatch):
+    import errno
+    import shutil
+
+    from mildnet.ui import catalogue
+
+    def full(source, target, length=0):
+        target.write(source.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    at = _upload(_add_page(), _zip([("p.jpg", _jpeg_bytes())]))
+    assert len(at.error) == 1, [e.value for e in at.error]
+    assert "cannot keep the upload on the server's disk (No space left on device)" in at.error[0].value
+    assert "\n" not in at.error[0].value and "Traceback" not in at.error[0].value
+    assert not _held() and not [p for p in catalogue.uploads_dir().iterdir() if ".held-" in p.name]
+    assert released == [[]] and at.button(key="mn_add_zip_go").disabled
+
+
+def test_the_uploader_keeps_the_file_id_of_an_upload_whose_bytes_were_released():
+    # What the page relies on to tell "still in the uploader" from "removed" once a held upload's bytes left the
+    # server (AppTest re-sends the bytes, so only this shows it): on the server, the uploader's value is then a
+    # DeletedFile with the upload's file_id (checked in a real server too:
+    # test_a_real_server_holds_an_upload_on_disk_not_in_memory_and_adds_it).
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from streamlit.elements.widgets import file_uploader
+    from streamlit.proto.Common_pb2 import FileUploaderState
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+
+    state = FileUploaderState()
+    info = state.uploaded_file_info.add()
+    info.file_id, info.name, info.size = "f1", "shop.zip", 10
+    ctx = SimpleNamespace(session_id="s", uploaded_file_mgr=MemoryUploadedFileManager("/upload"))
+    with mock.patch.object(file_uploader, "get_script_run_ctx", return_value=ctx):
+        value = file_uploader.FileUploaderSerde(False, ["zip"]).deserialize(state)
+    assert value is not None and value.file_id == "f1"
+
+
+def _server_rss_mb(port: int) -> float | None:
+    """Resident memory of the ``streamlit run`` listening on ``port`` (Linux /proc), None where unknown."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+            if b"streamlit" in b" ".join(args) and str(port).encode() in args:
+                status = (cmdline.parent / "status").read_text()
+                return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+        except (OSError, StopIteration, ValueError):
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_a_real_server_holds_an_upload_on_disk_not_in_memory_and_adds_it(tmp_path):
+    # AppTest hands a page its upload's bytes again on every run; a real server does not once they are released.
+    # Through `streamlit run` and its websocket, as a browser: upload a zip (48 MB of it padding, skipped when
+    # unpacked), rerun as the browser does (the uploader still showing the file), add it.
+    httpx = pytest.importorskip("httpx")
+    sync_client = pytest.importorskip("websockets.sync.client")
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    from tests.app_server import app_env, running_app
+
+    root = make_tiny_app_root(tmp_path / "server")
+    env = dict(app_env(root, "tiny"), STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION="false")
+    photos = [(f"shop/p{i}.jpg", _jpeg_bytes(i)) for i in range(4)]
+    payload = _zip(photos + [("shop/padding.bin", os.urandom(48 << 20))])
+
+    with running_app(env, root / "server.log") as url, \
+            sync_client.connect(url.replace("http", "ws") + "/_stcore/stream", subprotocols=["streamlit"],
+                                max_size=None) as ws:
+        session = {}
+
+        def receive(until: str):
+            while True:
+                msg = ForwardMsg()
+                msg.ParseFromString(ws.recv(timeout=TIMEOUT))
+                kind = msg.WhichOneof("type")
+                if kind == "new_session":
+                    session["id"] = msg.new_session.initialize.session_id
+                elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+                    session["elements"].append(msg.delta.new_element)
+                if kind == until:
+                    return msg
+
+        def run(*states):
+            msg = BackMsg()
+            msg.rerun_script.page_name = "add"
+            msg.rerun_script.widget_states.widgets.extend(states)
+            session["elements"] = []
+            ws.send(msg.SerializeToString())
+            while receive("script_finished").script_finished == ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                pass  # st.rerun (or the navigation's first run): the page is drawn by the run that follows
+            elements = session["elements"]
+            return ({e.WhichOneof("type") + ":" + getattr(e, e.WhichOneof("type")).id: e for e in elements
+                     if hasattr(getattr(e, e.WhichOneof("type")), "id")},
+                    " ".join(getattr(e, t).body for e in elements for t in ("markdown", "alert")
+                             if e.WhichOneof("type") == t))
+
+        widgets, _ = run()
+        uploader = next(k for k in widgets if k.startswith("file_uploader:") and k.endswith("mn_add_zip"))
+        button = next(k for k in widgets if k.startswith("button:") and k.endswith("mn_add_zip_go"))
+        name_box = next(k for k in widgets if k.startswith("text_input:") and k.endswith("mn_add_zip_name"))
+        port = int(url.rsplit(":", 1)[1])
+        before = _server_rss_mb(port)
+
+        request = BackMsg()
+        request.file_urls_request.request_id = "1"
+        request.file_urls_request.file_names.append("shop.zip")
+        request.file_urls_request.session_id = session["id"]
+        ws.send(request.SerializeToString())
+        urls = receive("file_urls_response").file_urls_response.file_urls[0]
+        response = httpx.put(url + urls.upload_url, files={"file": ("shop.zip", payload, "application/zip")},
+                             timeout=TIMEOUT)
+        assert response.status_code in (200, 204), response.text
+        uploaded = WidgetState(id=uploader.split(":", 1)[1])
+        info = uploaded.file_uploader_state_value.uploaded_file_info.add()
+        info.file_id, info.name, info.size = urls.file_id, "shop.zip", len(payload)
+        info.file_urls.CopyFrom(urls)
+
+        widgets, text = run(uploaded)
+        held = sorted(root.rglob(".*.held-*.zip"))
+        assert len(held) == 1 and held[0].read_bytes() == payload and session["id"] in held[0].name
+        assert "**shop.zip** (50.3 MB) is on the server, ready to add" in text
+        if before is not None:  # the 50 MB left the server's memory with that run
+            assert _server_rss_mb(port) - before < 24, (before, _server_rss_mb(port))
+        named = WidgetState(id=name_box.split(":", 1)[1], string_value="served")
+        widgets, text = run(uploaded, named)  # the browser still shows the file; its bytes are only on disk
+        assert "ready to add" in text and not widgets[button].button.disabled
+        clicked = WidgetState(id=button.split(":", 1)[1], trigger_value=True)
+        _, text = run(uploaded, named, clicked)
+        assert "**served** is ready and selected: 4 photos" in text, text
+        assert not list(root.rglob(".*.held-*.zip"))
 
 
 @pytest.mark.parametrize("case,expected", [
@@ -328,6 +601,10 @@ def test_bad_zip_is_one_clear_error_and_leaves_nothing(env, case, expected):
 
     assert not (catalogue.uploads_dir() / name).exists()
     assert not [p for p in catalogue.uploads_dir().iterdir() if p.name.startswith(f".{name}.")]
+    assert not _held()  # the held upload goes too: a refused zip is uploaded again
+    at.run()
+    assert not at.error and any("was not added; upload it" in c.value for c in at.caption)
+    assert at.button(key="mn_add_zip_go").disabled
     assert not (env / "evil.jpg").exists()
 
 

@@ -6,15 +6,23 @@ default model with visible progress, selected in the sidebar, and the Search pag
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
 import streamlit as st
 
-from mildnet.errors import DownloadError, MildnetError
+from mildnet.errors import DataError, DownloadError, MildnetError
 from mildnet.ui import catalogue, layout, owner, resources, settings, widgets
 from mildnet.ui import data as uidata
 from mildnet.ui.sidebar import DATASET_KEY, Selection
 
 DONE_KEY = "mn_add_done"  # the message of the catalogue just added, shown after the rerun that selects it
 ZIP_KEY = "mn_add_zip"
+# The session's uploaded zip, held on disk until it is added: {"file_id", "name", "size", "path"}; "path" is None once
+# Add has read it ("failed" if not added), or with "error" (it could not be kept) or "gone" (its file vanished).
+# Never its bytes: those leave the server's memory in the run that receives them.
+HELD_KEY = "mn_add_zip_held"
 
 
 # Drawn by layout.run_page before anything slow (the sidebar, preparing the data): the first thing on screen.
@@ -74,15 +82,103 @@ def _zip_form(taken: list[str]) -> None:
     upload = st.file_uploader(f"Zip of product photos (at most {limit} MB)", type=["zip"], key=ZIP_KEY,
                               help="Only the photos are unpacked (jpg, png, webp, bmp, gif); anything else, links and "
                                    "paths leaving the folder are skipped and listed.")
+    held = _held_upload(upload)
     name = st.text_input("Name", key="mn_add_zip_name", placeholder="leave empty: the zip's name")
-    if st.button("Add this zip", icon=":material/add:", type="primary", key="mn_add_zip_go", disabled=upload is None):
-        chosen = name.strip() or catalogue.suggest_name(upload.name, taken)
-        _run_add(chosen, lambda progress: catalogue.add_zip(chosen, upload, progress=progress), upload)
+    ready = held is not None and held.get("path") is not None
+    if st.button("Add this zip", icon=":material/add:", type="primary", key="mn_add_zip_go", disabled=not ready):
+        chosen = name.strip() or catalogue.suggest_name(held["name"], taken)
+        try:
+            catalogue.check_name(chosen)
+        except DataError as exc:  # nothing was read yet: the held zip stays for a better name
+            st.error(str(exc), icon=":material/error:")
+            return
+        _run_add(chosen, lambda progress: _add_held(chosen, held, progress))
 
 
-def _run_add(name: str, work, upload=None) -> None:
-    """Registration, then embedding with the default model, each with progress; then select the dataset. Once
-    added, the zip's ``upload`` is dropped from memory: unpacked, its bytes need not wait for the session's end."""
+def _held_upload(upload) -> dict | None:
+    """The zip this session uploaded, kept in a file of its own instead of the server's memory (issue 18 F12:
+    Streamlit holds an upload until the session ends, two minutes after its tab closes). A new upload is copied
+    to disk and released from memory in the run that receives it, replacing the session's previous one; later
+    reruns, which no longer get its bytes from the uploader, show and add the file. Emptying the uploader (or
+    leaving the page, which empties it) discards it; a session that ends without either leaves it to the sweep
+    at the next upload or add (:func:`mildnet.data.staging.sweep_held`)."""
+    held = st.session_state.get(HELD_KEY)
+    if upload is not None and (held is None or held["file_id"] != upload.file_id):
+        held = _hold(upload, held)
+    elif upload is not None and len(upload.getvalue()):
+        widgets.release_upload(upload)  # handed back with its bytes again: they are on disk already
+    # What the uploader shows: the file, or (its bytes released) Streamlit's DeletedFile with the same file_id;
+    # None once the owner removed it.
+    shown = getattr(st.session_state.get(ZIP_KEY), "file_id", None)
+    if held is not None and shown != held["file_id"]:
+        if held.get("path"):
+            catalogue.discard_upload(held["path"])
+        st.session_state.pop(HELD_KEY, None)
+        return None
+    if held is None:
+        return None
+    if held.get("path") and not Path(held["path"]).is_file():
+        held = {**held, "path": None, "gone": True}  # swept (the session was taken for ended), or deleted by hand
+        st.session_state[HELD_KEY] = held
+    if held.get("error"):
+        st.error(held["error"], icon=":material/error:")
+    elif held.get("failed"):  # the reason was shown under the status box of that try
+        st.caption(f"**{held['name']}** was not added; upload it (or a corrected zip) again.")
+    elif held.get("gone"):
+        st.warning(f"**{held['name']}** is no longer on the server; upload it again.", icon=":material/folder_off:")
+    elif held.get("path"):
+        with contextlib.suppress(OSError):  # seen: the sweep leaves a session's file alone while it reruns
+            os.utime(held["path"])
+        st.caption(f":material/folder_zip: **{held['name']}** ({_size(held['size'])}) is on the server, "
+                   "ready to add.")
+    return held
+
+
+def _hold(upload, previous: dict | None) -> dict:
+    """Copy ``upload`` to this session's held file (replacing ``previous``), then drop it from memory, whatever
+    the outcome: a disk that cannot take it is said in one line and leaves no file."""
+    session = widgets.session_id() or "local"
+    record = {"file_id": upload.file_id, "name": upload.name, "size": upload.size, "path": None}
+    try:
+        _sweep_held(session)
+        held = catalogue.hold_upload(upload, upload.name, upload.size, session,
+                                     previous=(previous or {}).get("path"))
+    except DataError as exc:
+        record["error"] = str(exc)
+    else:
+        record["path"] = str(held.path)
+    finally:
+        widgets.release_upload(upload)
+    st.session_state[HELD_KEY] = record
+    return record
+
+
+def _sweep_held(session: str) -> None:
+    """Held zips of ended sessions (disconnected for longer than Streamlit keeps them for a reconnect) or ended
+    server processes: swept at every upload and add."""
+    catalogue.sweep_held_uploads(widgets.session_active, float(st.get_option("server.disconnectedSessionTTL")),
+                                 keep_session=session)
+
+
+def _add_held(name: str, held: dict, progress):
+    """Add the held zip, then delete it whatever the outcome (a failed one is uploaded again)."""
+    st.session_state[HELD_KEY] = {**held, "path": None}
+    try:
+        _sweep_held(widgets.session_id() or "local")
+        return catalogue.add_zip(name, Path(held["path"]), progress=progress)
+    except BaseException:
+        st.session_state[HELD_KEY] = {**held, "path": None, "failed": True}
+        raise
+    finally:
+        catalogue.discard_upload(held["path"])
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n / 1e3:,.0f} kB" if n >= 1000 else f"{n} bytes"
+
+
+def _run_add(name: str, work) -> None:
+    """Registration, then embedding with the default model, each with progress; then select the dataset."""
     failure = None
     with st.status(f"Adding **{name}**…", expanded=True) as status:
         bar = st.progress(0.0, text="Starting…")
@@ -100,7 +196,6 @@ def _run_add(name: str, work, upload=None) -> None:
         # Below the status box, not inside it: a finished status shows collapsed, and the reason must be seen.
         st.error(failure, icon=":material/error:")
         return
-    widgets.release_upload(upload)
     # Shown after the rerun that selects the dataset (a rerun clears this run's elements).
     notes = []
     if extracted is not None and extracted.skipped:

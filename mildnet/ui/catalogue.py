@@ -7,15 +7,17 @@ and the CLI register catalogues identically.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from mildnet.data import manifest as mf
 from mildnet.data import user_datasets as ud
-from mildnet.data.staging import staging_path, sweep_abandoned
+from mildnet.data.staging import held_path, staging_path, sweep_abandoned, sweep_held
 from mildnet.data.upload import ExtractReport, extract_images
 from mildnet.errors import DataError
 from mildnet.ui import settings
@@ -86,9 +88,60 @@ def _check_allowed(path: str, what: str, served_locally: bool) -> None:
         raise DataError(f"{what} must be inside {allowed} (MILDNET_ADD_ROOTS on the server)")
 
 
-def add_zip(name: str, upload: BinaryIO, progress: Progress | None = None) -> tuple[ud.AddResult, ExtractReport]:
+@dataclass(frozen=True)
+class HeldUpload:
+    """An uploaded zip kept on disk for one session until it is added: its file, and what the page shows."""
+    path: Path
+    name: str
+    size: int
+
+
+def hold_upload(upload: BinaryIO, name: str, size: int, session_id: str,
+                previous: str | os.PathLike | None = None) -> HeldUpload:
+    """Copy an upload's bytes to a file of its own in :func:`uploads_dir` (named after ``session_id`` and this
+    process: :func:`mildnet.data.staging.held_path`), replacing the session's ``previous`` one, so the server
+    need not keep them in memory until the session ends. A full or read-only disk is a one-line DataError and
+    leaves no file behind. Held uploads of ended processes are swept first (those of ended sessions:
+    :func:`sweep_held_uploads`)."""
+    parent = uploads_dir()
+    if previous is not None:
+        discard_upload(previous)
+    path = None
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        sweep_abandoned(parent)
+        path = held_path(parent, session_id)
+        with open(path, "xb") as handle:
+            upload.seek(0)
+            shutil.copyfileobj(upload, handle, 1 << 20)
+    except OSError as exc:
+        if path is not None:
+            discard_upload(path)
+        raise DataError(f"cannot keep the upload on the server's disk ({exc.strerror or exc}); free some space "
+                        f"(or fix the permissions of {parent}), then upload it again") from None
+    return HeldUpload(path, name, size)
+
+
+def sweep_held_uploads(session_active: Callable[[str], bool | None], idle_seconds: float,
+                       keep_session: str | None = None) -> list[Path]:
+    """Delete the held uploads whose session or process has ended (:func:`mildnet.data.staging.sweep_held`)."""
+    return sweep_held(uploads_dir(), session_active, idle_seconds, keep_session)
+
+
+def discard_upload(path: str | os.PathLike) -> None:
+    """Delete a held upload (added, failed, replaced); a file already gone is fine."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only disk: the sweep of its ended session tries again
+
+
+def add_zip(name: str, upload: BinaryIO | str | os.PathLike, progress: Progress | None = None
+            ) -> tuple[ud.AddResult, ExtractReport]:
     """Unpack an uploaded zip (only its photos; :func:`mildnet.data.upload.extract_images`) into
-    :func:`uploads_dir` and register the result; nothing is left behind when any step fails."""
+    :func:`uploads_dir` and register the result; nothing is left behind when any step fails. ``upload`` is the
+    zip's path (a :func:`hold_upload` file, read where it is and left for its caller to delete) or a file object
+    (copied to a temporary file first)."""
     name = check_name(name)
     report = progress or (lambda done, total, message="": None)
     target = uploads_dir() / name
@@ -96,20 +149,27 @@ def add_zip(name: str, upload: BinaryIO, progress: Progress | None = None) -> tu
     if target.exists() or target.is_symlink():
         raise DataError(f"{target} already exists (an earlier upload?); delete it or choose another name")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The upload is in memory; the zip reader wants a file, on the same disk as the photos will be. Its name
-    # carries our pid, so a server killed mid-upload leaves nothing that the next upload does not sweep.
     sweep_abandoned(target.parent)
-    zip_path = staging_path(target.parent, name, "upload", ".zip")
+    copied = None
     try:
-        with open(zip_path, "wb") as handle:
-            upload.seek(0)
-            shutil.copyfileobj(upload, handle)
-        extracted = extract_images(zip_path, target,
+        if isinstance(upload, (str, os.PathLike)):
+            archive = Path(upload)
+            if not archive.is_file():
+                raise DataError("the uploaded zip is no longer on the server; upload it again")
+        else:
+            # The zip reader wants a file, on the same disk as the photos will be. Its name carries our pid, so a
+            # server killed mid-upload leaves nothing that the next upload does not sweep.
+            archive = copied = staging_path(target.parent, name, "upload", ".zip")
+            with open(copied, "wb") as handle:
+                upload.seek(0)
+                shutil.copyfileobj(upload, handle)
+        extracted = extract_images(archive, target,
                                    progress=lambda done, total: report(done, total, "unpacking photos"))
     except OSError as exc:
         raise DataError(f"cannot store the upload in {target.parent}: {exc.strerror or exc}") from None
     finally:
-        zip_path.unlink(missing_ok=True)
+        if copied is not None:
+            copied.unlink(missing_ok=True)
     try:
         ud.mark_upload(target, name)  # ours: `data remove` deletes it with the dataset
         added = ud.add_dataset(name, extracted.root, progress=progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import io
 import logging
 from pathlib import Path
 
@@ -111,12 +112,52 @@ def image(path: str | Path, caption: str | None = None) -> None:
 def release_upload(uploaded) -> None:
     """Drop an uploaded file's bytes from the server's memory now. Streamlit keeps every upload of a session
     until the browser removes it or the session ends (two minutes after its tab closes): a 300 MB zip already
-    unpacked, or a photo refused for its size, would otherwise stay in memory that long. Streamlit's chat input
-    frees its files the same way; where the runtime offers no such call, nothing happens."""
+    unpacked or copied to disk, or a photo refused for its size, would otherwise stay in memory that long.
+    Streamlit's chat input frees its files the same way; where the runtime offers no such call, nothing happens.
+
+    The session also keeps the uploader's value (an ``UploadedFile`` sharing the upload's bytes; the widget hands
+    the page a copy) until the browser's next message, so a tab closed right after the upload would keep the
+    bytes until the session ends: that value, and ``uploaded``, are emptied too (name, size, file_id stay)."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx()
     remove = getattr(getattr(ctx, "uploaded_file_mgr", None), "remove_file", None)
-    if uploaded is not None and remove is not None:
-        remove(ctx.session_id, uploaded.file_id)
+    if uploaded is None or remove is None:
+        return
+    remove(ctx.session_id, uploaded.file_id)
+    held = [uploaded]
+    for key in list(st.session_state):
+        with contextlib.suppress(Exception):  # a value that cannot be read is no upload of ours
+            value = st.session_state[key]
+            held += [v for v in (value if isinstance(value, list) else [value])
+                     if isinstance(v, io.BytesIO) and getattr(v, "file_id", None) == uploaded.file_id]
+    for value in held:
+        with contextlib.suppress(BufferError, ValueError):  # a view still open on it, or already closed
+            value.seek(0)
+            value.truncate(0)
 
+
+def session_id() -> str | None:
+    """This script run's Streamlit session id (None outside a script run)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return None if ctx is None else ctx.session_id
+
+
+def session_active(session_id: str) -> bool | None:
+    """Whether this server still has the session ``session_id`` connected; None where that cannot be asked.
+
+    Through ``streamlit.runtime.get_instance().is_active_session`` (the runtime's thread-safe query, stable
+    since Streamlit 1.12; no public ``st.`` call says whether another session lives). A session whose tab
+    closed is no longer active but can still be resumed for ``server.disconnectedSessionTTL`` seconds: callers
+    add that wait (:func:`mildnet.data.staging.sweep_held`). A test harness's stand-in runtime answers None."""
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return None
+    try:
+        active = runtime.get_instance().is_active_session(session_id)
+    except Exception:  # noqa: BLE001 - a runtime without the call: cannot tell
+        return None
+    return active if isinstance(active, bool) else None
