@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import filecmp
 from pathlib import Path
 
@@ -223,3 +224,27 @@ def test_parameter_validation(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_sample(tmp_path / "data", **{**PARAMS, **kwargs})
     assert not (tmp_path / "data").exists()
+
+
+def test_a_sample_drawn_by_an_older_renderer_is_redrawn(tmp_path):
+    params = {**PARAMS, "products": 12, "size": 32, "wild_per_product": 1}
+    target = generate_sample(tmp_path / "data", **params)
+    marker_path = target / "sample.json"
+    marker = json.loads(marker_path.read_text())
+    marker["version"] = sample.GENERATOR_VERSION - 1
+    marker_path.write_text(json.dumps(marker))
+    assert not is_sample_complete(target)
+    generate_sample(target, **params)
+    assert json.loads(marker_path.read_text())["version"] == sample.GENERATOR_VERSION and is_sample_complete(target)
+
+
+def test_stripes_are_box_filtered_so_the_share_of_colour_is_exact():
+    from mildnet.data.sample.render import _stripes
+
+    x = np.linspace(0.0, 10.0, 2001) + 0.0017  # no sample exactly on an edge
+    # A footprint of whole periods sees exactly the duty cycle wherever it lies; a tiny one sees the hard wave.
+    np.testing.assert_allclose(_stripes(x, 0.35, 1.0), 0.35, atol=1e-5)
+    hard = (x % 1.0 < 0.35).astype(np.float32)
+    assert np.mean(np.abs(_stripes(x, 0.35, 1e-4) - hard)) < 1e-3
+    soft = _stripes(x, 0.35, 0.2)
+    assert soft.min() == 0.0 and soft.max() == 1.0 and 0 < np.mean((soft > 0) & (soft < 1)) < 0.5

@@ -67,10 +67,11 @@ def _read_marker(out_dir: Path) -> dict | None:
 
 
 def is_sample_complete(out_dir: str | os.PathLike) -> bool:
-    """True when ``out_dir`` holds a whole sample: the marker, the CSVs and every image they list."""
+    """True when ``out_dir`` holds a whole sample of this generator version: the marker, the CSVs and every
+    image they list (a sample drawn by an older renderer is redrawn on its next use, like a missing one)."""
     out_dir = Path(out_dir)
     marker = _read_marker(out_dir)
-    if marker is None or not isinstance(marker.get("files"), list):
+    if marker is None or not isinstance(marker.get("files"), list) or marker.get("version") != GENERATOR_VERSION:
         return False
     return all((out_dir / name).is_file() for name in marker["files"])
 
