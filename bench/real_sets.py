@@ -292,6 +292,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", default="class,typecolour,mix,instance")
+    parser.add_argument("--class-share", type=float, default=0.3,
+                        help="share of the garment-type (class) train triplets in the mix sets (default 0.3)")
     args = parser.parse_args(argv)
     wanted = set(args.sets.split(","))
     catalog = class_set(args.images, args.out, args.seed)
@@ -299,7 +301,7 @@ def main(argv=None) -> int:
         frame = typecolour_set(args.images, args.out, catalog, args.seed)
         print(frame.groupby("colour").size().sort_values(ascending=False).to_string())
     if "mix" in wanted:
-        mix_set(args.out, args.seed)
+        mix_set(args.out, args.seed, class_share=args.class_share)
     if "instance" in wanted:
         instance_set(args.images, args.out, catalog, args.seed)
     if wanted & {"luma", "studio-mix", "studio-cross"}:

@@ -378,7 +378,10 @@ def test_a_held_zip_that_vanished_asks_for_the_upload_again(env):
     _held()[0].unlink()
     at.run()
     assert not at.exception and not at.error
-    assert [w.value for w in at.warning] == ["**shop.zip** is no longer on the server; upload it again."]
+    # Only this warning about the zip (a training job an earlier test stopped may add its own banner: the job
+    # manager is one per server process).
+    assert [w.value for w in at.warning if "zip" in w.value] == [
+        "**shop.zip** is no longer on the server; upload it again."]
     assert at.button(key="mn_add_zip_go").disabled
 
 
