@@ -203,3 +203,34 @@ def test_a_document_damaged_into_other_types_is_refused_and_refitted(tmp_path, f
         cc.load_for(store, "shop/abc", s, table)
     fixed, note = cc.refresh(store, "shop/abc", s, labels=table)
     assert note is None and fixed.rule == made.rule and "simulated AUC" in cc.describe(fixed)
+
+
+def test_evaluate_close_match_leaves_out_an_unreadable_query_photo_with_one_warning(capsys, tmp_path):
+    from PIL import Image
+
+    from mildnet.cli import main
+
+    rng = np.random.default_rng(0)
+    folders = {name: tmp_path / name for name in ("gallery", "sold", "unsold")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        for k in range(3):
+            base = {"gallery": 40, "sold": 40, "unsold": 200}[name]
+            pixels = np.clip(base + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{k}.jpg")
+    (folders["sold"] / "broken.jpg").write_bytes(b"not a jpeg at all")
+    args = ["evaluate", "--close-match", "--model", "tiny_cnn", "--image-size", "32", "--images",
+            str(folders["gallery"]), "--in-queries", str(folders["sold"]), "--out-queries", str(folders["unsold"]),
+            "--json", "--quiet"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "1 of 4 query photo(s)" in warnings[0] and "broken.jpg" in warnings[0]
+    result = json.loads(captured.out.strip().splitlines()[-1])["close_match"]
+    assert result["n_in"] == 3 and result["n_out"] == 3
+    # Nothing readable on one side is one line, not an empty measurement.
+    for k in range(3):
+        (folders["unsold"] / f"{k}.jpg").write_bytes(b"broken too")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "no out-of-catalogue query photo could be read" in err and "Traceback" not in err

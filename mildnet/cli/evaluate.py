@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mildnet.cli.common import UsageError, build_model_from_args, use_default_run
 from mildnet.cli.progress import ProgressBar
 from mildnet.errors import DataError, ModelError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Kept literal (not imported from mildnet.evaluation) so `evaluate --help` does not import numpy/pandas;
 # test_evaluation checks it matches evaluation.BASELINE_NAMES.
@@ -269,8 +274,10 @@ def _close_match(args: argparse.Namespace) -> int:
     s = EmbeddingSet(list(gallery_ids), list(gallery_ids), g_vectors,
                      {"model_fingerprint": "evaluate", "catalog_fingerprint": "evaluate", "image_size": size})
     calibration = cc.calibrate_catalogue(s, rows, model, root, size)
-    _, in_v = vectors([p.resolve() for p in in_paths], "/")
-    _, out_v = vectors([p.resolve() for p in out_paths], "/")
+    in_v, out_v = _query_vectors(model, in_paths, size, args.batch_size), \
+        _query_vectors(model, out_paths, size, args.batch_size)
+    if not len(in_v) or not len(out_v):
+        raise DataError(f"no {'in' if not len(in_v) else 'out-of'}-catalogue query photo could be read")
     result = cc.evaluate_close_match(calibration, g_vectors, in_v, out_v, gallery_ids)
     result.update(gallery=len(gallery_ids), held_out=sorted(held), source=source, rule=cc.describe(calibration))
     print(f"gallery: {root} ({len(gallery_ids)} photos{', without ' + ', '.join(sorted(held)) if held else ''})")
@@ -281,6 +288,20 @@ def _close_match(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"close_match": result}, sort_keys=True, default=str))
     return 0
+
+
+def _query_vectors(model, paths: list[Path], size: int, batch_size: int) -> np.ndarray:
+    """Unit vectors of the query photos that decode; the others are left out with one warning line (a query
+    folder is somebody's photos: one broken file must not stop the measurement, as it stops no search)."""
+    from mildnet.embeddings import embed_files, normalize_rows
+
+    vectors, skipped = embed_files(model, [p.resolve() for p in paths], size, batch_size)
+    if skipped:
+        path, reason = next(iter(skipped.items()))
+        reason = reason if path in reason else f"{path}: {reason}"
+        print(f"warning: {len(skipped)} of {len(paths)} query photo(s) could not be read and are left out "
+              f"(first: {reason})", file=sys.stderr)
+    return normalize_rows(vectors)
 
 
 def _folder_photos(folder: Path) -> list[Path]:
