@@ -26,6 +26,7 @@ catalogue photo is from its nearest other product).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,8 @@ __all__ = [
 
 FORMAT = 1
 DOCUMENT = "catalogue-calibration"
+# The document's key when it records why the catalogue could not be calibrated instead of a calibration.
+UNFITTED = "unfitted"
 # Score name -> how many top results it reads. "top1"/"top3": the best cosine / the mean of the best three.
 # "top1+agree5": a logistic combination, fitted on the catalogue's simulation, of the best cosine and the share of
 # the top five results in one category (a tee among apparel gets tees; a bag gets neighbours of mixed types).
@@ -485,11 +488,23 @@ def save_for(store, key: str, calibration: CatalogueCalibration) -> None:
 def load_for(store, key: str, embeddings, labels=None) -> CatalogueCalibration | None:
     """The calibration kept beside ``key`` when it was made for exactly this set and labels (same model,
     catalogue and labels fingerprints), else None; CalibrationError when the document is damaged."""
+    return _matching(_read(store, key), embeddings, labels)
+
+
+def _read(store, key: str) -> dict | None:
     try:
-        document = store.get_document(key, DOCUMENT)
+        return store.get_document(key, DOCUMENT)
     except StoreError as exc:
         raise CalibrationError(f"the catalogue's calibration is unreadable: {exc}") from None
-    if document is None:
+
+
+def _fingerprints(embeddings, labels) -> dict:
+    return {"model_fingerprint": embeddings.model_fingerprint, "catalog_fingerprint": embeddings.catalog_fingerprint,
+            "labels_fingerprint": labels_fingerprint(embeddings.ids, labels)}
+
+
+def _matching(document, embeddings, labels) -> CatalogueCalibration | None:
+    if document is None or (isinstance(document, dict) and UNFITTED in document):
         return None
     try:
         found = CatalogueCalibration.from_dict(document)
@@ -501,6 +516,16 @@ def load_for(store, key: str, embeddings, labels=None) -> CatalogueCalibration |
     if found.labels_fingerprint != labels_fingerprint(embeddings.ids, labels):
         return None
     return found
+
+
+def _unfitted(document, embeddings, labels, settings: CatalogueSettings) -> str | None:
+    """Why this very set (same fingerprints, same settings) could not be calibrated when that was last tried; None
+    when it was not tried, or something changed since."""
+    if not isinstance(document, dict) or not isinstance(document.get(UNFITTED), str):
+        return None
+    same = document.get("format") == FORMAT and document.get("settings") == asdict(settings) and all(
+        document.get(k) == v for k, v in _fingerprints(embeddings, labels).items())
+    return document[UNFITTED] if same else None
 
 
 def catalogue_labels(image_root, catalog_path=None):
@@ -535,20 +560,30 @@ def refresh(store, key: str, embeddings, model=None, image_root=None, labels=Non
     there; ``(None, why)`` when the catalogue cannot be calibrated (then search uses the run's calibration).
     A damaged document is replaced; a store that cannot keep it still gets the calibration for this call."""
     try:
-        found = load_for(store, key, embeddings, labels)
+        document = _read(store, key)
+        found = _matching(document, embeddings, labels)
     except CalibrationError:
-        found = None  # rebuilt below and written over the damaged one
+        document, found = None, None  # rebuilt below and written over the damaged one
     if found is not None:
         return found, None
-    try:
-        made = calibrate_catalogue(embeddings, labels, model, image_root, image_size, settings)
-    except DataError as exc:
-        return None, f"no catalogue calibration ({exc}); the model's own calibration is used"
-    try:
-        save_for(store, key, made)
-    except StoreError as exc:
-        return made, f"the catalogue calibration could not be kept ({exc})"
-    return made, None
+    # A catalogue that cannot be calibrated is not tried again until it, its labels or the model change: every
+    # CLI search opens a new engine, and each try embeds augmented views of the catalogue's photos.
+    why = _unfitted(document, embeddings, labels, settings)
+    if why is None:
+        try:
+            made = calibrate_catalogue(embeddings, labels, model, image_root, image_size, settings)
+        except DataError as exc:
+            why = str(exc)
+            with contextlib.suppress(StoreError):  # not kept: tried again next time, nothing else lost
+                store.put_document(key, DOCUMENT, {"format": FORMAT, UNFITTED: why, "settings": asdict(settings),
+                                                   **_fingerprints(embeddings, labels)})
+        else:
+            try:
+                save_for(store, key, made)
+            except StoreError as exc:
+                return made, f"the catalogue calibration could not be kept ({exc})"
+            return made, None
+    return None, f"no catalogue calibration ({why}); the model's own calibration is used"
 
 
 # --- measured as a decision ----------------------------------------------------------------------

@@ -57,13 +57,29 @@ def test_flat_rule_without_two_categories(categories, why):
     assert rule.method == "flat" and rule.auc is None and why in rule.note and rule.score == "top1"
 
 
-def test_one_photo_cannot_be_calibrated_and_refresh_says_so_in_one_line(tmp_path):
+def test_one_photo_cannot_be_calibrated_and_refresh_says_so_in_one_line(tmp_path, monkeypatch):
     s, table = clustered()
     one = s.subset(s.ids[:1])
     with pytest.raises(DataError, match="at least two photos"):
         cc.calibrate_catalogue(one, table)
-    found, note = cc.refresh(LocalStore(tmp_path), "k/1", one, labels=table)
+    store = LocalStore(tmp_path)
+    found, note = cc.refresh(store, "k/1", one, labels=table)
     assert found is None and "\n" not in note and "model's own calibration" in note
+    # Not tried again for the same set (every CLI search opens a new engine): the reason is kept beside it.
+    tries = []
+    real = cc.calibrate_catalogue
+
+    def counting(*args, **kwargs):
+        tries.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cc, "calibrate_catalogue", counting)
+    assert cc.refresh(store, "k/1", one, labels=table) == (None, note) and tries == []
+    assert cc.load_for(store, "k/1", one, table) is None
+    # Another set (a photo added) is tried, and a calibration that fits replaces the record.
+    found, again = cc.refresh(store, "k/1", s, labels=table)
+    assert tries == [1] and found is not None and again is None
+    assert cc.load_for(store, "k/1", s, table) is not None
 
 
 def test_document_round_trip_stale_and_damaged(tmp_path):
