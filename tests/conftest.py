@@ -81,6 +81,15 @@ def squeezenet_weights() -> Path:
     return _shared("weights", "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5")
 
 
+def leave_held_upload(folder: Path, session: str, pid: int, mtime: float) -> Path:
+    """A held upload (mildnet.data.staging's naming) of ``session`` and server process ``pid``, last touched at
+    ``mtime``: what a closed tab or an ended server leaves behind for the sweeps."""
+    path = folder / f".{session}.held-{pid}-{os.urandom(4).hex()}.zip"
+    path.write_bytes(b"PK left")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
 def make_labelled_folder(root: Path, classes=("red", "green", "blue"), per_class=4, size=32, seed=0) -> Path:
     """Class sub-folders of tiny solid-colour JPEGs with a little noise: a real, decodable dataset."""
     colours = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200),

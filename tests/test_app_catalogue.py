@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from mildnet.data import user_datasets as ud
 from mildnet.errors import DataError
-from tests.conftest import app_environment, make_labelled_folder, make_tiny_app_root, results_box
+from tests.conftest import app_environment, leave_held_upload, make_labelled_folder, make_tiny_app_root, results_box
 
 PROJECT = Path(__file__).resolve().parents[1]
 APP = PROJECT / "app.py"
@@ -416,10 +416,7 @@ def test_held_zips_of_ended_sessions_or_processes_are_swept_by_the_next_upload_o
     old = time.time() - 3600
 
     def leave(session, pid, age=old):
-        path = uploads / f".{session}.held-{pid}-{uuid.uuid4().hex[:8]}.zip"
-        path.write_bytes(b"PK left")
-        os.utime(path, (age, age))
-        return path
+        return leave_held_upload(uploads, session, pid, age)
 
     dead_process = leave(str(uuid.uuid4()), gone.pid)
     ended_session = leave(ended, os.getpid())
@@ -498,7 +495,7 @@ def test_a_real_server_holds_an_upload_on_disk_not_in_memory_and_adds_it(tmp_pat
     # AppTest hands a page its upload's bytes again on every run; a real server does not once they are released.
     # Through `streamlit run` and its websocket, as a browser: upload a zip (48 MB of it padding, skipped when
     # unpacked), rerun as the browser does (the uploader still showing the file), add it.
-    httpx = pytest.importorskip("httpx")
+    import requests
     sync_client = pytest.importorskip("websockets.sync.client")
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -555,8 +552,8 @@ def test_a_real_server_holds_an_upload_on_disk_not_in_memory_and_adds_it(tmp_pat
         request.file_urls_request.session_id = session["id"]
         ws.send(request.SerializeToString())
         urls = receive("file_urls_response").file_urls_response.file_urls[0]
-        response = httpx.put(url + urls.upload_url, files={"file": ("shop.zip", payload, "application/zip")},
-                             timeout=TIMEOUT)
+        response = requests.put(url + urls.upload_url, files={"file": ("shop.zip", payload, "application/zip")},
+                                timeout=TIMEOUT)
         assert response.status_code in (200, 204), response.text
         uploaded = WidgetState(id=uploader.split(":", 1)[1])
         info = uploaded.file_uploader_state_value.uploaded_file_info.add()

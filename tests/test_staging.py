@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from mildnet.data import staging
+from tests.conftest import leave_held_upload
 
 
 def _dead_pid() -> int:
@@ -33,10 +34,7 @@ def test_sweep_held_removes_uploads_of_ended_processes_and_long_ended_sessions(t
     old = time.time() - 3600
 
     def held(session, pid, mtime=old):
-        path = tmp_path / f".{session}.held-{pid}-{os.urandom(4).hex()}.zip"
-        path.write_bytes(b"PK")
-        os.utime(path, (mtime, mtime))
-        return path
+        return leave_held_upload(tmp_path, session, pid, mtime)
 
     dead_process = held("a", _dead_pid(), mtime=time.time())  # at once, whatever its age
     ended = held("ended", os.getpid())

@@ -52,6 +52,14 @@ def held_session(path: str | os.PathLike) -> tuple[str, int] | None:
     return (match.group("session"), int(match.group("pid"))) if match else None
 
 
+def _entries(parent: str | os.PathLike) -> list[Path]:
+    """What ``parent`` holds, or nothing where it is missing or unreadable (then there is nothing to sweep)."""
+    try:
+        return list(Path(parent).iterdir())
+    except OSError:
+        return []
+
+
 def sweep_held(parent: str | os.PathLike, session_active: Callable[[str], bool | None], idle_seconds: float,
                keep_session: str | None = None) -> list[Path]:
     """Delete the held uploads in ``parent`` whose owner is gone; returns what was deleted.
@@ -62,14 +70,9 @@ def sweep_held(parent: str | os.PathLike, session_active: Callable[[str], bool |
     (Streamlit's ``server.disconnectedSessionTTL``). Where the session cannot be asked (None), only the process
     rule applies. Another live process's uploads are its own to sweep. ``keep_session``'s are never touched.
     """
-    parent = Path(parent)
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return []
     swept = []
     now = time.time()
-    for entry in entries:
+    for entry in _entries(parent):
         owner = held_session(entry)
         if owner is None or owner[0] == (keep_session and session_tag(keep_session)):
             continue
@@ -94,13 +97,8 @@ def sweep_held(parent: str | os.PathLike, session_active: Callable[[str], bool |
 
 def sweep_abandoned(parent: str | os.PathLike) -> list[Path]:
     """Delete the staging folders and files in ``parent`` whose process has ended; returns what was deleted."""
-    parent = Path(parent)
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return []
     swept = []
-    for entry in entries:
+    for entry in _entries(parent):
         match = _STAGED.match(entry.name)
         if match is None or process_alive(int(match.group(1))):
             continue
