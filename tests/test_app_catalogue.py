@@ -707,3 +707,49 @@ def test_demo_catalogue_offline_names_the_url_and_the_local_alternative(env, tmp
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.session_state["mn_dataset"] == "clothing-small"
     assert any("ready and selected: search it" in m.value for m in at.success)
+
+
+def test_the_training_form_offers_and_submits_each_datasets_own_learning_rate(env, tmp_path):
+    # Issue 17: a flat folder trains at INSTANCE_LEARNING_RATE, a labelled one at the default. The field is keyed by
+    # dataset, so switching datasets shows each its own default, and what the form submits is what the run records.
+    import json
+    import time
+
+    from mildnet.training import INSTANCE_LEARNING_RATE, TrainConfig
+
+    ud.add_dataset("flatlr", _flat_folder(tmp_path / "flatlr", n=6, seed=3))
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+        at.run()
+
+        def lr_field(dataset):
+            return at.number_input(key=f"mn_train_lr:{dataset}")
+
+        assert lr_field("tiny").value == TrainConfig().learning_rate
+        at.sidebar.selectbox[0].set_value("flatlr").run()
+        assert not at.exception and lr_field("flatlr").value == INSTANCE_LEARNING_RATE
+        at.sidebar.selectbox[0].set_value("tiny").run()
+        assert lr_field("tiny").value == TrainConfig().learning_rate
+        at.sidebar.selectbox[0].set_value("flatlr").run()
+        assert lr_field("flatlr").value == INSTANCE_LEARNING_RATE  # back to its own default, not tiny's
+
+        runs = Path(os.environ["MILDNET_RUNS"])
+        before = set(runs.iterdir()) if runs.is_dir() else set()
+        at.selectbox(key="mn_train_start").set_value("new")
+        at.selectbox(key="mn_train_model").set_value("tiny_cnn")
+        at.selectbox(key="mn_train_weights").set_value("none")
+        at.select_slider(key="mn_train_size").set_value(32)
+        at.number_input(key="mn_train_epochs").set_value(1)
+        next(b for b in at.button if b.label == "Start training").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        deadline = time.monotonic() + TIMEOUT
+        while not any("Training finished" in s.value for s in at.sidebar.success):
+            assert time.monotonic() < deadline, "training did not finish in time"
+            time.sleep(0.5)
+            at.run()
+            assert not at.exception
+        (run,) = set(runs.iterdir()) - before
+        config = json.loads((run / "config.json").read_text())["config"]
+        assert config["dataset"] == "flatlr" and config["learning_rate"] == INSTANCE_LEARNING_RATE
+    finally:
+        ud.remove_dataset("flatlr")
