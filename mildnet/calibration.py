@@ -371,18 +371,19 @@ class Verdict:
 
 
 def assess(cosines: Sequence[float], calibration: Calibration | None,
-           reference: np.ndarray | None = None, rule=None, ids: Sequence[str] | None = None) -> Verdict:
+           reference: np.ndarray | None = None, rule=None, ids: Sequence[str] | None = None, kinds=None) -> Verdict:
     """Match strength of each result (in rank order) and whether the best one is a close match.
 
     ``rule``: a catalogue's own close-match rule (``catalogue_calibration.CloseMatchRule``, anything with
-    ``is_close(cosines, ids)``; ``ids``: the results' catalogue ids, which a rule reading their categories
-    needs); it replaces the match-and-reference test, which is for a run's calibration."""
+    ``is_close(cosines, ids, kinds)``; ``ids``: the results' catalogue ids, which a rule reading their categories
+    needs; ``kinds``: the query's product-type probabilities, which a rule reading them needs); it replaces the
+    match-and-reference test, which is for a run's calibration."""
     cosines = [float(c) for c in cosines]
     if calibration is None:
         return Verdict([None] * len(cosines), None)
     matches = [float(m) for m in calibration.match(cosines)] if cosines else []
     if rule is not None:
-        ok = bool(cosines) and rule.is_close(cosines, ids)
+        ok = bool(cosines) and rule.is_close(cosines, ids, kinds)
         return Verdict(matches, ok, None if ok else (NOTHING_ALIKE if cosines else "No results."))
     best = max(cosines) if cosines else float("nan")
     ok, reason = _verdict(best, calibration, reference, MIN_MATCH, CATALOGUE_QUANTILE)

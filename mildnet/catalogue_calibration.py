@@ -13,11 +13,13 @@ same category (one at random and the nearest one), so "match" means "this produc
 us photos of things it does not sell, but a categorised one can simulate them: each photo queried against the
 catalogue without its category ("a type it does not sell") versus against the catalogue without its product
 ("another photo of a type it sells"). The score (best cosine, the mean of the top 3, or a logistic
-combination of the best cosine and the share of the top 5 in one category, fitted on the simulation) with the
-higher simulated ROC AUC wins; its threshold is the one that makes the larger of the two simulated error rates
-smallest, lowered where needed so that at most :attr:`CatalogueSettings.max_in_rejected` of the sold-type
-simulation is rejected (a held-out category is often a near neighbour of a sold one, tee and tank, so the
-simulated outside is harder than a bag or a watch; measured in docs/calibration.md).
+combination of the best cosine and the share of the top 5 in one category, fitted on the simulation; with a model
+that has a product-type head (:mod:`mildnet.product_types`), also the share of the query's type probability on
+types the catalogue sells, alone or combined with the best cosine) with the higher simulated ROC AUC wins; its
+threshold is the one that makes the larger of the two simulated error rates smallest, lowered where needed so
+that at most :attr:`CatalogueSettings.max_in_rejected` of the sold-type simulation is rejected (a held-out
+category is often a near neighbour of a sold one, tee and tank, so the simulated outside is harder than a bag or
+a watch; measured in docs/calibration.md).
 A catalogue without two categories cannot simulate the outside, so a *flat* rule is used: close when the
 score reaches the ``max_in_rejected`` quantile of the photos' leave-one-product-out scores (90 % of photos
 like the catalogue's own are called close; what is rejected is further from everything than nearly any
@@ -35,6 +37,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mildnet import product_types as pt
 from mildnet.calibration import Calibration, CalibrationError, fit, rank_auc
 from mildnet.errors import DataError, ImageError, StoreError
 
@@ -51,8 +54,12 @@ UNFITTED = "unfitted"
 # Score name -> how many top results it reads. "top1"/"top3": the best cosine / the mean of the best three.
 # "top1+agree5": a logistic combination, fitted on the catalogue's simulation, of the best cosine and the share of
 # the top five results in one category (a tee among apparel gets tees; a bag gets neighbours of mixed types).
-SCORES = {"top1": 1, "top3": 3, "top1+agree5": 5}
+# "kind": the share of the query's product-type probability on types the catalogue sells (a model with a type
+# head only); it needs the query's type probabilities, not its results.
+SCORES = {"top1": 1, "top3": 3, "top1+agree5": 5, "kind": 1}
 AGREE = "top1+agree5"
+KIND = "kind"
+METHODS = ("category holdout", "type-group holdout", "flat")
 
 
 @dataclass(frozen=True)
@@ -67,17 +74,25 @@ class CatalogueSettings:
     # The fitted top1+agree5 score is offered only when both sides of the simulation have this many queries: on a
     # 20-photo catalogue its logistic fit took extreme weights (10.4, -31.4) from a handful of points.
     min_fit_queries: int = 100
+    # The kind score (a model with a product-type head) is used where the head recognises the catalogue's
+    # categories: at least this share of its categorised photos are typed as most of their category is.
+    min_type_agreement: float = 0.6
+    # ...and calls a photo close when at least this share of its type probability is on types the catalogue sells
+    # (lower where the catalogue's own photos need it: max_in_rejected applies as to every score).
+    kind_threshold: float = 0.9
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class CloseMatchRule:
     """Close when ``score`` (see :data:`SCORES`) of a query's results is >= ``threshold``; the rest says how it
-    was chosen and how it did on the catalogue's simulation (rates None for a flat rule)."""
+    was chosen and how it did on the catalogue's simulation (rates None for a flat rule). ``method``: how the
+    outside was simulated: one category held out at a time ("category holdout"), the categories of one product type
+    together ("type-group holdout", the kind score), or not at all ("flat")."""
 
     score: str
     threshold: float
-    method: str  # "category holdout" or "flat"
+    method: str
     auc: float | None = None
     in_called_close: float | None = None
     out_called_not_close: float | None = None
@@ -88,6 +103,10 @@ class CloseMatchRule:
     # each catalogue photo id (a result without one counts as a category of its own).
     weights: tuple[float, float, float] | None = None
     categories: dict[str, str] | None = None
+    # "kind" scores only: the catalogue's share of type probability per type (product_types.catalogue_share).
+    sold_share: tuple[float, ...] | None = None
+    # The simulated ROC AUC of every score that was tried (name -> AUC), the chosen one included.
+    considered: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -106,7 +125,7 @@ class CloseMatchRule:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CalibrationError(f"close-match {name} must be a count, got {value!r}")
-        if self.method not in ("category holdout", "flat") or not (self.note is None or isinstance(self.note, str)):
+        if self.method not in METHODS or not (self.note is None or isinstance(self.note, str)):
             raise CalibrationError(f"unknown close-match method {self.method!r}")
         if self.score == AGREE:
             if (not isinstance(self.weights, (list, tuple)) or len(self.weights) != 3
@@ -115,14 +134,35 @@ class CloseMatchRule:
             if not isinstance(self.categories, dict):
                 raise CalibrationError(f"the {AGREE} score needs the catalogue's categories")
             object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if self.considered is not None and (not isinstance(self.considered, dict) or not all(
+                isinstance(k, str) and isinstance(a, (int, float)) and 0.0 <= a <= 1.0
+                for k, a in self.considered.items())):
+            raise CalibrationError("close-match 'considered' must map score names to AUCs in [0, 1]")
+        if self.score == KIND:
+            if (not isinstance(self.sold_share, (list, tuple)) or len(self.sold_share) < 2 or not all(
+                    isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in self.sold_share)):
+                raise CalibrationError(f"the {self.score} score needs the catalogue's share of each product type")
+            object.__setattr__(self, "sold_share", tuple(float(x) for x in self.sold_share))
 
     @property
     def k(self) -> int:
         return SCORES[self.score]
 
-    def value(self, cosines: Sequence[float], ids: Sequence[str] | None = None) -> float:
-        """The score of one query's results: their cosines and (for ``top1+agree5``) their catalogue ids, in the
-        same order; NaN without results."""
+    @property
+    def needs_kinds(self) -> bool:
+        """Whether the score reads the query's product-type probabilities (``kinds`` of :meth:`value`)."""
+        return self.score == KIND
+
+    def value(self, cosines: Sequence[float], ids: Sequence[str] | None = None, kinds=None) -> float:
+        """The score of one query's results: their cosines, (for ``top1+agree5``) their catalogue ids in the same
+        order, and (for the kind scores) the query's type probabilities; NaN without results."""
+        if self.needs_kinds:
+            if kinds is None or len(kinds) != len(self.sold_share):
+                raise CalibrationError(f"the {self.score} close-match score needs the query's product-type "
+                                       f"probabilities ({len(self.sold_share)} types)")
+            if not len(cosines):
+                return float("nan")
+            return float(pt.sold_mass(kinds, self.sold_share))
         if self.score != AGREE:
             top = sorted((float(c) for c in cosines), reverse=True)[:self.k]
             return float(np.mean(top)) if top else float("nan")
@@ -135,8 +175,8 @@ class CloseMatchRule:
         share = max(cats.count(c) for c in cats) / len(cats)
         return _combine(self.weights, ranked[0][0], share)
 
-    def is_close(self, cosines: Sequence[float], ids: Sequence[str] | None = None) -> bool:
-        value = self.value(cosines, ids)
+    def is_close(self, cosines: Sequence[float], ids: Sequence[str] | None = None, kinds=None) -> bool:
+        value = self.value(cosines, ids, kinds)
         return math.isfinite(value) and value >= self.threshold
 
 
@@ -150,14 +190,17 @@ class CatalogueCalibration:
     catalog_fingerprint: str
     summary: dict = field(default_factory=dict)
     labels_fingerprint: str = ""  # labels_fingerprint() of the table it was fitted with
+    types_fingerprint: str = ""  # the product-type head it was fitted with ("" for none)
 
     def to_dict(self) -> dict:
         rule = asdict(self.rule)
-        if rule["weights"] is not None:
-            rule["weights"] = list(rule["weights"])
+        for name in ("weights", "sold_share"):
+            if rule[name] is not None:
+                rule[name] = list(rule[name])
         return {"format": FORMAT, "model_fingerprint": self.model_fingerprint,
                 "catalog_fingerprint": self.catalog_fingerprint, "labels_fingerprint": self.labels_fingerprint,
-                "match": self.match.to_dict(), "rule": rule, "summary": self.summary}
+                "types_fingerprint": self.types_fingerprint, "match": self.match.to_dict(), "rule": rule,
+                "summary": self.summary}
 
     @classmethod
     def from_dict(cls, data: dict) -> CatalogueCalibration:
@@ -169,7 +212,7 @@ class CatalogueCalibration:
                 raise TypeError("'rule' is not an object")
             return cls(Calibration.from_dict(data["match"]), CloseMatchRule(**rule), str(data["model_fingerprint"]),
                        str(data["catalog_fingerprint"]), dict(data.get("summary") or {}),
-                       str(data.get("labels_fingerprint") or ""))
+                       str(data.get("labels_fingerprint") or ""), str(data.get("types_fingerprint") or ""))
         except KeyError as exc:
             raise CalibrationError(f"missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -339,10 +382,48 @@ def _candidates(in_top, in_cat, out_top, out_cat, min_fit: int = 2):
     yield AGREE, value[y == 1], value[y == 0], tuple(float(w) for w in weights)
 
 
+def _type_groups(kinds: np.ndarray, category: np.ndarray) -> np.ndarray:
+    """Per photo, the product type its category's photos are most probably of (the category's mean type
+    probability, arg max): categories the type head sees as one kind (tee and tank: both t-shirts) form one group."""
+    codes, inverse = np.unique(category, return_inverse=True)
+    sums = np.zeros((len(codes), kinds.shape[1]))
+    np.add.at(sums, inverse, kinds)
+    return sums.argmax(axis=1)[inverse]
+
+
+def _held_out_mass(kinds: np.ndarray, group: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Sold type mass of each of ``rows`` against the catalogue without the rows of its own ``group`` (its
+    product, or its category): the type share the simulated catalogue would have."""
+    codes, inverse = np.unique(group, return_inverse=True)
+    sums = np.zeros((len(codes), kinds.shape[1]))
+    np.add.at(sums, inverse, kinds)
+    counts = np.bincount(inverse, minlength=len(codes)).astype(np.float64)
+    left = np.maximum(len(kinds) - counts[inverse[rows]], 1)
+    rest = (kinds.sum(axis=0)[None, :] - sums[inverse[rows]]) / left[:, None]
+    return np.einsum("ij,ij->i", kinds[rows], np.minimum(1.0, rest / pt.SOLD_SHARE))
+
+
+def _kind_simulation(kinds, product, category, rows, has_peer):
+    """(in, out, agreement) of the kind score's simulation, or None where it cannot be run. In and out: sold type
+    masses of each photo against the catalogue without its product, and without its whole type group (all
+    categories of the product type its category is most probably of); agreement: the share of photos typed as
+    most of their category is. A catalogue whose categories all fall in one type group (a shop of things the type
+    head does not know) cannot show what an unsold type scores."""
+    groups = _type_groups(kinds, category)
+    if len(np.unique(groups)) < 2:
+        return None
+    pos = _held_out_mass(kinds, product, rows)[has_peer]
+    neg = _held_out_mass(kinds, groups, rows)
+    agreement = float(np.mean(kinds.argmax(axis=1) == groups))
+    return (pos, neg, agreement) if len(pos) and len(neg) else None
+
+
 def fit_rule(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | None,
-             settings: CatalogueSettings = CatalogueSettings(), ids: Sequence[str] | None = None) -> CloseMatchRule:
+             settings: CatalogueSettings = CatalogueSettings(), ids: Sequence[str] | None = None,
+             kinds: np.ndarray | None = None) -> CloseMatchRule:
     """The close-match rule of a catalogue (see the module docstring); DataError below two photos. ``ids``
-    (catalogue photo ids, row order; default the row numbers) name the rows for a ``top1+agree5`` rule."""
+    (catalogue photo ids, row order; default the row numbers) name the rows for a ``top1+agree5`` rule;
+    ``kinds`` (the photos' product-type probabilities, row order) offers the kind scores."""
     v = np.asarray(vectors, dtype=np.float32)
     if len(v) < 2:
         raise DataError("a close-match threshold needs at least two photos in the catalogue")
@@ -356,26 +437,43 @@ def fit_rule(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | No
         out_top, out_rows = top_neighbours(v, v[rows], lambda r: category[None, :] == category[rows[r], None], k)
         # A photo whose product is the only one of its category has no "type it sells" left when its product goes.
         has_peer = np.array([np.any((category == category[r]) & (product != product[r])) for r in rows])
-        best = None
+        best, considered = None, {}
         for name, pos, neg, weights in _candidates(in_top[has_peer], category[in_rows[has_peer]], out_top,
                                                    category[out_rows], settings.min_fit_queries):
             pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
             if not len(pos) or not len(neg):
                 break
             auc = rank_auc(pos, neg)
+            considered[name] = round(float(auc), 4)
             if best is None or auc > best[1] + 0.005:  # a longer score must earn its place
                 best = (name, auc, pos, neg, weights)
+        method = "category holdout"
+        kind = _kind_simulation(kinds, product, category, rows, has_peer) if kinds is not None else None
+        if kind is not None:
+            pos, neg, agreement = kind
+            considered[KIND] = round(float(rank_auc(pos, neg)), 4)
+            # Where the type head knows the catalogue's kinds, its answer replaces the cosine scores whatever their
+            # simulated AUCs: the cosine does not carry across photo styles (a studio tee is further from a shop's
+            # user photos of tees than a studio bag is; kind: AUC 0.95-0.99 there, cosine 0.44; docs/calibration.md),
+            # and the simulation, made of the catalogue's own photos, cannot show that.
+            if agreement >= settings.min_type_agreement:
+                best, method = (KIND, considered[KIND], pos, neg, None), "type-group holdout"
         if best is not None:
             name, auc, pos, neg, weights = best
             # Where held-out categories are near the remaining ones (tee vs tank), the balanced point rejects far
             # more sold-type photos than a shopper would accept; real out-of-catalogue photos are further away.
             threshold = min(_balanced_threshold(pos, neg), float(np.quantile(pos, settings.max_in_rejected)))
+            if name == KIND:
+                # The simulated outside of a kind is a near kind (shirt without shirts, longsleeves left): its
+                # balanced point sits at 0.98-0.99, which rejected 13 % of studio tees against user photos of tees.
+                threshold = min(settings.kind_threshold, float(np.quantile(pos, settings.max_in_rejected)))
             m = close_match_metrics(pos, neg, threshold)
-            categories = None if weights is None else {
+            categories = None if name != AGREE else {
                 (str(ids[r]) if ids is not None else str(r)): str(int(category[r])) for r in range(len(v))}
-            return CloseMatchRule(name, threshold, "category holdout", round(auc, 4), m["in_called_close"],
+            share = tuple(float(x) for x in pt.catalogue_share(kinds)) if name == KIND else None
+            return CloseMatchRule(name, threshold, method, round(auc, 4), m["in_called_close"],
                                   m["out_called_not_close"], m["n_in"], m["n_out"], weights=weights,
-                                  categories=categories)
+                                  categories=categories, sold_share=share, considered=considered)
     pos = _score(in_top, "top1")
     pos = pos[np.isfinite(pos)]
     if not len(pos):
@@ -450,17 +548,20 @@ def fit_match(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | N
 
 
 def calibrate_catalogue(embeddings, labels=None, model=None, image_root=None, image_size: int | None = None,
-                        settings: CatalogueSettings = CatalogueSettings()) -> CatalogueCalibration:
+                        settings: CatalogueSettings = CatalogueSettings(),
+                        types: pt.ProductTypes | None = None) -> CatalogueCalibration:
     """Calibration of a cached catalogue set (``embeddings``: an EmbeddingSet) from its own photos.
 
     ``labels``: the catalogue table (``image``, ``product_id``, ``category``) or None for a flat folder;
     ``model`` + ``image_root`` + ``image_size`` add augmented views as matching pairs (without them only
-    photos of one product are). DataError when the catalogue cannot be calibrated (one photo, no pairs).
+    photos of one product are); ``types``, the model's product-type head, offers the kind scores. DataError when
+    the catalogue cannot be calibrated (one photo, no pairs).
     """
     ids = list(embeddings.ids)
     vectors = np.asarray(embeddings.vectors, dtype=np.float32)
     product, category = _labels(ids, labels)
-    rule = fit_rule(vectors, product, category, settings, ids)
+    kinds = _kinds(types, vectors)
+    rule = fit_rule(vectors, product, category, settings, ids, kinds)
     augmented = None
     if model is not None and image_root is not None:
         rng = np.random.default_rng(settings.seed + 2)
@@ -474,7 +575,19 @@ def calibrate_catalogue(embeddings, labels=None, model=None, image_root=None, im
     summary = {"photos": len(ids), "products": int(len(np.unique(product))),
                "categories": 0 if category is None else int(len(np.unique(category)))}
     return CatalogueCalibration(match, rule, embeddings.model_fingerprint, embeddings.catalog_fingerprint, summary,
-                                labels_fingerprint(ids, labels))
+                                labels_fingerprint(ids, labels), _types_fingerprint(types, vectors))
+
+
+def _kinds(types: pt.ProductTypes | None, vectors: np.ndarray) -> np.ndarray | None:
+    """The photos' type probabilities, or None without a type head that fits these vectors."""
+    if types is None or vectors.ndim != 2 or vectors.shape[1] != types.dim or not len(vectors):
+        return None
+    return types.probabilities(vectors)
+
+
+def _types_fingerprint(types: pt.ProductTypes | None, vectors) -> str:
+    v = np.asarray(vectors)
+    return types.fingerprint if types is not None and v.ndim == 2 and v.shape[1] == types.dim else ""
 
 
 # --- beside the cached set -----------------------------------------------------------------------
@@ -485,10 +598,11 @@ def save_for(store, key: str, calibration: CatalogueCalibration) -> None:
     store.put_document(key, DOCUMENT, calibration.to_dict())
 
 
-def load_for(store, key: str, embeddings, labels=None) -> CatalogueCalibration | None:
-    """The calibration kept beside ``key`` when it was made for exactly this set and labels (same model,
-    catalogue and labels fingerprints), else None; CalibrationError when the document is damaged."""
-    return _matching(_read(store, key), embeddings, labels)
+def load_for(store, key: str, embeddings, labels=None, types: pt.ProductTypes | None = None
+             ) -> CatalogueCalibration | None:
+    """The calibration kept beside ``key`` when it was made for exactly this set, labels and type head (same model,
+    catalogue, labels and types fingerprints), else None; CalibrationError when the document is damaged."""
+    return _matching(_read(store, key), embeddings, labels, types)
 
 
 def _read(store, key: str) -> dict | None:
@@ -498,12 +612,13 @@ def _read(store, key: str) -> dict | None:
         raise CalibrationError(f"the catalogue's calibration is unreadable: {exc}") from None
 
 
-def _fingerprints(embeddings, labels) -> dict:
+def _fingerprints(embeddings, labels, types=None) -> dict:
     return {"model_fingerprint": embeddings.model_fingerprint, "catalog_fingerprint": embeddings.catalog_fingerprint,
-            "labels_fingerprint": labels_fingerprint(embeddings.ids, labels)}
+            "labels_fingerprint": labels_fingerprint(embeddings.ids, labels),
+            "types_fingerprint": _types_fingerprint(types, embeddings.vectors)}
 
 
-def _matching(document, embeddings, labels) -> CatalogueCalibration | None:
+def _matching(document, embeddings, labels, types=None) -> CatalogueCalibration | None:
     if document is None or (isinstance(document, dict) and UNFITTED in document):
         return None
     try:
@@ -515,16 +630,18 @@ def _matching(document, embeddings, labels) -> CatalogueCalibration | None:
         return None
     if found.labels_fingerprint != labels_fingerprint(embeddings.ids, labels):
         return None
+    if found.types_fingerprint != _types_fingerprint(types, embeddings.vectors):
+        return None  # fitted with another type head, or with one the model no longer has (or not yet had)
     return found
 
 
-def _unfitted(document, embeddings, labels, settings: CatalogueSettings) -> str | None:
+def _unfitted(document, embeddings, labels, settings: CatalogueSettings, types=None) -> str | None:
     """Why this very set (same fingerprints, same settings) could not be calibrated when that was last tried; None
     when it was not tried, or something changed since."""
     if not isinstance(document, dict) or not isinstance(document.get(UNFITTED), str):
         return None
     same = document.get("format") == FORMAT and document.get("settings") == asdict(settings) and all(
-        document.get(k) == v for k, v in _fingerprints(embeddings, labels).items())
+        document.get(k, "") == v for k, v in _fingerprints(embeddings, labels, types).items())
     return document[UNFITTED] if same else None
 
 
@@ -546,6 +663,10 @@ def describe(calibration: CatalogueCalibration) -> str:
         b, w1, w2 = rule.weights
         line = (f"catalogue calibration: close match when {w1:.2f} x top1 cosine {w2:+.2f} x share of the top "
                 f"{rule.k} in one category >= {rule.threshold - b:.4f} ({rule.method}")
+    elif rule.score == KIND:
+        line = (f"catalogue calibration: close match when >= {rule.threshold:.0%} of the photo's product-type "
+                f"probability is on types the catalogue sells ({rule.method}")
+
     else:
         line = f"catalogue calibration: close match when {rule.score} cosine >= {rule.threshold:.4f} ({rule.method}"
     if rule.auc is not None:
@@ -555,28 +676,29 @@ def describe(calibration: CatalogueCalibration) -> str:
 
 
 def refresh(store, key: str, embeddings, model=None, image_root=None, labels=None, image_size: int | None = None,
-            settings: CatalogueSettings = CatalogueSettings()) -> tuple[CatalogueCalibration | None, str | None]:
+            settings: CatalogueSettings = CatalogueSettings(), types: pt.ProductTypes | None = None
+            ) -> tuple[CatalogueCalibration | None, str | None]:
     """The calibration kept beside ``key`` when it belongs to ``embeddings``, else a new one, fitted and kept
     there; ``(None, why)`` when the catalogue cannot be calibrated (then search uses the run's calibration).
     A damaged document is replaced; a store that cannot keep it still gets the calibration for this call."""
     try:
         document = _read(store, key)
-        found = _matching(document, embeddings, labels)
+        found = _matching(document, embeddings, labels, types)
     except CalibrationError:
         document, found = None, None  # rebuilt below and written over the damaged one
     if found is not None:
         return found, None
     # A catalogue that cannot be calibrated is not tried again until it, its labels or the model change: every
     # CLI search opens a new engine, and each try embeds augmented views of the catalogue's photos.
-    why = _unfitted(document, embeddings, labels, settings)
+    why = _unfitted(document, embeddings, labels, settings, types)
     if why is None:
         try:
-            made = calibrate_catalogue(embeddings, labels, model, image_root, image_size, settings)
+            made = calibrate_catalogue(embeddings, labels, model, image_root, image_size, settings, types)
         except DataError as exc:
             why = str(exc)
             with contextlib.suppress(StoreError):  # not kept: tried again next time, nothing else lost
                 store.put_document(key, DOCUMENT, {"format": FORMAT, UNFITTED: why, "settings": asdict(settings),
-                                                   **_fingerprints(embeddings, labels)})
+                                                   **_fingerprints(embeddings, labels, types)})
         else:
             try:
                 save_for(store, key, made)
@@ -590,12 +712,17 @@ def refresh(store, key: str, embeddings, model=None, image_root=None, labels=Non
 
 
 def rule_scores(rule: CloseMatchRule, gallery_vectors: np.ndarray, queries: np.ndarray,
-                gallery_ids: Sequence[str] | None = None) -> np.ndarray:
+                gallery_ids: Sequence[str] | None = None, query_kinds: np.ndarray | None = None) -> np.ndarray:
     """The rule's score of each query against the gallery (``gallery_ids``: its photo ids, default the row
-    numbers as :func:`fit_rule` names them); the same as :meth:`CloseMatchRule.value` on a search's results."""
+    numbers as :func:`fit_rule` names them; ``query_kinds``: the queries' type probabilities, which the kind
+    scores need); the same as :meth:`CloseMatchRule.value` on a search's results."""
     if not len(queries):
         return np.zeros(0)
     top, where = top_neighbours(gallery_vectors, queries, None, rule.k)
+    if rule.needs_kinds:
+        if query_kinds is None or np.shape(query_kinds) != (len(queries), len(rule.sold_share)):
+            raise CalibrationError(f"the {rule.score} close-match score needs the queries' product-type probabilities")
+        return np.where(np.isfinite(top[:, 0]), pt.sold_mass(query_kinds, rule.sold_share), -np.inf)
     if rule.score != AGREE:
         return _score(top, rule.score)
     names = [str(i) for i in gallery_ids] if gallery_ids is not None else [str(r) for r in range(len(gallery_vectors))]
@@ -604,12 +731,14 @@ def rule_scores(rule: CloseMatchRule, gallery_vectors: np.ndarray, queries: np.n
 
 
 def evaluate_close_match(calibration: CatalogueCalibration, gallery_vectors: np.ndarray, in_queries: np.ndarray,
-                         out_queries: np.ndarray, gallery_ids: Sequence[str] | None = None) -> dict:
+                         out_queries: np.ndarray, gallery_ids: Sequence[str] | None = None,
+                         types: pt.ProductTypes | None = None) -> dict:
     """The close-match decision of ``calibration`` (fitted on the gallery) on real queries: photos of things
     the gallery sells (``in_queries``, should be called close) and of things it does not (``out_queries``):
-    ROC AUC of its score and both rates at its threshold."""
+    ROC AUC of its score and both rates at its threshold (``types``: the model's type head, for the kind scores)."""
     rule = calibration.rule
-    scores = [rule_scores(rule, gallery_vectors, q, gallery_ids) for q in (in_queries, out_queries)]
+    scores = [rule_scores(rule, gallery_vectors, q, gallery_ids, _kinds(types, np.asarray(q, dtype=np.float32)))
+              for q in (in_queries, out_queries)]
     return {**close_match_metrics(scores[0], scores[1], rule.threshold), "score": rule.score,
             "method": rule.method, "simulated": {"auc": rule.auc, "in_called_close": rule.in_called_close,
                                                  "out_called_not_close": rule.out_called_not_close}}

@@ -42,6 +42,8 @@ def read_triplets(name, split):
 def all_paths():
     paths = set()
     for name in PREFIX:
+        if not (HERE / "sets" / name).is_dir():  # a set not built this time (the mix2/mix3 trials)
+            continue
         for split in ("train", "val", "test"):
             paths.update(read_triplets(name, split).values.ravel())
     luma = pd.read_csv(HERE / "sets" / "luma-variant" / "catalog.csv", dtype=str)
@@ -49,25 +51,36 @@ def all_paths():
     return sorted(paths)
 
 
-def extract(size):
+def extract(size, crop=False):
     import keras
     from keras import ops
 
     from mildnet.data.images import decode_batches
     from mildnet.embeddings import run_model
     from mildnet.models import build_model
-    from mildnet.models.layers import ForegroundWeights, L2Normalize, WeightedAverage
+    from mildnet.models.layers import ForegroundCrop, ForegroundWeights, L2Normalize, WeightedAverage
     from mildnet.models.zoo import SQUEEZENET_TAPS
 
     paths = all_paths()
     model = build_model("squeezenet_colour", size, None, WEIGHTS)
     image = model.inputs[0]
-    fg = ForegroundWeights(grid=64, scale=30.0)(image)
+    if crop:  # every feature (and the 64 px copy the histograms see) of the photo cropped to its product
+        body = keras.Model(image, [model.get_layer(n).output for n in
+                                   ["features", *[f"{t}_concat" for t in SQUEEZENET_TAPS]]])
+        image = keras.Input(image.shape[1:])
+        cropped = ForegroundCrop()(image)
+        outputs = body(cropped)
+        layer_out = dict(zip(["features", *[f"{t}_concat" for t in SQUEEZENET_TAPS]], outputs))
+    else:
+        cropped = image
+        layer_out = {n: model.get_layer(n).output for n in ["features", *[f"{t}_concat" for t in SQUEEZENET_TAPS]]}
+    fg = ForegroundWeights(grid=64, scale=30.0)(cropped)
     centre = hists.centre_weight(64, 0.5).reshape(1, 64, 64, 1)
     fg_centre = fg * centre
-    outs = {"feat": model.get_layer("features").output}
+    outs = {"feat": layer_out["features"], "crop": keras.layers.Flatten()(ops.image.resize(cropped, (64, 64),
+                                                                          interpolation="area"))}
     for name, w in (("fg", fg), ("fgc", fg_centre)):
-        parts = [L2Normalize()(WeightedAverage()([model.get_layer(f"{t}_concat").output, w]))
+        parts = [L2Normalize()(WeightedAverage()([layer_out[f"{t}_concat"], w]))
                  for t in SQUEEZENET_TAPS]
         outs[name] = keras.layers.Concatenate()(parts)
     widths = {k: int(v.shape[-1]) for k, v in outs.items()}
@@ -80,9 +93,10 @@ def extract(size):
         res = run_model(extractor, batch.pixels)
         for k, part in zip(outs, np.split(res, np.cumsum(list(widths.values()))[:-1], axis=1)):
             got[k].append(part)
-        small.append(np.asarray(ops.image.resize(batch.pixels.astype(np.float32), (64, 64), interpolation="area")))
+        small.append(got["crop"].pop().reshape(-1, 64, 64, 3))  # what the colour histograms see
     print(f"{len(paths)} photos in {time.time() - t0:.1f}s")
-    np.savez(HERE / f"studio{size}.npz", paths=np.array(paths), small=np.concatenate(small),
+    got.pop("crop")
+    np.savez(HERE / f"studio{size}{'crop' if crop else ''}.npz", paths=np.array(paths), small=np.concatenate(small),
              **{k: np.concatenate(v) for k, v in got.items()})
 
 
@@ -128,8 +142,46 @@ def halves(emb, trips, cat_of):
     return float(ok.mean()), float(ok[inclass].mean()), float(ok[~inclass].mean())
 
 
-def scores(emb, sets, luma, cat_of):
-    out = {}
+GEAR = {"bag", "watch", "exercise_ball", "foam_roller", "jump_rope", "pushup_grips", "resistance_band",
+        "water_bottle", "yoga_brick", "yoga_strap"}
+CROSS_SOLD = {"tee", "pants", "shorts", "jacket", "hoodie_sweatshirt"}
+
+
+def close_match_sets(paths, index):
+    """(gallery rows, in-catalogue query rows, out-of-catalogue query rows, score) per close-match test of
+    docs/calibration.md: Luma apparel test products vs gear (top1), clothing-small test without hat/shoes/skirt
+    (top3), and the cross-domain one: Luma studio apparel and gear against clothing-small test photos (top3)."""
+    cat = pd.read_csv(HERE / "sets" / "luma-variant" / "catalog.csv", dtype=str)
+    rows = np.array([index["magento-luma/" + p] for p in cat["image"]])
+    gear = cat["type"].isin(GEAR).to_numpy()
+    test = (cat["split"] == "test").to_numpy()
+    cs = [(i, p.split("/")[1], p.split("/")[2]) for i, p in enumerate(paths) if p.startswith("clothing")]
+    cs_test = np.array([i for i, sp, _ in cs if sp == "test"])
+    held = {"hat", "shoes", "skirt"}
+    return {
+        "cm-luma": (rows[test & ~gear], rows[~test & ~gear], rows[gear], 1),
+        "cm-clothing": (np.array([i for i, sp, c in cs if sp == "test" and c not in held]),
+                        np.array([i for i, sp, c in cs if sp != "test" and c not in held]),
+                        np.array([i for i, sp, c in cs if c in held]), 3),
+        "cm-cross": (cs_test, rows[cat["type"].isin(CROSS_SOLD).to_numpy()], rows[gear], 3),
+    }
+
+
+def close_match_auc(emb, gallery, inside, outside, k):
+    from sklearn.metrics import roc_auc_score
+
+    e = ablate.l2n(emb)
+
+    def score(q):
+        sims = e[q] @ e[gallery].T
+        return np.sort(sims, axis=1)[:, -k:].mean(1)
+
+    labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+    return float(roc_auc_score(labels, np.r_[score(inside), score(outside)]))
+
+
+def scores(emb, sets, luma, cat_of, cm=None):
+    out = {name: close_match_auc(emb, *args) for name, args in (cm or {}).items()}
     for name, trips in sets.items():
         out[name] = halves(emb, trips["test"], cat_of)
     rows, variants, products = luma
@@ -155,10 +207,11 @@ def run(args):
     wanted = set(EVAL_SETS) | set(args.train.split(","))
     sets = {s: {sp: to_idx(s, sp) for sp in ("train", "val", "test")} for s in wanted}
     luma = luma_test(data, index)
+    cm = close_match_sets(list(data["paths"]), index)
     with open(HERE / args.out, "a") as fh:
         for v in args.variants.split(","):
             X = variant(data, v)
-            zs = scores(X, {s: sets[s] for s in EVAL_SETS}, luma, cat_of)
+            zs = scores(X, {s: sets[s] for s in EVAL_SETS}, luma, cat_of, cm)
             rec = dict(variant=v, train="zero-shot", lr=None, seed=None, dim=int(X.shape[1]), scores=zs)
             fh.write(json.dumps(rec) + "\n")
             print(fmt(rec), flush=True)
@@ -168,7 +221,7 @@ def run(args):
                     trips = dict(sets[tset])
                     best, _ = ablate.train_head(X, X, trips, seed, False, epochs=args.epochs, lr=args.lr)
                     W = np.asarray(best["kernel"])
-                    trained = scores(X @ W, {s: sets[s] for s in EVAL_SETS}, luma, cat_of)
+                    trained = scores(X @ W, {s: sets[s] for s in EVAL_SETS}, luma, cat_of, cm)
                     rec = dict(variant=v, train=tset, seed=seed, lr=args.lr, dim=int(X.shape[1]),
                                best_epoch=best["epoch"], val=best["val_acc"], scores=trained,
                                seconds=round(time.time() - t0, 1))
@@ -183,13 +236,15 @@ def fmt(rec):
     return (f"{rec['variant']:14s} {rec['train']:10s} seed {rec['seed']}: clothing tc {tc[0]:.3f} (in {tc[1]:.3f}) "
             f"type {cl[0]:.3f} | luma tc {lt[0]:.3f} (in {lt[1]:.3f} / other {lt[2]:.3f}) variant "
             f"{s['luma-variant'][0]:.3f} r@1 {s['luma-recall-variant']['r@1']:.3f} "
-            f"r@5 {s['luma-recall-variant']['r@5']:.3f} | epoch {rec.get('best_epoch')} lr {rec.get('lr')}")
+            f"r@5 {s['luma-recall-variant']['r@5']:.3f} | close-match AUC luma {s.get('cm-luma', 0):.3f} "
+            f"clothing {s.get('cm-clothing', 0):.3f} cross {s.get('cm-cross', 0):.3f} | epoch {rec.get('best_epoch')}")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("step", choices=("extract", "run"))
     ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--crop", action="store_true", help="extract from the photos cropped to their product")
     ap.add_argument("--features", default="studio160.npz")
     ap.add_argument("--variants", default="gap+rgb")
     ap.add_argument("--train", default="mix,studio-mix")
@@ -198,7 +253,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default="studio.jsonl")
     args = ap.parse_args()
-    extract(args.size) if args.step == "extract" else run(args)
+    extract(args.size, args.crop) if args.step == "extract" else run(args)
 
 
 if __name__ == "__main__":

@@ -273,21 +273,39 @@ def _close_match(args: argparse.Namespace) -> int:
     g_table, g_vectors = vectors(gallery_ids, root)
     s = EmbeddingSet(list(gallery_ids), list(gallery_ids), g_vectors,
                      {"model_fingerprint": "evaluate", "catalog_fingerprint": "evaluate", "image_size": size})
-    calibration = cc.calibrate_catalogue(s, rows, model, root, size)
+    types = _run_types(args.run, model)
+    calibration = cc.calibrate_catalogue(s, rows, model, root, size, types=types)
     in_v, out_v = _query_vectors(model, in_paths, size, args.batch_size), \
         _query_vectors(model, out_paths, size, args.batch_size)
     if not len(in_v) or not len(out_v):
         raise DataError(f"no {'in' if not len(in_v) else 'out-of'}-catalogue query photo could be read")
-    result = cc.evaluate_close_match(calibration, g_vectors, in_v, out_v, gallery_ids)
+    result = cc.evaluate_close_match(calibration, g_vectors, in_v, out_v, gallery_ids, types)
     result.update(gallery=len(gallery_ids), held_out=sorted(held), source=source, rule=cc.describe(calibration))
     print(f"gallery: {root} ({len(gallery_ids)} photos{', without ' + ', '.join(sorted(held)) if held else ''})")
     print(cc.describe(calibration))
+    if calibration.rule.considered:
+        tried = calibration.rule.considered.items()
+        print("scores tried (simulated AUC): " + ", ".join(f"{k} {a:.3f}" for k, a in tried))
     print(f"close-match ROC AUC          {result['auc']:.3f}")
     print(f"in-catalogue called close    {result['in_called_close']:.1%}  (n={result['n_in']})")
     print(f"out-of-catalogue not close   {result['out_called_not_close']:.1%}  (n={result['n_out']})")
     if args.json:
         print(json.dumps({"close_match": result}, sort_keys=True, default=str))
     return 0
+
+
+def _run_types(run, model):
+    """The run's product-type head (None for a zoo model or a run without one); a damaged one is an error here:
+    the measurement would silently be of another rule."""
+    from mildnet import product_types as pt
+    from mildnet.embeddings import model_fingerprint
+
+    if not run:
+        return None
+    try:
+        return pt.load(run, model_fingerprint(model))
+    except pt.ProductTypesError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _query_vectors(model, paths: list[Path], size: int, batch_size: int) -> np.ndarray:

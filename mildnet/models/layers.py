@@ -150,6 +150,83 @@ class WeightedAverage(keras.layers.Layer):
         return (features_shape[0], features_shape[-1])
 
 
+def foreground_box(weights, floor=0.05, mass=0.02, margin=0.06, min_side=0.25):
+    """Square crop boxes (B, 3): centre y, centre x and side, as fractions of the image, around the foreground of
+    ``weights`` (B, g, g, 1), a :func:`foreground_weights` map.
+
+    The box spans the rows and columns between the ``mass`` and ``1 - mass`` quantiles of the foreground weight
+    above ``floor`` (quantiles, not the extreme foreground pixels: a speck or a shadow at the edge does not widen
+    it), grown by ``margin`` on each side, made square (the longer side; the network sees a square image, so the
+    product keeps its proportions), at least ``min_side`` (a tiny product is enlarged at most 1/min_side times) and
+    shifted to lie inside the image. With no foreground at all it is the whole image.
+    """
+    w = ops.maximum(ops.cast(weights[..., 0], "float32") - floor, 0.0)
+    g = ops.cast(ops.shape(w)[1], "float32")
+    total = ops.sum(w, axis=(1, 2))
+
+    def span(profile):
+        cdf = ops.cumsum(profile, axis=1) / ops.maximum(ops.sum(profile, axis=1, keepdims=True), 1e-6)
+        low = ops.sum(ops.cast(cdf < mass, "float32"), axis=1) / g
+        high = (ops.sum(ops.cast(cdf < 1.0 - mass, "float32"), axis=1) + 1.0) / g
+        return low, ops.minimum(high, 1.0)
+
+    y0, y1 = span(ops.sum(w, axis=2))
+    x0, x1 = span(ops.sum(w, axis=1))
+    side = ops.maximum(y1 - y0, x1 - x0) + 2.0 * margin
+    side = ops.where(total > 1e-3 * g * g, ops.clip(side, min_side, 1.0), 1.0)
+    half = side / 2.0
+    cy = ops.clip((y0 + y1) / 2.0, half, 1.0 - half)
+    cx = ops.clip((x0 + x1) / 2.0, half, 1.0 - half)
+    return ops.stack([cy, cx, side], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="mildnet")
+class ForegroundCrop(keras.layers.Layer):
+    """The image cropped to a square around its product (:func:`foreground_box` of the foreground map on a
+    ``grid`` x ``grid`` copy) and resized back to the input size, bilinearly.
+
+    Why: a studio shot shows a bag or a watch small on a white sweep, a user photo a garment filling the frame; the
+    CNN's pooled features describe the whole frame, so the same kind of product looks different in the two. On a
+    busy background the map is near uniform and the box is (nearly) the whole image: nothing changes.
+    """
+
+    def __init__(self, grid=64, border=5, scale=30.0, floor=0.05, mass=0.02, margin=0.06, min_side=0.25, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(grid, int) or grid < 8:
+            raise ValueError(f"grid must be an integer >= 8, got {grid!r}")
+        _check_foreground(border, scale, floor, grid)
+        if not 0.0 <= mass < 0.5:
+            raise ValueError(f"mass must be in [0, 0.5), got {mass!r}")
+        if not 0.0 <= margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {margin!r}")
+        if not 0.0 < min_side <= 1.0:
+            raise ValueError(f"min_side must be in (0, 1], got {min_side!r}")
+        self.grid, self.border, self.scale, self.floor = grid, border, float(scale), float(floor)
+        self.mass, self.margin, self.min_side = float(mass), float(margin), float(min_side)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        small = ops.image.resize(x, (self.grid, self.grid), interpolation="area")
+        box = foreground_box(foreground_weights(small, self.border, self.scale, self.floor), self.floor,
+                             self.mass, self.margin, self.min_side)
+        height = ops.cast(ops.shape(x)[1], "float32")
+        width = ops.cast(ops.shape(x)[2], "float32")
+        cy, cx, side = box[:, 0], box[:, 1], box[:, 2]
+        # Output pixel (col, row) samples input ((cx - side/2) W + (col + 0.5) side - 0.5, likewise for rows).
+        zeros = ops.zeros_like(side)
+        transform = ops.stack([side, zeros, (cx - side / 2.0) * width + 0.5 * side - 0.5,
+                               zeros, side, (cy - side / 2.0) * height + 0.5 * side - 0.5, zeros, zeros], axis=1)
+        out = ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="nearest")
+        return ops.cast(out, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "grid": self.grid, "border": self.border, "scale": self.scale,
+                "floor": self.floor, "mass": self.mass, "margin": self.margin, "min_side": self.min_side}
+
+
 COLOUR_SPACES = ("rgb", "hsv")
 
 

@@ -193,10 +193,12 @@ class SearchEngine:
             # Without the photos (a store copied to another machine) the calibration is fitted from vectors only.
             here = self.catalogue.image_root.is_dir()
             own, note = cc.refresh(self.store, self.key, stored, self.model.model if here else None,
-                                   self.catalogue.image_root, labels, self.model.image_size)
+                                   self.catalogue.image_root, labels, self.model.image_size,
+                                   types=self.model.product_types)
+            note = note or self.model.types_note
         else:
             try:
-                own, note = cc.load_for(self.store, self.key, stored, labels), None
+                own, note = cc.load_for(self.store, self.key, stored, labels, self.model.product_types), None
             except cal.CalibrationError as exc:
                 own, note = None, str(exc)
         rows = self.catalogue.rows()
@@ -320,17 +322,18 @@ class SearchEngine:
             hits = self._batcher.query(state.searcher, vector, wanted, exclude)
         else:
             hits = state.searcher.query(vector, k=wanted, exclude_ids=exclude, allowed=allowed, **pushed)[0]
-        matches, close, reason, kind, note = self._assess(hits, state)
+        matches, close, reason, kind, note = self._assess(hits, state, vector)
         results = [Result(h.id, h.score, m, state.rows.get(h.id, {})) for h, m in zip(hits[:k], matches[:k])]
         return SearchResult(results, close, reason, kind, note, dict(query or {}), len(state.embeddings), self.key,
                             self.model.name)
 
-    def _assess(self, hits: list[Hit], state: _State):
-        """``(match strengths, close match, reason, calibration kind, note)`` of a result list."""
+    def _assess(self, hits: list[Hit], state: _State, vector: np.ndarray):
+        """``(match strengths, close match, reason, calibration kind, note)`` of a result list for query ``vector``."""
         own, own_note = state.own, state.own_note
         scores = [h.score for h in hits]
         if own is not None:
-            verdict = cal.assess(scores, own.match, rule=own.rule, ids=[h.id for h in hits])
+            kinds = self.model.kinds(vector) if own.rule.needs_kinds else None
+            verdict = cal.assess(scores, own.match, rule=own.rule, ids=[h.id for h in hits], kinds=kinds)
             return verdict.matches, verdict.close_match, verdict.reason, "catalogue", None
         run_calibration = self.model.calibration
         if run_calibration is None:

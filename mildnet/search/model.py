@@ -11,6 +11,7 @@ import numpy as np
 
 from mildnet import calibration as cal
 from mildnet import embeddings
+from mildnet import product_types as pt
 from mildnet.data.images import load_image_and_preview
 
 __all__ = ["LoadedModel"]
@@ -23,7 +24,8 @@ class LoadedModel:
     ``name``: the zoo name it was built as; ``run_dir``: the run folder it came from (None for a zoo model);
     ``fingerprint``: its weights' hash, which names its stored embeddings; ``calibration``: the run's
     calibration (``calibrate``) when it belongs to these weights, and ``calibration_note`` saying why there is
-    none (a shopper-readable sentence), else None.
+    none (a shopper-readable sentence), else None; ``product_types``: the run's product-type head when it belongs to
+    these weights (``types_note`` says why a damaged one is not used).
     """
 
     model: Any
@@ -34,6 +36,8 @@ class LoadedModel:
     run_dir: Path | None = None
     calibration: cal.Calibration | None = None
     calibration_note: str | None = None
+    product_types: pt.ProductTypes | None = None
+    types_note: str | None = None
 
     @classmethod
     def from_run(cls, run_dir) -> LoadedModel:
@@ -44,8 +48,12 @@ class LoadedModel:
         size = config.get("image_size") or embeddings.model_image_size(model) or 224
         fingerprint = embeddings.model_fingerprint(model)
         found, note = _run_calibration(Path(run_dir), fingerprint)
+        try:
+            types, types_note = pt.load(run_dir, fingerprint), None
+        except pt.ProductTypesError as exc:
+            types, types_note = None, f"The model's product types are not used: {exc}"
         return cls(model, config, str(config.get("model") or model.name), int(size), fingerprint, Path(run_dir),
-                   found, note)
+                   found, note, types, types_note)
 
     @classmethod
     def from_keras(cls, model, config: dict | None = None) -> LoadedModel:
@@ -67,6 +75,13 @@ class LoadedModel:
         """One photo (a path, uploaded bytes, or a decoded HxWx3 array) -> its unit (D,) float32 vector, decoded
         exactly as the catalogue's photos are, so a catalogue photo finds itself at cosine 1."""
         return embeddings.embed_image(self.model, source, self.image_size)
+
+    def kinds(self, vector: np.ndarray) -> np.ndarray | None:
+        """The product-type probabilities of one unit vector, or None without a type head."""
+        types = self.product_types
+        if types is None or np.shape(vector)[-1] != types.dim:
+            return None
+        return types.probabilities(vector)
 
     def embed_with_preview(self, source, preview_px: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`embed` and a display thumbnail of at most ``preview_px`` a side, from one decode."""

@@ -163,7 +163,10 @@ def _close_match(ctx: Context, runs: list[Run], names: dict[str, str]) -> None:
     st.caption("Whether a query gets a close match, tuned on this catalogue: each category left out in turn stands "
                "for things it does not sell, each product left out for other photos of things it sells. The rates "
                "below are that simulation's, on which the threshold was chosen (a left-out type often has a near "
-               "neighbour that stays, so it is harder than real photos of other products). Measure on real photos "
+               "neighbour that stays, so it is harder than real photos of other products). Score `kind`: the model's "
+               "product-type head recognises the catalogue's categories, and a photo is close when most of its type "
+               "probability is on types the catalogue sells (a whole type left out in the simulation). Measure on "
+               "real photos "
                "of things the shop sells and does not sell with `python -m mildnet evaluate --close-match`.")
     found, embedded = {}, {}
     for run in runs:
