@@ -275,6 +275,20 @@ def test_foreground_weights_are_low_on_the_background_and_high_on_the_product():
     assert w[0, 0] == pytest.approx(0.05) and w[16, 16] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_foreground_crop_fills_the_frame_with_the_product_and_leaves_a_busy_photo_alone():
+    from mildnet.models.layers import ForegroundCrop
+
+    layer = ForegroundCrop(grid=32, border=3)
+    out = np.asarray(layer(_studio_photo((200, 30, 30), size=96)))[0]
+    assert out.shape == (96, 96, 3)
+    red = np.all(np.abs(out - (200, 30, 30)) < 40, axis=-1)
+    assert red.mean() > 0.4  # a ninth of the frame before
+    busy = np.random.default_rng(0).uniform(0, 255, (1, 96, 96, 3)).astype(np.float32)
+    assert np.allclose(np.asarray(layer(busy)), busy, atol=1.0)  # no plain background: the whole photo
+    with pytest.raises(ValueError, match="min_side"):
+        ForegroundCrop(min_side=0)
+
+
 def test_foreground_histogram_describes_the_product_not_the_studio_sweep():
     """On white, two products of one colour share their histogram and a product of another colour does not;
     without the foreground weighting the sweep's white makes all three look alike."""
