@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from mildnet.data.images import refuse_unsafe_links
+from mildnet.data.staging import discard
 from mildnet.errors import DataError, DownloadError
 
 Progress = Callable[[int, "int | None"], None]
@@ -197,7 +198,7 @@ def _copy_tree(path: Path, dest: Path) -> Path:
     except OSError as exc:
         raise DownloadError(f"cannot copy folder {path} to {dest}: {exc.strerror or exc}") from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
     return dest
 
 
@@ -375,7 +376,7 @@ def extract(
         # The staging folder came from mkdtemp (mode 0700): a dataset folder is readable like any other.
         os.chmod(dest_dir, 0o755)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
     return dest_dir
 
 

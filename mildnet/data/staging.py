@@ -29,6 +29,17 @@ def staging_path(parent: str | os.PathLike, name: str, what: str, suffix: str = 
     return Path(parent) / f".{name}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
+def discard(path: str | os.PathLike, tries: int = 5) -> None:
+    """Remove a staging folder after a failure or a stop, tolerating a file that appears or is held while it goes
+    (a writer finishing its file as the folder is emptied left it in place once, CI 2026-12-05): retried briefly."""
+    path = Path(path)
+    for attempt in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05 * (attempt + 1))
+
+
 def make_staging_dir(parent: str | os.PathLike, name: str, what: str) -> Path:
     path = staging_path(parent, name, what)
     path.mkdir(parents=True)

@@ -10,7 +10,6 @@ extension whose header decodes are kept, and sizes are capped so a small zip can
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import zipfile
 import zlib
@@ -21,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from mildnet.data.fetch import _unsafe_reason
 from mildnet.data.images import IMAGE_EXTENSIONS, NAME_MAX_BYTES, name_problem
-from mildnet.data.staging import make_staging_dir, sweep_abandoned
+from mildnet.data.staging import discard, make_staging_dir, sweep_abandoned
 from mildnet.errors import DataError
 
 # A product photo is a few MB; 64 MB is a poster scan. Far larger members are refused, not written.
@@ -151,7 +150,7 @@ def extract_images(archive: str | os.PathLike, dest: str | os.PathLike,
     except OSError as exc:
         raise DataError(f"cannot unpack the zip: {exc.strerror or exc}") from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
     return ExtractReport(_single_top_folder(dest), kept, skipped)
 
 

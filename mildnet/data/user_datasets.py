@@ -42,7 +42,7 @@ from mildnet.data.catalog import (
 )
 from mildnet.data.images import list_images, refuse_unsafe_links
 from mildnet.data.instance import DEFAULT_VIEWS, PHOTOS_DIR, instance_catalog, write_views
-from mildnet.data.staging import staging_path, sweep_abandoned
+from mildnet.data.staging import discard, staging_path, sweep_abandoned
 from mildnet.data.triplets import COLUMNS as TRIPLET_COLUMNS
 from mildnet.data.triplets import write_triplets
 from mildnet.errors import DataError, StoreError
@@ -138,7 +138,7 @@ def add_dataset(
         ]
         _commit(name, staging, home, rows, manifest)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise
     shown = gallery(catalog)
     return AddResult(
