@@ -29,8 +29,8 @@ import numpy as np
 from mildnet import safe_json
 from mildnet.errors import MildnetError, ModelError
 
-__all__ = ["FILE", "SOLD_SHARE", "ProductTypes", "ProductTypesError", "catalogue_share", "fit", "load", "save",
-           "sold_mass"]
+__all__ = ["FILE", "SOLD_SHARE", "ProductTypes", "ProductTypesError", "carry_over", "catalogue_share", "fit", "load",
+           "save", "sold_mass"]
 
 FILE = "product_types.json"
 FORMAT = 1
@@ -135,6 +135,33 @@ def fit(vectors, labels: Sequence[str], model_fingerprint: str, *, c: float = 10
             "train_accuracy": round(accuracy, 4), "c": float(c), **(summary or {})}
     return ProductTypes(tuple(str(n) for n in names), model.coef_[order].T, model.intercept_[order],
                         model_fingerprint, info)
+
+
+def carry_over(types: ProductTypes, old_vectors, new_vectors, model_fingerprint: str, *, ridge: float = 1.0,
+               min_agreement: float = 0.9, summary: dict | None = None) -> tuple[ProductTypes | None, float]:
+    """The head of a model fine-tuned from ``types``' model, without type labels: ``(head or None, agreement)``.
+
+    ``old_vectors`` / ``new_vectors``: the same photos' unit embeddings by the parent and by the new model. A linear
+    map A from the new space to the old one (ridge regression towards the identity, so few photos keep it near
+    the parent's geometry) carries the weights over (``A @ W``). Kept only when it types the photos as the parent
+    does for at least ``min_agreement`` of them (the agreement is returned either way): a model that moved further
+    gets no head rather than a wrong one.
+    """
+    old = np.asarray(old_vectors, dtype=np.float64)
+    new = np.asarray(new_vectors, dtype=np.float64)
+    if old.shape != new.shape or old.ndim != 2 or not len(old):
+        raise ProductTypesError(f"old {old.shape} and new {new.shape} embeddings of the same photos do not pair up")
+    if old.shape[1] != types.dim:
+        raise ProductTypesError(f"the parent's embeddings have {old.shape[1]} dimensions, its head {types.dim}")
+    eye = np.eye(new.shape[1], old.shape[1])
+    mapping = np.linalg.solve(new.T @ new + ridge * np.eye(new.shape[1]), new.T @ old + ridge * eye)
+    head = ProductTypes(types.names, mapping @ types.weights, types.bias, model_fingerprint,
+                        {**types.summary, **(summary or {})})
+    agreement = float(np.mean(head.probabilities(new).argmax(axis=1) == types.probabilities(old).argmax(axis=1)))
+    if agreement < min_agreement:
+        return None, agreement
+    head.summary["carried_over"] = {"photos": int(len(old)), "agreement": round(agreement, 4), "ridge": ridge}
+    return head, agreement
 
 
 def catalogue_share(probabilities: np.ndarray) -> np.ndarray:

@@ -284,10 +284,11 @@ BACK_ENDS = {"search.searcher", "search.index", "search.plot", "search.batching"
              "search.milvus_index"}
 FORBIDDEN = {
     **{c: CALLERS for c in ("data", "store", "errors", "embeddings", "evaluation", "calibration",
-                            "catalogue_calibration", "runs", "models", "training", "pretrained", "shop", "home")},
+                            "catalogue_calibration", "product_types", "runs", "models", "training", "pretrained",
+                            "shop", "home")},
     # The core never depends on the engine built over it, nor on training or the callers.
     **{c: CALLERS | ENGINE | {"training"} for c in ("data", "store", "embeddings", "models", "runs", "evaluation",
-                                                     "calibration", "catalogue_calibration")},
+                                                     "calibration", "catalogue_calibration", "product_types")},
     # Index back ends find top-k among vectors: no models, calibration or catalogue logic.
     **{c: CALLERS | ENGINE | {"training", "calibration", "catalogue_calibration", "models", "evaluation"}
        for c in BACK_ENDS},

@@ -127,3 +127,42 @@ def test_the_shipped_model_carries_its_type_head():
     assert loaded.product_types is not None and loaded.types_note is None
     assert {"t-shirt", "pants", "shoes", "bag", "watch"} <= set(loaded.product_types.names)
     assert loaded.product_types.dim == 256
+
+
+def test_carry_over_keeps_a_head_only_where_the_new_model_types_photos_as_the_old_one():
+    vectors, labels = _clusters(per=40)
+    types = pt.fit(vectors, labels, "old")
+    rotation = np.linalg.qr(np.random.default_rng(1).normal(size=(16, 16)))[0]
+    moved = vectors @ rotation  # a model whose space turned: the same photos, other coordinates
+    head, agreement = pt.carry_over(types, vectors, moved, "new")
+    assert head is not None and agreement > 0.95 and head.model_fingerprint == "new"
+    assert head.summary["carried_over"]["photos"] == 120
+    scrambled = np.random.default_rng(2).permutation(moved)  # a model that forgot what the photos were
+    assert pt.carry_over(types, vectors, scrambled, "new")[0] is None
+    with pytest.raises(pt.ProductTypesError, match="pair up"):
+        pt.carry_over(types, vectors, moved[:5], "new")
+
+
+@pytest.mark.shared
+def test_a_run_continued_from_the_shipped_model_carries_its_product_types(tmp_path):
+    """What the sidebar's training does: continue the shipped model on a shop's photos (two epochs, tiny folder);
+    the new run has its own weights and a type head carried over to them, which search loads."""
+    _shared("weights")  # the shipped model's backbone is read from its own file, but keep real-data tests together
+    from mildnet import training
+    from mildnet.search.engine import LoadedModel
+    from tests.conftest import make_labelled_folder
+
+    shop = make_labelled_folder(tmp_path / "shop", classes=("red", "green", "blue"), per_class=4, size=64)
+    photos = sorted(p.relative_to(shop).as_posix() for p in shop.rglob("*.jpg"))
+    # Positives of another colour: triplets the shipped model gets wrong, so that training moves its weights.
+    rows = [f"{q},{p},{n}" for q in photos for p in photos for n in photos
+            if q != n and q.split("/")[0] == n.split("/")[0] != p.split("/")[0]][::7]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    parent = PROJECT_ROOT / "mildnet" / "pretrained" / "real"
+    config = training.TrainConfig(images=str(shop), triplets=str(tmp_path / "train.csv"), out=str(tmp_path / "run"),
+                                  init_from=str(parent), epochs=2, batch_size=8, learning_rate=1e-4)
+    training.train(config)
+    run = LoadedModel.from_run(tmp_path / "run")
+    assert run.fingerprint != LoadedModel.from_run(parent).fingerprint
+    assert run.product_types is not None and run.product_types.model_fingerprint == run.fingerprint
+    assert run.product_types.summary["carried_over"]["agreement"] >= 0.9

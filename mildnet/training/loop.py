@@ -35,7 +35,7 @@ import pandas as pd
 from mildnet.calibration import calibrate_run
 from mildnet.data.images import ImageCache, pipeline_error_reason
 from mildnet.data.triplets import write_triplets
-from mildnet.embeddings import embed_paths, model_fingerprint, normalize_rows
+from mildnet.embeddings import embed_paths, model_fingerprint, model_image_size, normalize_rows
 from mildnet.errors import DataError, MildnetError, ModelError
 from mildnet.evaluation import triplet_accuracy, triplet_distances
 from mildnet.home import data_home
@@ -53,6 +53,7 @@ from mildnet.runs import (
     TrainConfig,
     TrainConfigError,
     jsonable,
+    load_run_model,
     new_run_dir,
     read_run,
     run_lock,
@@ -497,6 +498,8 @@ def _fit(model, strategy, config: TrainConfig, run_dir: Path, data: dict, rows: 
         # Resumed after its best epoch: this session has no distances of it, and the session that found it may
         # have been interrupted before calibrating. Measured again from best.keras (one pass over validation).
         _calibrate(run_dir, None, None)
+    if best is not None and config.init_from:
+        _carry_product_types(run_dir, config, inputs)
     for cb in callbacks:
         cb.on_train_end(result)
     return result
@@ -630,6 +633,43 @@ def _commit_epoch(model, optimizer, run_dir: Path, rows: list[dict]) -> None:
     _save_optimizer(optimizer, _staged(run_dir / OPTIMIZER_FILE), epoch, model)  # staged last: see _recover
     write_history(run_dir / HISTORY_FILE, rows)
     _publish_staged(run_dir)
+
+
+# Photos of the run's training set the carried-over type head is fitted on (two embedding passes of them).
+CARRY_PHOTOS = 512
+
+
+def _carry_product_types(run_dir: Path, config: TrainConfig, inputs: _Inputs) -> None:
+    """A run continued from one with a product-type head (the shipped real-photo model has one) gets it carried
+    over to its own weights (:func:`mildnet.product_types.carry_over`), so its catalogues keep deciding "close match"
+    by kind. A failure, or a model that moved too far, costs the run the head, not its model: a warning."""
+    from mildnet import product_types as pt
+
+    parent_dir = Path(config.init_from)
+    if not (parent_dir / pt.FILE).is_file():
+        return
+    try:
+        parent = load_run_model(parent_dir)
+        types = pt.load(parent_dir, model_fingerprint(parent))
+        if types is None:
+            log.warning("the starting run's product types belong to other weights; this run has none")
+            return
+        train = inputs.train
+        photos = sorted(set(train["query"]) | set(train["positive"]) | set(train["negative"]))
+        if len(photos) > CARRY_PHOTOS:
+            photos = sorted(random.Random(0).sample(photos, CARRY_PHOTOS))
+        best = load_run_model(run_dir)
+        size = model_image_size(best)
+        old, new = (embed_paths(m, config.images, photos, size, batch_size=64).rows(photos) for m in (parent, best))
+        head, agreement = pt.carry_over(types, old, new, model_fingerprint(best),
+                                        summary={"carried_from": str(parent_dir.resolve())})
+        if head is None:
+            log.warning("the product types were not carried over: the new model types only %.0f%% of %d training "
+                        "photos as its starting model did", 100 * agreement, len(photos))
+            return
+        pt.save(head, run_dir)
+    except (MildnetError, OSError, ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("could not carry the product types over to this run: %s", exc)
 
 
 def _calibrate(run_dir: Path, distances: tuple[np.ndarray, np.ndarray] | None, fingerprint: str | None) -> None:
