@@ -51,7 +51,6 @@ Pairs at cosine 1.0 (the same picture) always map to 1.0 (see :func:`fit`).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -281,17 +280,7 @@ def _file(run_dir_or_file: str | os.PathLike) -> Path:
 
 def save(calibration: Calibration, run_dir_or_file: str | os.PathLike) -> Path:
     """Writes ``calibration.json`` in a run directory (or to the given .json path), atomically."""
-    path = _file(run_dir_or_file)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ModelError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return safe_json.write(_file(run_dir_or_file), calibration.to_dict(), indent=2)
 
 
 def load(run_dir_or_file: str | os.PathLike) -> Calibration | None:

@@ -13,13 +13,15 @@ same category (one at random and the nearest one), so "match" means "this produc
 us photos of things it does not sell, but a categorised one can simulate them: each photo queried against the
 catalogue without its category ("a type it does not sell") versus against the catalogue without its product
 ("another photo of a type it sells"). The score (best cosine, the mean of the top 3, or a logistic
-combination of the best cosine and the share of the top 5 in one category, fitted on the simulation; with a model
-that has a product-type head (:mod:`mildnet.product_types`), also the share of the query's type probability on
-types the catalogue sells, alone or combined with the best cosine) with the higher simulated ROC AUC wins; its
-threshold is the one that makes the larger of the two simulated error rates smallest, lowered where needed so
-that at most :attr:`CatalogueSettings.max_in_rejected` of the sold-type simulation is rejected (a held-out
-category is often a near neighbour of a sold one, tee and tank, so the simulated outside is harder than a bag or
-a watch; measured in docs/calibration.md).
+combination of the best cosine and the share of the top 5 in one category, fitted on the simulation) with the
+higher simulated ROC AUC wins. A model with a product-type head (:mod:`mildnet.product_types`) that recognises the
+catalogue's categories decides by kind instead: the share of the query's type probability on types the catalogue
+sells, its outside simulated by holding out a whole type group, its threshold
+:attr:`CatalogueSettings.kind_threshold`. Otherwise the threshold is the one that makes the larger of the two
+simulated error rates smallest. Either is lowered where needed so that at most
+:attr:`CatalogueSettings.max_in_rejected` of the sold-type simulation is rejected (a held-out category is often a
+near neighbour of a sold one, tee and tank, so the simulated outside is harder than a bag or a watch; measured in
+docs/calibration.md).
 A catalogue without two categories cannot simulate the outside, so a *flat* rule is used: close when the
 score reaches the ``max_in_rejected`` quantile of the photos' leave-one-product-out scores (90 % of photos
 like the catalogue's own are called close; what is rejected is further from everything than nearly any
@@ -155,7 +157,7 @@ class CloseMatchRule:
 
     def value(self, cosines: Sequence[float], ids: Sequence[str] | None = None, kinds=None) -> float:
         """The score of one query's results: their cosines, (for ``top1+agree5``) their catalogue ids in the same
-        order, and (for the kind scores) the query's type probabilities; NaN without results."""
+        order, and (for ``kind``) the query's type probabilities; NaN without results."""
         if self.needs_kinds:
             if kinds is None or len(kinds) != len(self.sold_share):
                 raise CalibrationError(f"the {self.score} close-match score needs the query's product-type "
@@ -382,22 +384,26 @@ def _candidates(in_top, in_cat, out_top, out_cat, min_fit: int = 2):
     yield AGREE, value[y == 1], value[y == 0], tuple(float(w) for w in weights)
 
 
+def _group_sums(kinds: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each photo's group index, the summed type probabilities of each group)."""
+    codes, inverse = np.unique(group, return_inverse=True)
+    sums = np.zeros((len(codes), kinds.shape[1]))
+    np.add.at(sums, inverse, kinds)
+    return inverse, sums
+
+
 def _type_groups(kinds: np.ndarray, category: np.ndarray) -> np.ndarray:
     """Per photo, the product type its category's photos are most probably of (the category's mean type
     probability, arg max): categories the type head sees as one kind (tee and tank: both t-shirts) form one group."""
-    codes, inverse = np.unique(category, return_inverse=True)
-    sums = np.zeros((len(codes), kinds.shape[1]))
-    np.add.at(sums, inverse, kinds)
+    inverse, sums = _group_sums(kinds, category)
     return sums.argmax(axis=1)[inverse]
 
 
 def _held_out_mass(kinds: np.ndarray, group: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Sold type mass of each of ``rows`` against the catalogue without the rows of its own ``group`` (its
     product, or its category): the type share the simulated catalogue would have."""
-    codes, inverse = np.unique(group, return_inverse=True)
-    sums = np.zeros((len(codes), kinds.shape[1]))
-    np.add.at(sums, inverse, kinds)
-    counts = np.bincount(inverse, minlength=len(codes)).astype(np.float64)
+    inverse, sums = _group_sums(kinds, group)
+    counts = np.bincount(inverse, minlength=len(sums)).astype(np.float64)
     left = np.maximum(len(kinds) - counts[inverse[rows]], 1)
     rest = (kinds.sum(axis=0)[None, :] - sums[inverse[rows]]) / left[:, None]
     return np.einsum("ij,ij->i", kinds[rows], np.minimum(1.0, rest / pt.SOLD_SHARE))
@@ -423,7 +429,7 @@ def fit_rule(vectors: np.ndarray, product: np.ndarray, category: np.ndarray | No
              kinds: np.ndarray | None = None) -> CloseMatchRule:
     """The close-match rule of a catalogue (see the module docstring); DataError below two photos. ``ids``
     (catalogue photo ids, row order; default the row numbers) name the rows for a ``top1+agree5`` rule;
-    ``kinds`` (the photos' product-type probabilities, row order) offers the kind scores."""
+    ``kinds`` (the photos' product-type probabilities, row order) offers the kind score."""
     v = np.asarray(vectors, dtype=np.float32)
     if len(v) < 2:
         raise DataError("a close-match threshold needs at least two photos in the catalogue")
@@ -554,7 +560,7 @@ def calibrate_catalogue(embeddings, labels=None, model=None, image_root=None, im
 
     ``labels``: the catalogue table (``image``, ``product_id``, ``category``) or None for a flat folder;
     ``model`` + ``image_root`` + ``image_size`` add augmented views as matching pairs (without them only
-    photos of one product are); ``types``, the model's product-type head, offers the kind scores. DataError when
+    photos of one product are); ``types``, the model's product-type head, offers the kind score. DataError when
     the catalogue cannot be calibrated (one photo, no pairs).
     """
     ids = list(embeddings.ids)
@@ -578,16 +584,19 @@ def calibrate_catalogue(embeddings, labels=None, model=None, image_root=None, im
                                 labels_fingerprint(ids, labels), _types_fingerprint(types, vectors))
 
 
+def _head_fits(types: pt.ProductTypes | None, vectors) -> bool:
+    """Whether ``types`` is a type head that reads these (N, D) vectors."""
+    shape = np.shape(vectors)
+    return types is not None and len(shape) == 2 and shape[1] == types.dim
+
+
 def _kinds(types: pt.ProductTypes | None, vectors: np.ndarray) -> np.ndarray | None:
     """The photos' type probabilities, or None without a type head that fits these vectors."""
-    if types is None or vectors.ndim != 2 or vectors.shape[1] != types.dim or not len(vectors):
-        return None
-    return types.probabilities(vectors)
+    return types.probabilities(vectors) if _head_fits(types, vectors) and len(vectors) else None
 
 
 def _types_fingerprint(types: pt.ProductTypes | None, vectors) -> str:
-    v = np.asarray(vectors)
-    return types.fingerprint if types is not None and v.ndim == 2 and v.shape[1] == types.dim else ""
+    return types.fingerprint if _head_fits(types, vectors) else ""
 
 
 # --- beside the cached set -----------------------------------------------------------------------
@@ -715,7 +724,7 @@ def rule_scores(rule: CloseMatchRule, gallery_vectors: np.ndarray, queries: np.n
                 gallery_ids: Sequence[str] | None = None, query_kinds: np.ndarray | None = None) -> np.ndarray:
     """The rule's score of each query against the gallery (``gallery_ids``: its photo ids, default the row
     numbers as :func:`fit_rule` names them; ``query_kinds``: the queries' type probabilities, which the kind
-    scores need); the same as :meth:`CloseMatchRule.value` on a search's results."""
+    score needs); the same as :meth:`CloseMatchRule.value` on a search's results."""
     if not len(queries):
         return np.zeros(0)
     top, where = top_neighbours(gallery_vectors, queries, None, rule.k)
@@ -735,7 +744,7 @@ def evaluate_close_match(calibration: CatalogueCalibration, gallery_vectors: np.
                          types: pt.ProductTypes | None = None) -> dict:
     """The close-match decision of ``calibration`` (fitted on the gallery) on real queries: photos of things
     the gallery sells (``in_queries``, should be called close) and of things it does not (``out_queries``):
-    ROC AUC of its score and both rates at its threshold (``types``: the model's type head, for the kind scores)."""
+    ROC AUC of its score and both rates at its threshold (``types``: the model's type head, for the kind score)."""
     rule = calibration.rule
     scores = [rule_scores(rule, gallery_vectors, q, gallery_ids, _kinds(types, np.asarray(q, dtype=np.float32)))
               for q in (in_queries, out_queries)]

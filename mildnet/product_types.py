@@ -6,8 +6,8 @@ nearest catalogue photo cannot answer that across photo styles: a studio shot of
 further from a shop's user photos of tees than a studio shot of a bag is (docs/calibration.md, "cross domain"),
 so every threshold on it calls the tee "not sold" and the bag "sold". A type classifier fitted on both kinds of
 photo answers the question directly: the share of the query's type probability that falls on types the
-catalogue sells (:func:`sold_mass`). :mod:`mildnet.catalogue_calibration` offers it as a close-match score when
-the model has a type head, and keeps it only where the catalogue's own simulation says it separates.
+catalogue sells (:func:`sold_mass`). :mod:`mildnet.catalogue_calibration` uses it as the close-match score when
+the model has a type head that recognises the catalogue's categories.
 
 The classifier is a multinomial logistic regression on the L2-normalised embedding (a (D, T) matrix and a
 bias): no model file changes, the stored catalogue vectors are all it needs, and it belongs to one model's weights
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from mildnet import safe_json
-from mildnet.errors import MildnetError, ModelError
+from mildnet.errors import MildnetError
 
 __all__ = ["FILE", "SOLD_SHARE", "ProductTypes", "ProductTypesError", "carry_over", "catalogue_share", "fit", "load",
            "save", "sold_mass"]
@@ -184,16 +183,7 @@ def _file(run_dir_or_file) -> Path:
 
 def save(types: ProductTypes, run_dir_or_file) -> Path:
     """Writes ``product_types.json`` into a run folder (or to the given .json path), atomically."""
-    path = _file(run_dir_or_file)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(types.to_dict()) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ModelError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return safe_json.write(_file(run_dir_or_file), types.to_dict())
 
 
 def load(run_dir_or_file, model_fingerprint: str | None = None) -> ProductTypes | None:

@@ -8,6 +8,10 @@ unparseable input is a ``json.JSONDecodeError`` (a ValueError), so callers keep 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+
+from mildnet.errors import ModelError
 
 
 def loads(text: str | bytes) -> object:
@@ -15,3 +19,18 @@ def loads(text: str | bytes) -> object:
         return json.loads(text)
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
+
+
+def write(path: Path, data: object, indent: int | None = None) -> Path:
+    """``data`` as JSON at ``path``, atomically (a reader sees the old file or the new one, never half of one);
+    ModelError naming the file when it cannot be written (the run files that use it belong to a model)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ModelError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -98,6 +98,11 @@ def foreground_weights(x, border=5, scale=30.0, floor=0.05):
     return floor + (1.0 - floor) * (1.0 - ops.exp(-d2 / (2.0 * scale**2)))
 
 
+def _check_grid(grid, least):
+    if not isinstance(grid, int) or grid < least:
+        raise ValueError(f"grid must be an integer >= {least}, got {grid!r}")
+
+
 def _check_foreground(border, scale, floor, grid):
     if not isinstance(border, int) or not 1 <= border < grid // 2:
         raise ValueError(f"border must be an integer in [1, {grid // 2 - 1}], got {border!r}")
@@ -114,8 +119,7 @@ class ForegroundWeights(keras.layers.Layer):
 
     def __init__(self, grid=64, border=5, scale=30.0, floor=0.05, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(grid, int) or grid < 8:
-            raise ValueError(f"grid must be an integer >= 8, got {grid!r}")
+        _check_grid(grid, 8)
         _check_foreground(border, scale, floor, grid)
         self.grid, self.border, self.scale, self.floor = grid, border, float(scale), float(floor)
 
@@ -192,8 +196,7 @@ class ForegroundCrop(keras.layers.Layer):
 
     def __init__(self, grid=64, border=5, scale=30.0, floor=0.05, mass=0.02, margin=0.06, min_side=0.25, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(grid, int) or grid < 8:
-            raise ValueError(f"grid must be an integer >= 8, got {grid!r}")
+        _check_grid(grid, 8)
         _check_foreground(border, scale, floor, grid)
         if not 0.0 <= mass < 0.5:
             raise ValueError(f"mass must be in [0, 0.5), got {mass!r}")
@@ -255,8 +258,7 @@ class ColourHistogram(keras.layers.Layer):
         super().__init__(**kwargs)
         if not isinstance(bins, int) or not 2 <= bins <= 16:
             raise ValueError(f"bins must be an integer in [2, 16], got {bins!r}")
-        if not isinstance(grid, int) or grid < 4:
-            raise ValueError(f"grid must be an integer >= 4, got {grid!r}")
+        _check_grid(grid, 4)
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma!r}")
         if space not in COLOUR_SPACES:
